@@ -1,0 +1,77 @@
+// SPDX-License-Identifier: GPL-2.0
+//! The in-kernel ABI between `kmend.ko` and patch modules.
+//!
+//! A patch module describes itself with a [`KmendPatch`] and hands it to
+//! `kmend_register_patch()` (exported by `kmend_export.c`) from its init.
+//! `kmend.ko` copies everything it needs, so the descriptor may live on the
+//! patch module's stack. Patch modules include this file with
+//! `#[path = ".../abi.rs"] mod abi;` so both sides share one definition.
+
+use kernel::ffi::{
+    c_char,
+    c_void, //
+};
+
+/// Version of [`KmendPatch`]; bumped on any layout change.
+pub(crate) const KMEND_ABI_VERSION: u32 = 1;
+
+/// Flag: this patch supersedes every applied patch (cumulative "replace").
+pub(crate) const KMEND_PATCH_REPLACE: u32 = 1 << 0;
+
+/// One function a patch replaces.
+#[repr(C)]
+pub(crate) struct KmendFunc {
+    /// Object holding the target: `"vmlinux"` or a module name (NUL-terminated).
+    pub(crate) object: *const c_char,
+    /// Name of the function to replace (NUL-terminated).
+    pub(crate) name: *const c_char,
+    /// Position among same-named symbols of `object` (0 when the name is unique).
+    pub(crate) sympos: u64,
+    /// The replacement, with exactly the signature of the original.
+    pub(crate) new_func: *const c_void,
+}
+
+/// A patch: an id and the functions it replaces, switched as one unit.
+#[repr(C)]
+pub(crate) struct KmendPatch {
+    /// Must be [`KMEND_ABI_VERSION`].
+    pub(crate) abi_version: u32,
+    /// `KMEND_PATCH_*` flags.
+    pub(crate) flags: u32,
+    /// Patch id (NUL-terminated), unique among applied patches.
+    pub(crate) id: *const c_char,
+    /// The patch module itself; pinned while the patch is applied.
+    pub(crate) owner: *mut c_void,
+    /// Number of entries in `funcs`.
+    pub(crate) nfuncs: u32,
+    /// The functions.
+    pub(crate) funcs: *const KmendFunc,
+}
+
+/// Makes the enclosing replacement function visible to ftrace, so that
+/// kprobes (and so kmend's eBPF verification) may attach to it.
+///
+/// Rust code in the kernel is compiled without ftrace call sites, and the
+/// kernel refuses kprobe events on functions that have none ("notrace").
+/// Put this first in every replacement: it emits the same `call __fentry__`
+/// that `-mfentry` gives C functions, and records it in `__mcount_loc` as
+/// objtool does for C, so ftrace turns it into a NOP at load time.
+/// `clobber_abi("C")` makes it an ordinary call to the compiler, so nothing
+/// live is lost if tracing ever enables the site.
+#[macro_export]
+macro_rules! kmend_traceable {
+    () => {
+        // SAFETY: a call to the kernel's ftrace entry point with the C calling
+        // convention; until ftrace enables the site it is a NOP.
+        unsafe {
+            core::arch::asm!(
+                "2: call __fentry__",
+                ".pushsection __mcount_loc, \"a\"",
+                ".balign 8",
+                ".quad 2b",
+                ".popsection",
+                clobber_abi("C"),
+            )
+        }
+    };
+}

@@ -1,0 +1,119 @@
+//! The guest's tiny test harness and helpers: run commands, read files,
+//! report one line per test and a verdict, power off.
+
+use std::{
+    fs,
+    io::Write as _,
+    process::{
+        Command,
+        Output, //
+    },
+};
+
+/// Where the initramfs puts kmend's modules.
+pub const MODULE_DIR: &str = "/lib/kmend";
+
+/// Result of one test: `Err` carries what went wrong, with values.
+pub type TestResult = Result<(), String>;
+
+/// A named test.
+pub struct Test {
+    pub name: &'static str,
+    pub run: fn() -> TestResult,
+}
+
+/// Runs the tests in order (they share kernel state) and prints the verdict.
+pub fn run_all(tests: &[Test]) {
+    let (mut passed, mut failed) = (0, 0);
+    for t in tests {
+        println!("kmend-guest: test {} ...", t.name);
+        let _ = std::io::stdout().flush();
+        match (t.run)() {
+            Ok(()) => {
+                passed += 1;
+                println!("kmend-guest: test {} ... ok", t.name);
+            }
+            Err(e) => {
+                failed += 1;
+                println!("kmend-guest: test {} ... FAILED: {e}", t.name);
+            }
+        }
+    }
+    println!("kmend-guest: verdict: {passed} passed, {failed} failed");
+    let _ = std::io::stdout().flush();
+}
+
+/// Runs a command and returns its output (never fails: a spawn error is an
+/// output with status 127 and the error on stderr).
+pub fn sh(program: &str, args: &[&str]) -> Output {
+    Command::new(program).args(args).output().unwrap_or_else(|e| Output {
+        status: std::os::unix::process::ExitStatusExt::from_raw(127 << 8),
+        stdout: Vec::new(),
+        stderr: format!("spawn {program}: {e}").into_bytes(),
+    })
+}
+
+/// Runs `kmend <args>`; returns (exit code, stdout, stderr).
+pub fn kmend(args: &[&str]) -> (i32, String, String) {
+    let out = sh("/bin/kmend", args);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a command that must succeed.
+pub fn must(program: &str, args: &[&str]) -> TestResult {
+    let out = sh(program, args);
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{program} {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Reads a file to a string, as a test error on failure.
+pub fn read(path: &str) -> Result<String, String> {
+    fs::read_to_string(path).map_err(|e| format!("read {path}: {e}"))
+}
+
+/// Checks a condition, with the message on failure.
+pub fn check(cond: bool, msg: impl FnOnce() -> String) -> TestResult {
+    if cond { Ok(()) } else { Err(msg()) }
+}
+
+/// Whether a module is loaded.
+pub fn module_loaded(name: &str) -> bool {
+    fs::read_to_string("/proc/modules")
+        .map(|m| m.lines().any(|l| l.split(' ').next() == Some(name)))
+        .unwrap_or(false)
+}
+
+/// Loads a module from [`MODULE_DIR`] with busybox insmod.
+pub fn insmod(file: &str) -> TestResult {
+    must("/bin/insmod", &[&format!("{MODULE_DIR}/{file}")])
+}
+
+/// Unloads a module with busybox rmmod.
+pub fn rmmod(name: &str) -> TestResult {
+    must("/bin/rmmod", &[name])
+}
+
+/// Syncs and reboots; QEMU runs with -no-reboot, so this ends the VM.
+pub fn power_off() -> ! {
+    let _ = std::io::stdout().flush();
+    // SAFETY: plain syscalls with constant arguments.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_AUTOBOOT);
+    }
+    loop {
+        std::thread::park();
+    }
+}

@@ -1,0 +1,21 @@
+//! PID 1 of the test VM (exec'd by vm-images/init): runs the mode named by
+//! the `kmend_guest=` kernel parameter, then powers the VM off.
+//!
+//! Modes: `test` (the end-to-end suite, [`suite`]), `demo` (the narrated
+//! walk-through, [`demo`]). The host (`cargo xtask`) reads the verdict
+//! line and scans the console for kernel warnings.
+
+mod demo;
+mod harness;
+mod suite;
+
+fn main() {
+    // The kernel hands unknown `a=b` boot parameters to init as environment.
+    let mode = std::env::var("kmend_guest").unwrap_or_else(|_| "test".to_owned());
+    match mode.as_str() {
+        "test" => suite::run(),
+        "demo" => demo::run(),
+        other => println!("kmend-guest: unknown mode '{other}'"),
+    }
+    harness::power_off();
+}

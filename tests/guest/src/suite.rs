@@ -1,0 +1,124 @@
+//! The end-to-end suite: each test is one behaviour the skeleton proves.
+
+use std::{
+    path::Path,
+    process::{
+        Command,
+        Stdio, //
+    },
+    time::{
+        Duration,
+        Instant, //
+    },
+};
+
+use crate::harness::{
+    MODULE_DIR,
+    Test,
+    TestResult,
+    check,
+    insmod,
+    kmend,
+    module_loaded,
+    read,
+    rmmod, //
+};
+
+/// What the sample patch makes `/proc/cmdline` print.
+const PATCHED_CMDLINE: &str = "kmend: this kernel is live patched\n";
+const SAMPLE: &str = "kmend_sample";
+
+pub fn run() {
+    crate::harness::run_all(&[
+        Test { name: "core_module_loads_and_unloads", run: core_module_loads_and_unloads },
+        Test { name: "apply_redirects_cmdline_proc_show", run: apply_redirects_cmdline_proc_show },
+        Test { name: "status_lists_patch_and_functions", run: status_lists_patch_and_functions },
+        Test { name: "ebpf_proves_replacement_runs", run: ebpf_proves_replacement_runs },
+        Test { name: "revert_restores_original", run: revert_restores_original },
+        Test { name: "control_rejects_bad_input", run: control_rejects_bad_input },
+    ]);
+}
+
+fn core_module_loads_and_unloads() -> TestResult {
+    insmod("kmend.ko")?;
+    check(Path::new("/dev/kmend").exists(), || "/dev/kmend missing after insmod".into())?;
+    let (code, out, err) = kmend(&["status", "--json"]);
+    check(code == 1, || format!("status with nothing applied: exit {code} (want 1), {out} {err}"))?;
+    check(out.contains("\"patches\":[]"), || format!("status not empty: {out}"))?;
+    rmmod("kmend")?;
+    check(!module_loaded("kmend"), || "kmend still in /proc/modules".into())?;
+    check(!Path::new("/dev/kmend").exists(), || "/dev/kmend left behind".into())?;
+    let (code, _, err) = kmend(&["status"]);
+    check(code == 4 && err.contains("not loaded"), || format!("status without core: exit {code}, {err}"))?;
+    insmod("kmend.ko")
+}
+
+fn apply_redirects_cmdline_proc_show() -> TestResult {
+    let before = read("/proc/cmdline")?;
+    check(before != PATCHED_CMDLINE, || "cmdline already patched".into())?;
+    let (code, out, err) = kmend(&["apply", &format!("{MODULE_DIR}/{SAMPLE}.ko")]);
+    check(code == 0, || format!("apply: exit {code}: {out} {err}"))?;
+    let after = read("/proc/cmdline")?;
+    check(after == PATCHED_CMDLINE, || format!("/proc/cmdline after apply: {after:?}"))
+}
+
+fn status_lists_patch_and_functions() -> TestResult {
+    let (code, out, err) = kmend(&["status", "--json"]);
+    check(code == 0, || format!("status: exit {code}: {err}"))?;
+    let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("status json: {e}: {out}"))?;
+    let patch = &v["patches"][0];
+    check(patch["id"] == SAMPLE, || format!("first patch: {patch}"))?;
+    let f = &patch["functions"][0];
+    check(f["name"] == "cmdline_proc_show" && f["state"] == "active", || format!("function: {f}"))?;
+    check(
+        f["replacement"].as_str().is_some_and(|r| r.starts_with("kmend_sample_cmdline_proc_show+0x0/")),
+        || format!("replacement: {f}"),
+    )
+}
+
+fn ebpf_proves_replacement_runs() -> TestResult {
+    let child = Command::new("/bin/kmend")
+        .args(["verify", SAMPLE, "--window", "4s", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn kmend verify: {e}"))?;
+    // Exercise the patched function while the probes watch.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(6) {
+        let _ = read("/proc/cmdline")?;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().map_err(|e| format!("wait kmend verify: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    check(out.status.success(), || {
+        format!("verify: {}: {stdout} {}", out.status, String::from_utf8_lossy(&out.stderr))
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&stdout).map_err(|e| format!("verify json: {e}: {stdout}"))?;
+    let f = &v["functions"][0];
+    check(v["proven"] == true, || format!("not proven: {v}"))?;
+    check(f["replacement_hits"].as_u64().unwrap_or(0) > 0, || format!("replacement not hit: {f}"))?;
+    check(f["old_body_hits"].as_u64() == Some(0), || format!("old body ran: {f}"))
+}
+
+fn revert_restores_original() -> TestResult {
+    let (code, out, err) = kmend(&["revert", SAMPLE]);
+    check(code == 0, || format!("revert: exit {code}: {out} {err}"))?;
+    let after = read("/proc/cmdline")?;
+    check(after != PATCHED_CMDLINE && after.contains("kmend_guest="), || format!("/proc/cmdline after revert: {after:?}"))?;
+    check(!module_loaded(SAMPLE), || "patch module still loaded".into())?;
+    let (code, out, _) = kmend(&["status", "--json"]);
+    check(code == 1 && out.contains("\"patches\":[]"), || format!("status after revert: exit {code}: {out}"))?;
+    rmmod("kmend")?;
+    insmod("kmend.ko")
+}
+
+fn control_rejects_bad_input() -> TestResult {
+    let (code, _, err) = kmend(&["revert", "no_such_patch"]);
+    check(code == 4 && err.contains("no_such_patch"), || format!("revert unknown: exit {code}: {err}"))?;
+    let (code, _, err) = kmend(&["revert", "bad id!"]);
+    check(code == 4 && err.contains("invalid patch id"), || format!("revert bad id: exit {code}: {err}"))?;
+    let (code, _, err) = kmend(&["apply", "/proc/cmdline"]);
+    check(code == 4 && err.contains("not a kernel module"), || format!("apply non-module: exit {code}: {err}"))?;
+    check(module_loaded("kmend"), || "kmend unloaded by bad input".into())
+}

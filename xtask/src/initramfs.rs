@@ -1,0 +1,103 @@
+//! The guest's initramfs: `vm-images/initramfs.txt` says what goes in, this
+//! writes it as a newc cpio archive (the format the kernel unpacks).
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{
+        Path,
+        PathBuf, //
+    },
+};
+
+use anyhow::{
+    Context as _,
+    anyhow, //
+};
+
+use crate::paths;
+
+/// The manifest, relative to the repository.
+const MANIFEST: &str = "vm-images/initramfs.txt";
+
+/// One newc archive being written.
+struct Cpio {
+    out: Vec<u8>,
+    ino: u32,
+}
+
+impl Cpio {
+    fn entry(&mut self, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
+        self.ino += 1;
+        let name = name.trim_start_matches('/');
+        let fields = [
+            self.ino,
+            mode,
+            0, // uid
+            0, // gid
+            1, // nlink
+            0, // mtime: fixed, so the archive is reproducible
+            data.len() as u32,
+            0, // devmajor
+            0, // devminor
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0, // check
+        ];
+        self.out.extend_from_slice(b"070701");
+        for f in fields {
+            self.out.extend_from_slice(format!("{f:08x}").as_bytes());
+        }
+        self.out.extend_from_slice(name.as_bytes());
+        self.out.push(0);
+        self.pad();
+        self.out.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        while self.out.len() % 4 != 0 {
+            self.out.push(0);
+        }
+    }
+}
+
+/// Writes the initramfs for `files` (build outputs by name) to `out`.
+pub fn write(files: &BTreeMap<String, PathBuf>, out: &Path) -> anyhow::Result<()> {
+    let repo = paths::repo();
+    let manifest = fs::read_to_string(repo.join(MANIFEST)).with_context(|| format!("read {MANIFEST}"))?;
+    let mut cpio = Cpio { out: Vec::new(), ino: 0 };
+    for (n, line) in manifest.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let bad = || anyhow!("{MANIFEST}:{}: cannot read '{line}'", n + 1);
+        let mode = u32::from_str_radix(f.get(2).ok_or_else(bad)?, 8).map_err(|_| bad())?;
+        match (f[0], f.len()) {
+            ("dir", 3) => cpio.entry(f[1], 0o040000 | mode, (0, 0), &[]),
+            ("nod", 6) if f[3] == "c" => {
+                let major = f[4].parse().map_err(|_| bad())?;
+                let minor = f[5].parse().map_err(|_| bad())?;
+                cpio.entry(f[1], 0o020000 | mode, (major, minor), &[]);
+            }
+            ("file", 4) => {
+                let source = match f[3].strip_prefix('@') {
+                    Some(name) => files
+                        .get(name)
+                        .cloned()
+                        .ok_or_else(|| anyhow!("{MANIFEST}:{}: no build output named '{name}'", n + 1))?,
+                    None if f[3].starts_with('/') => PathBuf::from(f[3]),
+                    None => repo.join(f[3]),
+                };
+                let data = fs::read(&source).with_context(|| format!("{MANIFEST}:{}: read {}", n + 1, source.display()))?;
+                cpio.entry(f[1], 0o100000 | mode, (0, 0), &data);
+            }
+            _ => return Err(bad()),
+        }
+    }
+    cpio.entry("TRAILER!!!", 0, (0, 0), &[]);
+    fs::write(out, &cpio.out).with_context(|| format!("write {}", out.display()))
+}

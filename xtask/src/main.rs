@@ -1,0 +1,60 @@
+//! `cargo xtask`: builds kmend end to end and proves it in QEMU.
+//!
+//! Every step caches its outputs under `~/.cache/kmend` (or `$KMEND_CACHE`),
+//! keyed by what produced them, and skips itself when nothing changed.
+
+use std::process::ExitCode;
+
+use clap::{
+    Parser,
+    Subcommand, //
+};
+
+mod build;
+mod initramfs;
+mod kernel;
+mod modules;
+mod paths;
+mod run;
+mod setup;
+mod test;
+mod vm;
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build, test and demo kmend")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install host packages, Rust components, pinned tools and the kernel source.
+    Setup,
+    /// Build the guest kernel, the modules, the probes and the userspace binaries.
+    Build,
+    /// Boot the VM and run the end-to-end suite inside it.
+    VmTest(vm::VmOptions),
+    /// Host tests, then the VM suite: the README's test command.
+    Test(vm::VmOptions),
+    /// Boot the VM and show a live patch applied, proven and reverted.
+    Demo(vm::VmOptions),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Setup => setup::run(),
+        Command::Build => build::all().map(|_| ()),
+        Command::VmTest(opts) => test::vm_only(&opts),
+        Command::Test(opts) => test::all(&opts),
+        Command::Demo(opts) => vm::demo(&opts),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
