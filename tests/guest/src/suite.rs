@@ -35,6 +35,7 @@ pub fn run() {
         Test { name: "status_lists_patch_and_functions", run: status_lists_patch_and_functions },
         Test { name: "ebpf_proves_replacement_runs", run: ebpf_proves_replacement_runs },
         Test { name: "revert_restores_original", run: revert_restores_original },
+        Test { name: "ebpf_old_body_probe_counts_when_unpatched", run: ebpf_old_body_probe_counts_when_unpatched },
         Test { name: "control_rejects_bad_input", run: control_rejects_bad_input },
     ]);
 }
@@ -121,4 +122,17 @@ fn control_rejects_bad_input() -> TestResult {
     let (code, _, err) = kmend(&["apply", "/proc/cmdline"]);
     check(code == 4 && err.contains("not a kernel module"), || format!("apply non-module: exit {code}: {err}"))?;
     check(module_loaded("kmend"), || "kmend unloaded by bad input".into())
+}
+
+/// The control for `ebpf_proves_replacement_runs`: the same old-body probe
+/// point does count once the original runs again, so "0 hits" there meant
+/// something.
+fn ebpf_old_body_probe_counts_when_unpatched() -> TestResult {
+    let offset = kmend::kallsyms::body_offset("cmdline_proc_show").map_err(|e| format!("{e:#}"))?;
+    let counter = kmend::verify::HitCounter::attach("cmdline_proc_show", offset).map_err(|e| format!("{e:#}"))?;
+    for _ in 0..5 {
+        let _ = read("/proc/cmdline")?;
+    }
+    let hits = counter.hits().map_err(|e| format!("{e:#}"))?;
+    check(hits >= 5, || format!("old body probe at {}: {hits} hits after 5 reads (want >= 5)", counter.point))
 }
