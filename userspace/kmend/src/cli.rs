@@ -1,13 +1,15 @@
 //! The command line (clap derive): one variant per verb.
 
 use std::{
+    net::SocketAddr,
     path::PathBuf,
     time::Duration, //
 };
 
 use clap::{
     Parser,
-    Subcommand, //
+    Subcommand,
+    ValueEnum, //
 };
 use kmend::exit::EXIT_CODES_HELP;
 
@@ -15,7 +17,7 @@ use kmend::exit::EXIT_CODES_HELP;
 #[derive(Debug, Parser)]
 #[command(name = "kmend", version, after_help = EXIT_CODES_HELP)]
 pub struct Args {
-    /// Print machine-readable JSON instead of text.
+    /// Print machine-readable JSON instead of text (every verb).
     #[arg(long, global = true)]
     pub json: bool,
     #[command(subcommand)]
@@ -24,9 +26,28 @@ pub struct Args {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Apply a patch module file (its module name is the patch id).
+    /// Show applied patches, the effective kernel version, pending updates
+    /// and the last feed check (exit 0 up to date, 1 nothing applied,
+    /// 2 updates available, 3 kernel unsupported).
+    Status,
+    /// Ask the feed whether the newest eligible patch is applied (exit 0
+    /// yes, 1 no, 3 kernel unsupported); changes nothing.
+    Check {
+        /// Also consider patches blocked by the crash-loop guard.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Fetch and apply what the feed offers now, following the policy.
+    Update {
+        /// Also apply patches blocked by the crash-loop guard.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Apply a patch artifact (`.kmpatch`, checked against the running
+    /// kernel first) or a bare patch module (`.ko`; its module name is the
+    /// patch id).
     Apply {
-        /// Path of the patch module (`.ko`).
+        /// Path of the artifact or module.
         file: PathBuf,
     },
     /// Revert an applied patch and unload its module.
@@ -34,8 +55,45 @@ pub enum Command {
         /// Patch id, as `kmend status` shows it.
         id: String,
     },
-    /// Show the applied patches and their functions.
-    Status,
+    /// Revert every applied patch, newest first.
+    Unload,
+    /// List applied patches and those available at the last check.
+    List,
+    /// Show one patch: functions, CVEs, release time.
+    Info {
+        /// Patch id.
+        id: String,
+    },
+    /// Print the effective kernel version (what a scanner should see):
+    /// `<release>-kmend<N>`.
+    Uname {
+        /// Print the effective release only (the default).
+        #[arg(short = 'r', long)]
+        release: bool,
+        /// Print all fields, like `uname -a`, with the effective release.
+        #[arg(short = 'a', long, conflicts_with = "release")]
+        all: bool,
+    },
+    /// List the CVEs fixed by the applied patches.
+    Cves,
+    /// Compliance export: applied patches, CVEs and the journal.
+    Report {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = ReportFormat::Json)]
+        format: ReportFormat,
+    },
+    /// Diagnostic bundle: versions, config (secrets redacted), kernel and
+    /// agent state, recent journal, kernel log.
+    Doctor {
+        /// Write a tar file instead of printing.
+        #[arg(short = 'o', long)]
+        output: Option<PathBuf>,
+    },
+    /// Run the agent: check the feed every `interval` (± `jitter`) and
+    /// apply updates when `auto_update` is on; stops on SIGTERM.
+    Daemon,
+    /// Re-apply the cached patches at boot (kmend-boot.service).
+    Boot,
     /// Prove with eBPF that a patch's replacements run and the old code does not.
     Verify {
         /// Patch id, as `kmend status` shows it.
@@ -44,6 +102,87 @@ pub enum Command {
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         window: Duration,
     },
+    /// Build and inspect patch artifacts.
+    #[command(subcommand)]
+    Artifact(ArtifactCommand),
+    /// Build, sign, verify and serve patch feeds.
+    #[command(subcommand)]
+    Feed(FeedCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArtifactCommand {
+    /// Pack a manifest and a patch module into a `.kmpatch` artifact.
+    Pack {
+        /// manifest.json (module_sha256 may be left out: it is computed).
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The patch module (`.ko`); its module name must be the manifest id.
+        #[arg(long)]
+        module: PathBuf,
+        /// Artifact to write.
+        #[arg(short = 'o', long)]
+        output: PathBuf,
+    },
+    /// Check an artifact and show its manifest.
+    Inspect {
+        /// The `.kmpatch` file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FeedCommand {
+    /// Add artifacts to a channel of a feed directory (unsigns it).
+    Build {
+        /// Feed directory (created if missing).
+        #[arg(long)]
+        dir: PathBuf,
+        /// `stable` or `test`.
+        #[arg(long)]
+        channel: String,
+        /// Release time of these patches (RFC 3339; default now).
+        #[arg(long)]
+        released: Option<String>,
+        /// `.kmpatch` artifacts.
+        #[arg(required = true)]
+        artifacts: Vec<PathBuf>,
+    },
+    /// Sign index.json with a secret key (writes index.json.sig).
+    Sign {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Secret key file from `kmend feed keygen`.
+        #[arg(long)]
+        key: PathBuf,
+    },
+    /// Check the signature and every artifact of a feed directory.
+    Verify {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Public key (file, or the base64 key itself).
+        #[arg(long)]
+        key: String,
+    },
+    /// Create a signing key pair: `<prefix>.key` (secret) and `<prefix>.pub`.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Serve a feed directory over HTTP (prints the bound address first).
+    Serve {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Address to listen on; port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ReportFormat {
+    Json,
+    Csv,
 }
 
 /// Parses `500ms`, `2s`, `5m`, `12h`, `2d`.

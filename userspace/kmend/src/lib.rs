@@ -7,11 +7,35 @@
 //! - [`kallsyms`]: symbol and ftrace-site addresses, for the probes.
 //! - [`verify`]: eBPF proof that the replacement runs and the old body does not.
 //! - [`exit`]: the exit codes, in one place.
+//! - [`paths`]: every file kmend uses, under one root (`KMEND_ROOT`).
+//! - [`identity`]: the running kernel's release and build id.
+//! - [`artifact`]: the `.kmpatch` patch artifact.
+//! - [`feed`]: signed patch feeds (index, signature, building, serving).
+//! - [`policy`]: which feed patches this machine should run.
+//! - [`config`], [`state`], [`journal`]: settings, remembered state, audit log.
+//! - [`fetch`], [`proxy`]: getting feed files over HTTP(S) or from a directory.
+//! - [`agent`]: the jobs (check, update, apply, revert, boot re-apply).
+//! - [`report`]: the effective version, CVEs and status views.
+//! - [`timestamp`], [`duration`], [`fsutil`]: small shared helpers.
 
+pub mod agent;
+pub mod artifact;
+pub mod config;
 pub mod duration;
 pub mod exit;
+pub mod feed;
+pub mod fetch;
+pub mod fsutil;
+pub mod identity;
+pub mod journal;
 pub mod kallsyms;
 pub mod modinfo;
+pub mod paths;
+pub mod policy;
+pub mod proxy;
+pub mod report;
+pub mod state;
 pub mod status;
 pub mod sys;
+pub mod timestamp;
 pub mod verify;

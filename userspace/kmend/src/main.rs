@@ -1,4 +1,5 @@
-//! `kmend`: apply, revert, inspect and prove live patches.
+//! `kmend`: apply, revert, inspect and prove live patches; the agent that
+//! keeps a machine patched from a signed feed.
 
 use std::process::ExitCode;
 
@@ -7,6 +8,31 @@ use kmend::exit::Exit;
 
 mod cli;
 mod cmd;
+
+/// One line: the error, then each cause that the text above does not
+/// already say (library errors often quote their source).
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line = format!("{line}: {text}");
+        }
+    }
+    line
+}
+
+/// Logs go to stderr; `KMEND_LOG` (e.g. `debug`) overrides the level,
+/// which is `info` for the daemon and boot, `warn` otherwise.
+fn init_logging(command: &cli::Command) {
+    let default = match command {
+        cli::Command::Daemon | cli::Command::Boot => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KMEND_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
+}
 
 fn main() -> ExitCode {
     let args = match cli::Args::try_parse() {
@@ -17,10 +43,11 @@ fn main() -> ExitCode {
             return code.into();
         }
     };
+    init_logging(&args.command);
     match cmd::run(args) {
         Ok(code) => code.into(),
         Err(e) => {
-            eprintln!("kmend: {e:#}");
+            eprintln!("kmend: {}", one_line(&e));
             Exit::Failure.into()
         }
     }

@@ -1,26 +1,75 @@
-//! `kmend status`: what is applied, per patch and function.
+//! `kmend status`: what is applied, the effective version, blocked and
+//! pending patches, the last feed check. No network.
 
 use kmend::{
     exit::Exit,
-    status::KernelStatus,
-    sys, //
+    paths::Paths,
+    report::{
+        Overview,
+        Summary, //
+    },
+    sys::Kernel, //
 };
 
+pub fn exit_of(summary: Summary) -> Exit {
+    match summary {
+        Summary::UpToDate => Exit::Ok,
+        Summary::NothingApplied => Exit::NotApplied,
+        Summary::UpdatesAvailable => Exit::UpdatesAvailable,
+        Summary::KernelUnsupported => Exit::Unsupported,
+    }
+}
+
 pub fn run(json: bool) -> anyhow::Result<Exit> {
-    let status = KernelStatus::parse(&sys::read_status()?)?;
+    let paths = Paths::from_env();
+    let o = Overview::gather(&paths, &Kernel::from_env(&paths))?;
     if json {
-        super::print_json(&status)?;
-    } else if status.patches.is_empty() {
+        super::print_json(&o)?;
+        return Ok(exit_of(o.summary));
+    }
+    match &o.kernel {
+        Some(k) => println!("kernel: {k}"),
+        None => println!("kernel: {} ({})", o.effective_version, o.kernel_error.as_deref().unwrap_or("unknown")),
+    }
+    println!("effective version: {}", o.effective_version);
+    if o.patches.is_empty() {
         println!("no patches applied");
     } else {
-        println!("{} patch(es) applied", status.patches.len());
-        for p in &status.patches {
+        println!("{} patch(es) applied", o.patches.len());
+        for p in &o.patches {
             let flags = if p.replace { " (replace)" } else { "" };
-            println!("  {}{flags}: enabled={} transition={}", p.id, u8::from(p.enabled), u8::from(p.transition));
+            let meta = o.managed.iter().find(|m| m.id == p.id);
+            let version = meta.map(|m| format!(" version {}", m.version)).unwrap_or_default();
+            let cves = meta.filter(|m| !m.cves.is_empty()).map(|m| format!(" fixes {}", m.cves.join(", "))).unwrap_or_default();
+            println!("  {}{version}{flags}: enabled={} transition={}{cves}", p.id, u8::from(p.enabled), u8::from(p.transition));
             for f in &p.functions {
                 println!("    {}:{} -> {} [{}]", f.object, f.name, f.replacement, f.state);
             }
         }
     }
-    Ok(if status.patches.is_empty() { Exit::NotApplied } else { Exit::Ok })
+    for b in &o.blocked {
+        println!(
+            "patch {} not re-applied: the machine went down while applying it at {}; run `kmend apply` or `kmend update --force` to retry",
+            b.id, b.since
+        );
+    }
+    match &o.last_check {
+        None => println!("last check: never (run `kmend check`)"),
+        Some(c) => match &c.error {
+            Some(e) => println!("last check: {} ({}): failed: {e}", c.time, c.feed),
+            None => println!("last check: {} ({}): ok", c.time, c.feed),
+        },
+    }
+    if !o.pending.is_empty() {
+        let names: Vec<String> = o.pending.iter().map(|p| format!("{} (version {})", p.id, p.version)).collect();
+        println!("{} update(s) available: {} (run `kmend update`)", o.pending.len(), names.join(", "));
+    }
+    let summary = match o.summary {
+        Summary::UpToDate => "up to date",
+        Summary::NothingApplied => "no patches applied",
+        Summary::UpdatesAvailable => "updates available",
+        Summary::KernelUnsupported => "kernel not supported by the feed",
+    };
+    println!("state: {summary}");
+    Ok(exit_of(o.summary))
 }

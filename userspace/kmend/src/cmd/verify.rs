@@ -6,12 +6,13 @@ use anyhow::anyhow;
 use kmend::{
     exit::Exit,
     status::KernelStatus,
-    sys,
+    paths::Paths,
+    sys::Kernel,
     verify::PatchProbes, //
 };
 
 pub fn run(id: &str, window: Duration, json: bool) -> anyhow::Result<Exit> {
-    let status = KernelStatus::parse(&sys::read_status()?)?;
+    let status = KernelStatus::parse(&Kernel::from_env(&Paths::from_env()).read_status()?)?;
     let patch = status.patch(id).ok_or_else(|| anyhow!("patch '{id}': not applied"))?;
     let proof = PatchProbes::observe(patch, window)?;
     if json {

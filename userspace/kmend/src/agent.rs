@@ -1,0 +1,560 @@
+//! The agent's jobs: check the feed, update, apply an artifact, revert,
+//! re-apply at boot. The CLI verbs and the daemon call these; every change
+//! to what the kernel runs happens here, under one lock, behind the
+//! crash-loop guard, and is written to the journal.
+//!
+//! Order of an apply, so that a crash or `kill -9` at any point leaves a
+//! state the next run understands:
+//! 1. the artifact is complete and verified in the cache (temporary file,
+//!    hash check, fsync, rename);
+//! 2. the marker `applying` is written and fsynced;
+//! 3. the module is loaded;
+//! 4. the marker is removed and `state.json` records the patch.
+//!
+//! A marker found later was left by a load that did not finish: from an
+//! earlier boot it means the machine went down during the load, so the
+//! patch is blocked (not re-applied automatically); from this boot it
+//! means kmend itself was stopped, and the kernel's status says whether
+//! the load happened.
+
+use std::{
+    fs,
+    io::{
+        self,
+        Write as _, //
+    },
+    path::{
+        Path,
+        PathBuf, //
+    },
+};
+
+use serde::Serialize;
+
+use crate::{
+    artifact::{
+        self,
+        Artifact,
+        ArtifactError,
+        sha256_hex, //
+    },
+    config::{
+        Config,
+        ConfigError, //
+    },
+    feed::{
+        self,
+        index::{
+            Index,
+            IndexError,
+            PatchEntry, //
+        },
+        sign::{
+            self,
+            SignError, //
+        },
+    },
+    fetch::{
+        FetchError,
+        Fetcher, //
+    },
+    fsutil,
+    identity::{
+        IdentityError,
+        KernelIdentity, //
+    },
+    journal::{
+        self,
+        Entry,
+        JournalError, //
+    },
+    paths::Paths,
+    policy::{
+        self,
+        Plan,
+        PolicyError, //
+    },
+    state::{
+        self,
+        AppliedPatch,
+        BlockedPatch,
+        LastCheck,
+        Marker,
+        State,
+        StateError, //
+    },
+    sys::{
+        Kernel,
+        SysError, //
+    },
+    timestamp::Timestamp,
+};
+
+/// Largest index.json accepted.
+const MAX_INDEX: u64 = 16 << 20;
+/// Largest signature file accepted.
+const MAX_SIGNATURE: u64 = 4096;
+
+/// Why an agent job failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("no feed configured: set feed_url in '{0}'")]
+    NoFeed(PathBuf),
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Fetch(#[from] FetchError),
+    #[error("feed '{url}': {source}")]
+    Signature {
+        url: String,
+        #[source]
+        source: SignError,
+    },
+    #[error("feed '{url}': {source}")]
+    Index {
+        url: String,
+        #[source]
+        source: IndexError,
+    },
+    #[error("{0}")]
+    Policy(#[from] PolicyError),
+    #[error("{what}: {source}")]
+    Artifact {
+        what: String,
+        #[source]
+        source: ArtifactError,
+    },
+    #[error("patch {label}: '{url}': hash mismatch: index.json says sha256 {expected}, the download is {actual}")]
+    HashMismatch { label: String, url: String, expected: String, actual: String },
+    #[error("patch {label}: identity mismatch: {what}")]
+    IdentityMismatch { label: String, what: String },
+    #[error("running kernel: {0}")]
+    Identity(#[from] IdentityError),
+    #[error("{0}")]
+    Sys(#[from] SysError),
+    #[error("{0}")]
+    State(#[from] StateError),
+    #[error("{0}")]
+    Journal(#[from] JournalError),
+    #[error("'{path}': {op} failed: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("patch '{0}' is already applied: revert it first to apply another version")]
+    AlreadyApplied(String),
+}
+
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> AgentError {
+    let path = path.to_owned();
+    move |source| AgentError::Io { op, path, source }
+}
+
+/// What a feed check found.
+#[derive(Debug, Serialize)]
+pub struct CheckReport {
+    pub time: Timestamp,
+    pub feed: String,
+    pub kernel: KernelIdentity,
+    pub channel: String,
+    pub plan: Plan,
+}
+
+/// What an update did.
+#[derive(Debug, Serialize)]
+pub struct UpdateReport {
+    pub check: CheckReport,
+    pub applied: Vec<AppliedPatch>,
+    pub superseded: Vec<String>,
+}
+
+/// What `kmend boot` did.
+#[derive(Debug, Default, Serialize)]
+pub struct BootReport {
+    /// Why nothing was done, when it was disabled.
+    pub disabled: Option<String>,
+    pub reapplied: Vec<String>,
+    pub blocked: Vec<String>,
+    pub skipped: Vec<(String, String)>,
+    pub failed: Vec<(String, String)>,
+}
+
+/// The agent, for one run (config and paths read once).
+pub struct Agent {
+    pub paths: Paths,
+    pub config: Config,
+    pub kernel: Kernel,
+    /// Who acts, for the journal: `cli:<user>`, `daemon` or `boot`.
+    pub actor: String,
+}
+
+impl Agent {
+    /// Reads the config under `paths` and picks the kernel backend.
+    pub fn new(paths: Paths, actor: String) -> Result<Self, AgentError> {
+        let config = Config::load(&paths.config_file())?;
+        let kernel = Kernel::from_env(&paths);
+        Ok(Self { paths, config, kernel, actor })
+    }
+
+    fn lock(&self) -> Result<fsutil::Lock, AgentError> {
+        let path = self.paths.lock_file();
+        fsutil::Lock::acquire(&path).map_err(io_err("lock", &path))
+    }
+
+    fn journal(&self, action: &str, patch: Option<(&str, u32)>, m: Option<&artifact::Manifest>, result: Result<(), String>) {
+        let entry = Entry {
+            time: Timestamp::now(),
+            actor: self.actor.clone(),
+            action: action.to_owned(),
+            patch: patch.map(|p| p.0.to_owned()),
+            version: patch.map(|p| p.1),
+            functions: m.map(|m| m.functions.iter().map(|f| format!("{}:{}", f.object, f.name)).collect()).unwrap_or_default(),
+            cves: m.map(|m| m.cves.clone()).unwrap_or_default(),
+            result: if result.is_ok() { "ok" } else { "error" }.to_owned(),
+            error: result.err(),
+        };
+        // The journal must not turn a done change into a reported failure:
+        // say it loudly instead.
+        if let Err(e) = journal::append(&self.paths, &entry) {
+            tracing::error!("journal not written: {e}");
+            eprintln!("kmend: warning: {e}");
+        }
+    }
+
+    /// The running kernel's identity.
+    pub fn identity(&self) -> Result<KernelIdentity, AgentError> {
+        Ok(KernelIdentity::running(&self.paths)?)
+    }
+
+    /// Cleans up after an interrupted run (see the module docs); call with
+    /// the lock held.
+    pub fn recover(&self, state: &mut State) -> Result<(), AgentError> {
+        let cache = self.paths.cache_dir();
+        for name in fsutil::remove_stale_temporaries(&cache).map_err(io_err("clean", &cache))? {
+            tracing::info!("removed '{name}', left by an interrupted download");
+        }
+        let Some(marker) = state::read_marker(&self.paths)? else { return Ok(()) };
+        let now_boot = state::boot_id(&self.paths);
+        let label = (marker.id.as_str(), marker.version);
+        let manifest = Artifact::read(&cache.join(artifact::file_name(&marker.id, marker.version))).ok().map(|a| a.manifest);
+        if marker.boot_id != now_boot {
+            state.blocked.retain(|b| b.id != marker.id);
+            state.blocked.push(BlockedPatch { id: marker.id.clone(), version: marker.version, since: marker.started });
+            state.applied.retain(|p| p.id != marker.id);
+            let why = format!("the machine went down while applying it at {}: not re-applied", marker.started);
+            tracing::warn!("patch '{}': {why}", marker.id);
+            self.journal("block", Some(label), manifest.as_ref(), Err(why));
+        } else if self.kernel.status()?.patch(&marker.id).is_some() {
+            if let Some(m) = &manifest {
+                let file = artifact::file_name(&m.id, m.version);
+                let sha = fs::read(cache.join(&file)).map(|b| sha256_hex(&b)).unwrap_or_default();
+                state.record_applied(AppliedPatch::from_manifest(m, None, sha, file));
+            }
+            self.journal("apply", Some(label), manifest.as_ref(), Ok(()));
+        } else {
+            let why = "kmend was stopped while applying it; the kernel did not load it".to_owned();
+            self.journal("interrupted", Some(label), manifest.as_ref(), Err(why));
+        }
+        state.save(&self.paths)?;
+        state::remove_marker(&self.paths)?;
+        Ok(())
+    }
+
+    fn fetcher(&self) -> Result<(Fetcher, String), AgentError> {
+        let url = self.config.feed_url.clone().ok_or_else(|| AgentError::NoFeed(self.paths.config_file()))?;
+        Ok((Fetcher::new(&url, self.config.proxy.as_deref(), self.config.timeout)?, url))
+    }
+
+    /// Fetches index.json and its signature and checks both.
+    pub fn fetch_index(&self, fetcher: &Fetcher, url: &str) -> Result<Index, AgentError> {
+        let bytes = fetcher.get(feed::INDEX, MAX_INDEX)?;
+        let sig = fetcher.get(feed::SIGNATURE, MAX_SIGNATURE)?;
+        let sig = String::from_utf8_lossy(&sig);
+        let keys = self
+            .config
+            .trusted_keys
+            .iter()
+            .map(|k| sign::trusted_key(k, |p| self.paths.at(p)))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| AgentError::Signature { url: url.to_owned(), source })?;
+        sign::verify(&bytes, &sig, &keys).map_err(|source| AgentError::Signature { url: url.to_owned(), source })?;
+        Index::parse(&bytes).map_err(|source| AgentError::Index { url: url.to_owned(), source })
+    }
+
+    fn check_locked(&self, state: &mut State, force: bool) -> Result<(CheckReport, Fetcher), AgentError> {
+        let time = Timestamp::now();
+        let feed_url = self.config.feed_url.clone().unwrap_or_default();
+        let result = (|| {
+            let kernel = self.identity()?;
+            let (fetcher, url) = self.fetcher()?;
+            let index = self.fetch_index(&fetcher, &url)?;
+            let applied = self.applied_refs(state)?;
+            let plan = policy::plan(&index, &kernel, &self.config.policy, time, &applied, &state.blocked_refs(), force)?;
+            let channel = self.config.policy.channel.clone();
+            Ok((CheckReport { time, feed: url, kernel, channel, plan }, fetcher))
+        })();
+        state.last_check = Some(match &result {
+            Ok((r, _)) => LastCheck { time, feed: feed_url, supported: Some(true), target: r.plan.target.clone(), error: None },
+            Err(e) => LastCheck {
+                time,
+                feed: feed_url,
+                supported: matches!(e, AgentError::Policy(PolicyError::Unsupported { .. })).then_some(false),
+                target: Vec::new(),
+                error: Some(e.to_string()),
+            },
+        });
+        state.save(&self.paths)?;
+        result
+    }
+
+    /// Applied patches as the policy sees them: recorded in the state and
+    /// still listed by the kernel.
+    fn applied_refs(&self, state: &State) -> Result<Vec<policy::PatchRef>, AgentError> {
+        let status = self.kernel.status()?;
+        Ok(state.applied.iter().filter(|p| status.patch(&p.id).is_some()).map(AppliedPatch::patch_ref).collect())
+    }
+
+    /// Checks the feed (no change to the kernel); records the result.
+    pub fn check(&self, force: bool) -> Result<CheckReport, AgentError> {
+        let _lock = self.lock()?;
+        let mut state = State::load(&self.paths)?;
+        self.recover(&mut state)?;
+        Ok(self.check_locked(&mut state, force)?.0)
+    }
+
+    /// Checks the feed, downloads what the policy selects and applies it.
+    /// Nothing is applied unless every download is complete and verified.
+    pub fn update(&self, force: bool) -> Result<UpdateReport, AgentError> {
+        let _lock = self.lock()?;
+        let mut state = State::load(&self.paths)?;
+        self.recover(&mut state)?;
+        let (check, fetcher) = self.check_locked(&mut state, force)?;
+        let mut ready = Vec::new();
+        for entry in &check.plan.apply {
+            ready.push((self.download(&fetcher, entry, &check.kernel)?, entry.released));
+        }
+        let mut applied = Vec::new();
+        for (artifact, released) in ready {
+            applied.push(self.install(&mut state, &artifact, Some(released), "apply")?);
+        }
+        let mut superseded = Vec::new();
+        if check.plan.target.first().is_some_and(|p| p.replace) {
+            let status = self.kernel.status()?;
+            for id in &check.plan.supersede {
+                if status.patch(id).is_some() {
+                    self.revert_locked(&mut state, id, "supersede")?;
+                    superseded.push(id.clone());
+                }
+            }
+        }
+        Ok(UpdateReport { check, applied, superseded })
+    }
+
+    /// Downloads one patch into the cache and verifies it against the
+    /// index entry and the running kernel.
+    fn download(&self, fetcher: &Fetcher, entry: &PatchEntry, kernel: &KernelIdentity) -> Result<Artifact, AgentError> {
+        let cache = self.paths.cache_dir();
+        let url = fetcher.url_of(&entry.url);
+        let mut tmp = fsutil::temp_in(&cache).map_err(io_err("create temporary file in", &cache))?;
+        fetcher.download(&entry.url, entry.size, tmp.as_file_mut())?;
+        tmp.as_file_mut().flush().map_err(io_err("write", tmp.path()))?;
+        let bytes = fs::read(tmp.path()).map_err(io_err("read", tmp.path()))?;
+        let actual = sha256_hex(&bytes);
+        if actual != entry.sha256 {
+            return Err(AgentError::HashMismatch { label: entry.label(), url, expected: entry.sha256.clone(), actual });
+        }
+        let artifact = Artifact::from_bytes(&bytes)
+            .map_err(|source| AgentError::Artifact { what: format!("patch {}: '{url}'", entry.label()), source })?;
+        let m = &artifact.manifest;
+        if m.id != entry.id || m.version != entry.version {
+            let what = format!("the artifact is '{}' version {}, index.json lists another", m.id, m.version);
+            return Err(AgentError::IdentityMismatch { label: entry.label(), what });
+        }
+        self.check_kernel(&artifact, kernel)?;
+        let dest = cache.join(artifact.file_name());
+        fsutil::persist(tmp, &dest).map_err(io_err("write", &dest))?;
+        Ok(artifact)
+    }
+
+    fn check_kernel(&self, artifact: &Artifact, kernel: &KernelIdentity) -> Result<(), AgentError> {
+        let m = &artifact.manifest;
+        if &m.kernel != kernel {
+            let what = format!("built for kernel {}, running kernel is {kernel}", m.kernel);
+            return Err(AgentError::IdentityMismatch { label: format!("'{}' version {}", m.id, m.version), what });
+        }
+        Ok(())
+    }
+
+    /// Applies a verified artifact (see the module docs for the order).
+    fn install(&self, state: &mut State, artifact: &Artifact, released: Option<Timestamp>, action: &str) -> Result<AppliedPatch, AgentError> {
+        let m = &artifact.manifest;
+        let label = (m.id.as_str(), m.version);
+        self.check_kernel(artifact, &self.identity()?)?;
+        if self.kernel.status()?.patch(&m.id).is_some() {
+            return Err(AgentError::AlreadyApplied(m.id.clone()));
+        }
+        let cache = self.paths.cache_dir();
+        let file = artifact.file_name();
+        let cached = cache.join(&file);
+        let bytes = artifact.to_bytes();
+        if fs::read(&cached).ok().as_deref() != Some(&bytes[..]) {
+            fsutil::write_atomic(&cached, &bytes).map_err(io_err("write", &cached))?;
+        }
+        let mut module = fsutil::temp_in(&cache).map_err(io_err("create temporary file in", &cache))?;
+        module.write_all(&artifact.module).map_err(io_err("write", module.path()))?;
+        let marker = Marker {
+            id: m.id.clone(),
+            version: m.version,
+            started: Timestamp::now(),
+            boot_id: state::boot_id(&self.paths),
+            actor: self.actor.clone(),
+        };
+        state::write_marker(&self.paths, &marker)?;
+        let loaded = self.kernel.load_module(module.path(), &m.id, &m.functions);
+        state::remove_marker(&self.paths)?;
+        if let Err(e) = loaded {
+            self.journal(action, Some(label), Some(m), Err(e.to_string()));
+            return Err(e.into());
+        }
+        let record = AppliedPatch::from_manifest(m, released, sha256_hex(&bytes), file);
+        state.record_applied(record.clone());
+        state.save(&self.paths)?;
+        self.journal(action, Some(label), Some(m), Ok(()));
+        tracing::info!("patch '{}' version {} applied", m.id, m.version);
+        Ok(record)
+    }
+
+    /// `kmend apply <artifact>`: verifies the artifact against the running
+    /// kernel, applies it, and reverts what a cumulative patch supersedes.
+    pub fn apply_artifact(&self, path: &Path) -> Result<(AppliedPatch, Vec<String>), AgentError> {
+        let artifact = Artifact::read(path).map_err(|source| AgentError::Artifact { what: format!("'{}'", path.display()), source })?;
+        // Before touching anything: this artifact must be for this kernel.
+        self.check_kernel(&artifact, &self.identity()?)?;
+        let _lock = self.lock()?;
+        let mut state = State::load(&self.paths)?;
+        self.recover(&mut state)?;
+        let record = self.install(&mut state, &artifact, None, "apply")?;
+        let mut superseded = Vec::new();
+        if record.replace {
+            let others: Vec<String> = state.applied.iter().filter(|p| p.id != record.id).map(|p| p.id.clone()).collect();
+            let status = self.kernel.status()?;
+            for id in others.into_iter().filter(|id| status.patch(id).is_some()) {
+                self.revert_locked(&mut state, &id, "supersede")?;
+                superseded.push(id);
+            }
+        }
+        Ok((record, superseded))
+    }
+
+    /// `kmend revert <id>`: reverts the patch, unloads its module and
+    /// forgets it (it is not re-applied at boot). Returns whether the
+    /// module could be unloaded.
+    pub fn revert(&self, id: &str) -> Result<bool, AgentError> {
+        let _lock = self.lock()?;
+        let mut state = State::load(&self.paths)?;
+        self.revert_locked(&mut state, id, "revert")
+    }
+
+    fn revert_locked(&self, state: &mut State, id: &str, action: &str) -> Result<bool, AgentError> {
+        let record = state.applied(id).cloned();
+        let manifest = record.as_ref().and_then(|r| Artifact::read(&self.paths.cache_dir().join(&r.file)).ok()).map(|a| a.manifest);
+        let label = record.as_ref().map(|r| (r.id.as_str(), r.version));
+        if let Err(e) = self.kernel.revert(id) {
+            self.journal(action, label.or(Some((id, 0))), manifest.as_ref(), Err(e.to_string()));
+            return Err(e.into());
+        }
+        // The patch is reverted; a module that stays loaded is harmless but
+        // worth saying.
+        let unloaded = match self.kernel.unload_module(id) {
+            Ok(()) => true,
+            Err(e) => {
+                eprintln!("kmend: warning: {e}");
+                false
+            }
+        };
+        if let Some(r) = state.forget(id) {
+            let cached = self.paths.cache_dir().join(&r.file);
+            fsutil::remove_durably(&cached).map_err(io_err("remove", &cached))?;
+            state.save(&self.paths)?;
+        }
+        self.journal(action, label.or(Some((id, 0))), manifest.as_ref(), Ok(()));
+        Ok(unloaded)
+    }
+
+    /// `kmend unload`: reverts every applied patch, newest first.
+    pub fn unload_all(&self) -> Result<Vec<String>, AgentError> {
+        let _lock = self.lock()?;
+        let mut state = State::load(&self.paths)?;
+        let status = self.kernel.status()?;
+        let mut done = Vec::new();
+        for p in status.patches.iter().rev() {
+            self.revert_locked(&mut state, &p.id, "revert")?;
+            done.push(p.id.clone());
+        }
+        Ok(done)
+    }
+
+    /// Why the boot-time re-apply is off, if it is.
+    pub fn boot_disabled(&self) -> Option<String> {
+        if !self.config.install_on_reboot {
+            return Some(format!("install_on_reboot = false in '{}'", self.paths.config_file().display()));
+        }
+        let disable = self.paths.disable_file();
+        if disable.exists() {
+            return Some(format!("'{}' exists", disable.display()));
+        }
+        let cmdline = fs::read_to_string(self.paths.cmdline()).unwrap_or_default();
+        cmdline
+            .split_whitespace()
+            .find(|w| matches!(*w, "nokmend" | "kmend.disable" | "kmend.disable=1"))
+            .map(|w| format!("'{w}' is on the kernel command line"))
+    }
+
+    /// `kmend boot`: re-applies the cached patches, in the order they were
+    /// applied, before the network is up; skips blocked ones.
+    pub fn boot(&self) -> Result<BootReport, AgentError> {
+        let mut report = BootReport::default();
+        if let Some(why) = self.boot_disabled() {
+            tracing::info!("boot re-apply disabled: {why}");
+            report.disabled = Some(why);
+            return Ok(report);
+        }
+        let _lock = self.lock()?;
+        let mut state = State::load(&self.paths)?;
+        self.recover(&mut state)?;
+        report.blocked = state.blocked.iter().map(|b| b.id.clone()).collect();
+        let kernel = self.identity()?;
+        let status = self.kernel.status()?;
+        for record in state.applied.clone() {
+            if status.patch(&record.id).is_some() {
+                report.skipped.push((record.id.clone(), "already applied".into()));
+                continue;
+            }
+            let path = self.paths.cache_dir().join(&record.file);
+            let result = Artifact::read(&path)
+                .map_err(|source| AgentError::Artifact { what: format!("'{}'", path.display()), source })
+                .and_then(|a| if a.manifest.kernel == kernel { Ok(Some(a)) } else { Ok(None) });
+            match result {
+                Ok(Some(a)) => match self.install(&mut state, &a, record.released, "reapply") {
+                    Ok(_) => report.reapplied.push(record.id.clone()),
+                    Err(e) => report.failed.push((record.id.clone(), e.to_string())),
+                },
+                Ok(None) => {
+                    // Cached for another kernel (the machine booted a new one).
+                    state.forget(&record.id);
+                    let _ = fsutil::remove_durably(&path);
+                    report.skipped.push((record.id.clone(), "built for another kernel".into()));
+                }
+                Err(e) => {
+                    state.forget(&record.id);
+                    self.journal("reapply", Some((&record.id, record.version)), None, Err(e.to_string()));
+                    report.failed.push((record.id.clone(), e.to_string()));
+                }
+            }
+        }
+        state.save(&self.paths)?;
+        Ok(report)
+    }
+}

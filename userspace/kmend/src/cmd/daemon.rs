@@ -1,0 +1,137 @@
+//! `kmend daemon`: the long-running agent (kmend.service).
+//!
+//! Every `interval` plus a random part of `jitter` it checks the feed, and
+//! applies updates when `auto_update` is on. A failed cycle is retried
+//! with exponential backoff (30 s, 1 min, 2 min... up to `interval`). The
+//! config is re-read each cycle. SIGTERM or SIGINT stop it cleanly: a
+//! cycle in progress is finished first, so an apply is never cut short.
+//! The blocking agent work runs on tokio's blocking pool.
+
+use std::time::Duration;
+
+use kmend::{
+    agent::{
+        Agent,
+        AgentError,
+    },
+    exit::Exit,
+    paths::Paths,
+    policy::PolicyError,
+};
+use rand::Rng as _;
+use tokio::signal::unix::{
+    SignalKind,
+    signal, //
+};
+
+/// First retry delay after a failed cycle.
+const BACKOFF_BASE: Duration = Duration::from_secs(30);
+
+/// What one cycle tells the scheduler.
+struct Cycle {
+    interval: Duration,
+    jitter: Duration,
+    ok: bool,
+}
+
+fn cycle() -> Cycle {
+    let agent = match Agent::new(Paths::from_env(), "daemon".into()) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("{e}");
+            let d = kmend::config::Config::default();
+            return Cycle { interval: d.interval, jitter: d.jitter, ok: false };
+        }
+    };
+    let (interval, jitter) = (agent.config.interval, agent.config.jitter);
+    let result = if agent.config.auto_update {
+        agent.update(false).map(|r| {
+            for p in &r.applied {
+                tracing::info!("patch '{}' version {} applied", p.id, p.version);
+            }
+            tracing::info!("feed checked: {} patch(es) applied, kernel up to date", r.applied.len());
+        })
+    } else {
+        agent.check(false).map(|r| tracing::info!("feed checked: {} update(s) available (auto_update is off)", r.plan.apply.len()))
+    };
+    let ok = match result {
+        Ok(()) => true,
+        // Not a transient failure: retrying sooner would not help.
+        Err(AgentError::Policy(e @ PolicyError::Unsupported { .. })) => {
+            tracing::warn!("{e}");
+            true
+        }
+        Err(e) => {
+            tracing::error!("update failed: {e}");
+            false
+        }
+    };
+    Cycle { interval, jitter, ok }
+}
+
+/// The wait before the next cycle.
+fn next_wait(c: &Cycle, failures: u32) -> Duration {
+    if failures == 0 {
+        let extra = if c.jitter.is_zero() { 0 } else { rand::thread_rng().gen_range(0..=c.jitter.as_millis() as u64) };
+        c.interval + Duration::from_millis(extra)
+    } else {
+        let backoff = BACKOFF_BASE.saturating_mul(1u32 << (failures - 1).min(16));
+        backoff.min(c.interval)
+    }
+}
+
+pub fn run(_json: bool) -> anyhow::Result<Exit> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut failures = 0u32;
+        tracing::info!("kmend daemon started");
+        loop {
+            let mut work = tokio::task::spawn_blocking(cycle);
+            let mut stopping = false;
+            let done = loop {
+                tokio::select! {
+                    r = &mut work => break r?,
+                    _ = term.recv() => stopping = true,
+                    _ = int.recv() => stopping = true,
+                }
+                if stopping {
+                    tracing::info!("stopping: finishing the current cycle first");
+                }
+            };
+            if stopping {
+                break;
+            }
+            failures = if done.ok { 0 } else { failures.saturating_add(1) };
+            let wait = next_wait(&done, failures);
+            tracing::info!("next check in {}s", wait.as_secs());
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        tracing::info!("kmend daemon stopped");
+        anyhow::Ok(())
+    })?;
+    Ok(Exit::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_interval() {
+        let c = Cycle { interval: Duration::from_secs(600), jitter: Duration::ZERO, ok: false };
+        let waits: Vec<u64> = (1..=6).map(|f| next_wait(&c, f).as_secs()).collect();
+        assert_eq!(waits, [30, 60, 120, 240, 480, 600]);
+        assert_eq!(next_wait(&c, 0), Duration::from_secs(600));
+        let j = Cycle { interval: Duration::from_secs(60), jitter: Duration::from_secs(10), ok: true };
+        for _ in 0..50 {
+            let w = next_wait(&j, 0);
+            assert!(w >= Duration::from_secs(60) && w <= Duration::from_secs(70), "{w:?}");
+        }
+    }
+}

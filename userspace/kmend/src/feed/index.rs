@@ -1,0 +1,260 @@
+//! `index.json` (feed format 1): which patches exist, per channel and per
+//! kernel build. Documented in docs/feed-format.md.
+
+use std::collections::BTreeMap;
+
+use serde::{
+    Deserialize,
+    Serialize, //
+};
+
+use crate::{
+    artifact::Artifact,
+    identity::KernelIdentity,
+    timestamp::Timestamp, //
+};
+
+/// The feed format this kmend writes and reads.
+pub const FORMAT: u32 = 1;
+
+/// The channels a feed may have: `stable` for production, `test` for
+/// patches still being tried (like KernelCare's test feed).
+pub const CHANNELS: [&str; 2] = ["stable", "test"];
+
+/// The whole index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Index {
+    pub format: u32,
+    /// When the index was written.
+    pub generated: Timestamp,
+    /// Keyed by channel name.
+    #[serde(default)]
+    pub channels: BTreeMap<String, Channel>,
+}
+
+/// One channel: the patches for each kernel build it supports.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Channel {
+    #[serde(default)]
+    pub kernels: Vec<KernelEntry>,
+}
+
+/// The patches of one channel for one kernel build.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelEntry {
+    pub release: String,
+    pub build_id: String,
+    /// In release order, oldest first.
+    #[serde(default)]
+    pub patches: Vec<PatchEntry>,
+}
+
+/// One patch as the feed lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PatchEntry {
+    pub id: String,
+    pub version: u32,
+    pub released: Timestamp,
+    #[serde(default)]
+    pub cves: Vec<String>,
+    /// Bytes of the artifact.
+    pub size: u64,
+    /// SHA-256 of the artifact, lowercase hex.
+    pub sha256: String,
+    /// Path of the artifact relative to the feed's root.
+    pub url: String,
+    #[serde(default)]
+    pub replace: bool,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// An index that kmend refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error("index.json is not valid JSON for feed format {FORMAT}: {source}")]
+    Json {
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("unsupported feed format {0} (this kmend reads format {FORMAT}): upgrade kmend")]
+    Format(u32),
+    #[error("index.json: {0}")]
+    Invalid(String),
+}
+
+/// A relative artifact path that cannot escape the feed: `patches/<name>`
+/// with a plain file name.
+pub fn safe_relative_url(url: &str) -> bool {
+    let Some(name) = url.strip_prefix("patches/") else { return false };
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+impl PatchEntry {
+    /// `id` version `n`, as messages name a patch.
+    pub fn label(&self) -> String {
+        format!("'{}' version {}", self.id, self.version)
+    }
+}
+
+impl KernelEntry {
+    pub fn identity(&self) -> KernelIdentity {
+        KernelIdentity { release: self.release.clone(), build_id: self.build_id.clone() }
+    }
+}
+
+impl Index {
+    pub fn new(generated: Timestamp) -> Self {
+        Self { format: FORMAT, generated, channels: BTreeMap::new() }
+    }
+
+    /// Parses and checks index.json.
+    pub fn parse(bytes: &[u8]) -> Result<Self, IndexError> {
+        // Check the format first, so a newer feed gets the right message.
+        #[derive(Deserialize)]
+        struct Head {
+            format: u32,
+        }
+        let head: Head = serde_json::from_slice(bytes).map_err(|source| IndexError::Json { source })?;
+        if head.format != FORMAT {
+            return Err(IndexError::Format(head.format));
+        }
+        let index: Self = serde_json::from_slice(bytes).map_err(|source| IndexError::Json { source })?;
+        index.validate()?;
+        Ok(index)
+    }
+
+    fn validate(&self) -> Result<(), IndexError> {
+        let bad = |s: String| Err(IndexError::Invalid(s));
+        for (name, channel) in &self.channels {
+            if !CHANNELS.contains(&name.as_str()) {
+                return bad(format!("unknown channel '{name}' (known: {})", CHANNELS.join(", ")));
+            }
+            for k in &channel.kernels {
+                for p in &k.patches {
+                    let at = || format!("channel '{name}', kernel '{}', patch '{}'", k.release, p.id);
+                    if crate::sys::check_id(&p.id).is_err() {
+                        return bad(format!("{}: invalid id", at()));
+                    }
+                    if !safe_relative_url(&p.url) {
+                        return bad(format!("{}: url '{}' is not patches/<file name>", at(), p.url));
+                    }
+                    if p.sha256.len() != 64 || !p.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return bad(format!("{}: sha256 is not 64 hex digits", at()));
+                    }
+                }
+                let mut ids: Vec<_> = k.patches.iter().map(|p| &p.id).collect();
+                ids.sort();
+                if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+                    return bad(format!("channel '{name}', kernel '{}': patch '{}' listed twice", k.release, w[0]));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The patches of `channel` for `kernel`; `None` when the feed does not
+    /// support that kernel build on that channel.
+    pub fn patches_for(&self, channel: &str, kernel: &KernelIdentity) -> Option<&[PatchEntry]> {
+        self.channels
+            .get(channel)?
+            .kernels
+            .iter()
+            .find(|k| k.release == kernel.release && k.build_id == kernel.build_id)
+            .map(|k| k.patches.as_slice())
+    }
+
+    /// Adds `artifact` (stored at `url`, `size` bytes with hash `sha256`)
+    /// to `channel`; an entry with the same id is replaced.
+    pub fn add(&mut self, channel: &str, artifact: &Artifact, released: Timestamp, url: String, size: u64, sha256: String) {
+        let m = &artifact.manifest;
+        let kernels = &mut self.channels.entry(channel.to_owned()).or_default().kernels;
+        let pos = match kernels.iter().position(|k| k.identity() == m.kernel) {
+            Some(pos) => pos,
+            None => {
+                kernels.push(KernelEntry {
+                    release: m.kernel.release.clone(),
+                    build_id: m.kernel.build_id.clone(),
+                    patches: Vec::new(),
+                });
+                kernels.sort_by(|a, b| (&a.release, &a.build_id).cmp(&(&b.release, &b.build_id)));
+                kernels.iter().position(|k| k.identity() == m.kernel).unwrap_or_default()
+            }
+        };
+        let patches = &mut kernels[pos].patches;
+        patches.retain(|p| p.id != m.id);
+        patches.push(PatchEntry {
+            id: m.id.clone(),
+            version: m.version,
+            released,
+            cves: m.cves.clone(),
+            size,
+            sha256,
+            url,
+            replace: m.replace,
+            description: m.description.clone(),
+        });
+        patches.sort_by(|a, b| (a.released, a.version, &a.id).cmp(&(b.released, b.version, &b.id)));
+    }
+
+    /// The index as written to index.json (pretty, newline-terminated).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec_pretty(self).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::artifact::tests::{
+        fake_module,
+        manifest, //
+    };
+
+    fn artifact(id: &str) -> Artifact {
+        Artifact::new(manifest(id), fake_module(id)).unwrap()
+    }
+
+    #[test]
+    fn add_groups_by_kernel_and_replaces_same_id() {
+        let mut index = Index::new(Timestamp::from_unix(0));
+        let t1 = Timestamp::parse("2026-01-01T00:00:00Z").unwrap();
+        let t2 = Timestamp::parse("2026-02-01T00:00:00Z").unwrap();
+        index.add("stable", &artifact("kp_b"), t2, "patches/kp_b-1.kmpatch".into(), 10, "0".repeat(64));
+        index.add("stable", &artifact("kp_a"), t1, "patches/kp_a-1.kmpatch".into(), 10, "0".repeat(64));
+        index.add("stable", &artifact("kp_a"), t1, "patches/kp_a-1.kmpatch".into(), 11, "1".repeat(64));
+        let kernel = manifest("x").kernel;
+        let patches = index.patches_for("stable", &kernel).unwrap();
+        assert_eq!(patches.iter().map(|p| p.id.as_str()).collect::<Vec<_>>(), ["kp_a", "kp_b"]);
+        assert_eq!(patches[0].size, 11);
+        assert!(index.patches_for("test", &kernel).is_none());
+        let other = KernelIdentity { release: kernel.release.clone(), build_id: "cd".repeat(20) };
+        assert!(index.patches_for("stable", &other).is_none(), "same release, other build must not match");
+        let parsed = Index::parse(&index.to_bytes()).unwrap();
+        assert_eq!(parsed, index);
+    }
+
+    #[test]
+    fn refuses_bad_indexes() {
+        assert!(matches!(Index::parse(b"<html>").unwrap_err(), IndexError::Json { .. }));
+        assert!(matches!(Index::parse(br#"{"format":2}"#).unwrap_err(), IndexError::Format(2)));
+        let mut index = Index::new(Timestamp::from_unix(0));
+        index.add("stable", &artifact("kp_a"), Timestamp::from_unix(0), "../../etc/shadow".into(), 1, "0".repeat(64));
+        assert!(matches!(Index::parse(&index.to_bytes()).unwrap_err(), IndexError::Invalid(_)));
+        let mut index = Index::new(Timestamp::from_unix(0));
+        index.add("nightly", &artifact("kp_a"), Timestamp::from_unix(0), "patches/a".into(), 1, "0".repeat(64));
+        assert!(matches!(Index::parse(&index.to_bytes()).unwrap_err(), IndexError::Invalid(_)));
+    }
+
+    #[test]
+    fn relative_urls_stay_inside_the_feed() {
+        assert!(safe_relative_url("patches/kp_a-1.kmpatch"));
+        for bad in ["patches/", "patches/../x", "/etc/passwd", "patches/a/b", "http://x/y", "patches/.hidden"] {
+            assert!(!safe_relative_url(bad), "{bad}");
+        }
+    }
+}
