@@ -19,10 +19,7 @@
 
 use std::{
     fs,
-    io::{
-        self,
-        Write as _, //
-    },
+    io::Write as _,
     path::{
         Path,
         PathBuf, //
@@ -58,15 +55,17 @@ use crate::{
         FetchError,
         Fetcher, //
     },
-    fsutil,
+    fsutil::{
+        self,
+        FileError, //
+    },
     identity::{
         IdentityError,
         KernelIdentity, //
     },
     journal::{
         self,
-        Entry,
-        JournalError, //
+        Entry, //
     },
     paths::Paths,
     policy::{
@@ -135,21 +134,9 @@ pub enum AgentError {
     #[error("{0}")]
     State(#[from] StateError),
     #[error("{0}")]
-    Journal(#[from] JournalError),
-    #[error("'{path}': {op} failed: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    File(#[from] FileError),
     #[error("patch '{0}' is already applied: revert it first to apply another version")]
     AlreadyApplied(String),
-}
-
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> AgentError {
-    let path = path.to_owned();
-    move |source| AgentError::Io { op, path, source }
 }
 
 /// What a feed check found.
@@ -200,16 +187,17 @@ impl Agent {
 
     fn lock(&self) -> Result<fsutil::Lock, AgentError> {
         let path = self.paths.lock_file();
-        fsutil::Lock::acquire(&path).map_err(io_err("lock", &path))
+        Ok(fsutil::Lock::acquire(&path).map_err(fsutil::at("lock", &path))?)
     }
 
-    fn journal(&self, action: &str, patch: Option<(&str, u32)>, m: Option<&artifact::Manifest>, result: Result<(), String>) {
+    /// Journals one action on patch `id` (`version` unknown for a bare module).
+    fn journal(&self, action: &str, (id, version): (&str, Option<u32>), m: Option<&artifact::Manifest>, result: Result<(), String>) {
         let entry = Entry {
             time: Timestamp::now(),
             actor: self.actor.clone(),
             action: action.to_owned(),
-            patch: patch.map(|p| p.0.to_owned()),
-            version: patch.map(|p| p.1),
+            patch: Some(id.to_owned()),
+            version,
             functions: m.map(|m| m.functions.iter().map(|f| format!("{}:{}", f.object, f.name)).collect()).unwrap_or_default(),
             cves: m.map(|m| m.cves.clone()).unwrap_or_default(),
             result: if result.is_ok() { "ok" } else { "error" }.to_owned(),
@@ -232,12 +220,12 @@ impl Agent {
     /// the lock held.
     pub fn recover(&self, state: &mut State) -> Result<(), AgentError> {
         let cache = self.paths.cache_dir();
-        for name in fsutil::remove_stale_temporaries(&cache).map_err(io_err("clean", &cache))? {
+        for name in fsutil::remove_stale_temporaries(&cache).map_err(fsutil::at("clean", &cache))? {
             tracing::info!("removed '{name}', left by an interrupted download");
         }
         let Some(marker) = state::read_marker(&self.paths)? else { return Ok(()) };
         let now_boot = state::boot_id(&self.paths);
-        let label = (marker.id.as_str(), marker.version);
+        let label = (marker.id.as_str(), Some(marker.version));
         let manifest = Artifact::read(&cache.join(artifact::file_name(&marker.id, marker.version))).ok().map(|a| a.manifest);
         if marker.boot_id != now_boot {
             state.blocked.retain(|b| b.id != marker.id);
@@ -245,17 +233,17 @@ impl Agent {
             state.applied.retain(|p| p.id != marker.id);
             let why = format!("the machine went down while applying it at {}: not re-applied", marker.started);
             tracing::warn!("patch '{}': {why}", marker.id);
-            self.journal("block", Some(label), manifest.as_ref(), Err(why));
+            self.journal("block", label, manifest.as_ref(), Err(why));
         } else if self.kernel.status()?.patch(&marker.id).is_some() {
             if let Some(m) = &manifest {
                 let file = artifact::file_name(&m.id, m.version);
                 let sha = fs::read(cache.join(&file)).map(|b| sha256_hex(&b)).unwrap_or_default();
                 state.record_applied(AppliedPatch::from_manifest(m, None, sha, file));
             }
-            self.journal("apply", Some(label), manifest.as_ref(), Ok(()));
+            self.journal("apply", label, manifest.as_ref(), Ok(()));
         } else {
             let why = "kmend was stopped while applying it; the kernel did not load it".to_owned();
-            self.journal("interrupted", Some(label), manifest.as_ref(), Err(why));
+            self.journal("interrupted", label, manifest.as_ref(), Err(why));
         }
         state.save(&self.paths)?;
         state::remove_marker(&self.paths)?;
@@ -352,15 +340,15 @@ impl Agent {
         Ok(UpdateReport { check, applied, superseded })
     }
 
-    /// Downloads one patch into the cache and verifies it against the
-    /// index entry and the running kernel.
+    /// Downloads one patch (to a temporary file in the cache directory) and
+    /// verifies it against the index entry and the running kernel.
     fn download(&self, fetcher: &Fetcher, entry: &PatchEntry, kernel: &KernelIdentity) -> Result<Artifact, AgentError> {
         let cache = self.paths.cache_dir();
         let url = fetcher.url_of(&entry.url);
-        let mut tmp = fsutil::temp_in(&cache).map_err(io_err("create temporary file in", &cache))?;
+        let mut tmp = fsutil::temp_in(&cache).map_err(fsutil::at("create temporary file in", &cache))?;
         fetcher.download(&entry.url, entry.size, tmp.as_file_mut())?;
-        tmp.as_file_mut().flush().map_err(io_err("write", tmp.path()))?;
-        let bytes = fs::read(tmp.path()).map_err(io_err("read", tmp.path()))?;
+        tmp.as_file_mut().flush().map_err(fsutil::at("write", tmp.path()))?;
+        let bytes = fs::read(tmp.path()).map_err(fsutil::at("read", tmp.path()))?;
         let actual = sha256_hex(&bytes);
         if actual != entry.sha256 {
             return Err(AgentError::HashMismatch { label: entry.label(), url, expected: entry.sha256.clone(), actual });
@@ -373,8 +361,8 @@ impl Agent {
             return Err(AgentError::IdentityMismatch { label: entry.label(), what });
         }
         self.check_kernel(&artifact, kernel)?;
-        let dest = cache.join(artifact.file_name());
-        fsutil::persist(tmp, &dest).map_err(io_err("write", &dest))?;
+        // The temporary file goes away here; `install` caches the artifact
+        // once every download of the update has been verified.
         Ok(artifact)
     }
 
@@ -390,7 +378,7 @@ impl Agent {
     /// Applies a verified artifact (see the module docs for the order).
     fn install(&self, state: &mut State, artifact: &Artifact, released: Option<Timestamp>, action: &str) -> Result<AppliedPatch, AgentError> {
         let m = &artifact.manifest;
-        let label = (m.id.as_str(), m.version);
+        let label = (m.id.as_str(), Some(m.version));
         self.check_kernel(artifact, &self.identity()?)?;
         if self.kernel.status()?.patch(&m.id).is_some() {
             return Err(AgentError::AlreadyApplied(m.id.clone()));
@@ -400,10 +388,10 @@ impl Agent {
         let cached = cache.join(&file);
         let bytes = artifact.to_bytes();
         if fs::read(&cached).ok().as_deref() != Some(&bytes[..]) {
-            fsutil::write_atomic(&cached, &bytes).map_err(io_err("write", &cached))?;
+            fsutil::write_atomic(&cached, &bytes).map_err(fsutil::at("write", &cached))?;
         }
-        let mut module = fsutil::temp_in(&cache).map_err(io_err("create temporary file in", &cache))?;
-        module.write_all(&artifact.module).map_err(io_err("write", module.path()))?;
+        let mut module = fsutil::temp_in(&cache).map_err(fsutil::at("create temporary file in", &cache))?;
+        module.write_all(&artifact.module).map_err(fsutil::at("write", module.path()))?;
         let marker = Marker {
             id: m.id.clone(),
             version: m.version,
@@ -415,13 +403,13 @@ impl Agent {
         let loaded = self.kernel.load_module(module.path(), &m.id, &m.functions);
         state::remove_marker(&self.paths)?;
         if let Err(e) = loaded {
-            self.journal(action, Some(label), Some(m), Err(e.to_string()));
+            self.journal(action, label, Some(m), Err(e.to_string()));
             return Err(e.into());
         }
         let record = AppliedPatch::from_manifest(m, released, sha256_hex(&bytes), file);
         state.record_applied(record.clone());
         state.save(&self.paths)?;
-        self.journal(action, Some(label), Some(m), Ok(()));
+        self.journal(action, label, Some(m), Ok(()));
         tracing::info!("patch '{}' version {} applied", m.id, m.version);
         Ok(record)
     }
@@ -460,9 +448,9 @@ impl Agent {
     fn revert_locked(&self, state: &mut State, id: &str, action: &str) -> Result<bool, AgentError> {
         let record = state.applied(id).cloned();
         let manifest = record.as_ref().and_then(|r| Artifact::read(&self.paths.cache_dir().join(&r.file)).ok()).map(|a| a.manifest);
-        let label = record.as_ref().map(|r| (r.id.as_str(), r.version));
+        let label = (id, record.as_ref().map(|r| r.version));
         if let Err(e) = self.kernel.revert(id) {
-            self.journal(action, label.or(Some((id, 0))), manifest.as_ref(), Err(e.to_string()));
+            self.journal(action, label, manifest.as_ref(), Err(e.to_string()));
             return Err(e.into());
         }
         // The patch is reverted; a module that stays loaded is harmless but
@@ -476,10 +464,10 @@ impl Agent {
         };
         if let Some(r) = state.forget(id) {
             let cached = self.paths.cache_dir().join(&r.file);
-            fsutil::remove_durably(&cached).map_err(io_err("remove", &cached))?;
+            fsutil::remove_durably(&cached).map_err(fsutil::at("remove", &cached))?;
             state.save(&self.paths)?;
         }
-        self.journal(action, label.or(Some((id, 0))), manifest.as_ref(), Ok(()));
+        self.journal(action, label, manifest.as_ref(), Ok(()));
         Ok(unloaded)
     }
 
@@ -549,7 +537,7 @@ impl Agent {
                 }
                 Err(e) => {
                     state.forget(&record.id);
-                    self.journal("reapply", Some((&record.id, record.version)), None, Err(e.to_string()));
+                    self.journal("reapply", (&record.id, Some(record.version)), None, Err(e.to_string()));
                     report.failed.push((record.id.clone(), e.to_string()));
                 }
             }

@@ -10,14 +10,8 @@
 
 use std::{
     fs,
-    io::{
-        self,
-        Read as _, //
-    },
-    path::{
-        Path,
-        PathBuf, //
-    },
+    io::Read as _,
+    path::Path,
 };
 
 use serde::{
@@ -74,7 +68,8 @@ pub struct Function {
     pub sympos: u64,
     /// Symbol of the replacement in the patch module.
     pub replacement: String,
-    /// Hex fingerprint of the old function's code (may be empty).
+    /// The old function's code, in the kernel side's format (empty: not
+    /// checked); checked when the patch is enabled.
     #[serde(default)]
     pub fingerprint: String,
 }
@@ -89,13 +84,8 @@ pub struct Artifact {
 /// Why an artifact was refused or could not be written.
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
-    #[error("'{path}': {op} failed: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{0}")]
+    File(#[from] crate::fsutil::FileError),
     #[error("not a kmend artifact: {0}")]
     Layout(String),
     #[error("bad manifest: {source}")]
@@ -145,9 +135,6 @@ impl Manifest {
             let word = |s: &str| !s.is_empty() && !s.contains(char::is_whitespace);
             if !word(&f.object) || !word(&f.name) || !word(&f.replacement) {
                 return bad(format!("function '{}': object, name and replacement must be single words", f.name));
-            }
-            if !is_hex(&f.fingerprint) {
-                return bad(format!("function '{}': fingerprint is not lowercase hex", f.name));
             }
         }
         if let Some(c) = self.cves.iter().find(|c| c.is_empty() || c.contains(char::is_whitespace) || c.contains(',')) {
@@ -219,7 +206,7 @@ impl Artifact {
 
     /// Reads and checks an artifact file.
     pub fn read(path: &Path) -> Result<Self, ArtifactError> {
-        let data = fs::read(path).map_err(|source| ArtifactError::Io { op: "read", path: path.to_owned(), source })?;
+        let data = fs::read(path).map_err(crate::fsutil::at("read", path))?;
         Self::from_bytes(&data)
     }
 
@@ -242,8 +229,7 @@ impl Artifact {
 
     /// Writes the artifact atomically (temporary file, fsync, rename).
     pub fn write(&self, path: &Path) -> Result<(), ArtifactError> {
-        crate::fsutil::write_atomic(path, &self.to_bytes())
-            .map_err(|source| ArtifactError::Io { op: "write", path: path.to_owned(), source })
+        Ok(crate::fsutil::write_atomic(path, &self.to_bytes()).map_err(crate::fsutil::at("write", path))?)
     }
 
     /// The file name a feed and the cache use: `<id>-<version>.kmpatch`.

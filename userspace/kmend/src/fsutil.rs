@@ -8,8 +8,28 @@ use std::{
         Write as _, //
     },
     os::fd::AsRawFd as _,
-    path::Path,
+    path::{
+        Path,
+        PathBuf, //
+    },
 };
+
+/// A file operation that failed: what was done, on which path, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("'{}': {op} failed: {source}", path.display())]
+pub struct FileError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+/// Names the operation and the path of an `io::Error`:
+/// `fs::read(&p).map_err(fsutil::at("read", &p))?`.
+pub fn at(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FileError {
+    let path = path.to_owned();
+    move |source| FileError { op, path, source }
+}
 
 /// Prefix of kmend's temporary files; stale ones (from a killed process)
 /// are removed by [`remove_stale_temporaries`].
@@ -30,13 +50,6 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     sync_dir(dir)
-}
-
-/// Moves a complete, fsynced temporary file into place.
-pub fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> io::Result<()> {
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
 }
 
 /// Removes `path` (absent is fine) and fsyncs its directory.

@@ -10,7 +10,6 @@ use std::{
         Write as _, //
     },
     os::unix::fs::OpenOptionsExt as _,
-    path::PathBuf,
 };
 
 use serde::{
@@ -47,22 +46,12 @@ pub struct Entry {
 }
 
 /// The journal could not be written or read.
-#[derive(Debug, thiserror::Error)]
-#[error("'{path}': {op} failed: {source}")]
-pub struct JournalError {
-    op: &'static str,
-    path: PathBuf,
-    #[source]
-    source: io::Error,
-}
+pub type JournalError = crate::fsutil::FileError;
 
 /// Appends `entry` as one line and fsyncs it.
 pub fn append(paths: &Paths, entry: &Entry) -> Result<(), JournalError> {
     let path = paths.journal();
-    let err = |op| {
-        let path = path.clone();
-        move |source| JournalError { op, path, source }
-    };
+    let err = |op| crate::fsutil::at(op, &path);
     if let Some(dir) = path.parent() {
         fs::create_dir_all(dir).map_err(err("create directory"))?;
     }
@@ -80,11 +69,11 @@ pub fn read_all(paths: &Paths) -> Result<Vec<Entry>, JournalError> {
     let file = match fs::File::open(&path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(JournalError { op: "open", path, source }),
+        Err(source) => return Err(crate::fsutil::at("open", &path)(source)),
     };
     let mut out = Vec::new();
     for line in io::BufReader::new(file).lines() {
-        let line = line.map_err(|source| JournalError { op: "read", path: path.clone(), source })?;
+        let line = line.map_err(crate::fsutil::at("read", &path))?;
         if let Ok(e) = serde_json::from_str(&line) {
             out.push(e);
         }

@@ -23,7 +23,10 @@ use crate::{
         Manifest, //
     },
     feed::index::PatchEntry,
-    fsutil,
+    fsutil::{
+        self,
+        FileError, //
+    },
     paths::Paths,
     policy::PatchRef,
     timestamp::Timestamp,
@@ -32,13 +35,8 @@ use crate::{
 /// A state file kmend cannot read or write.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    #[error("'{path}': {op} failed: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{0}")]
+    File(#[from] FileError),
     #[error("'{path}': corrupt ({source}); move it away to start afresh")]
     Corrupt {
         path: PathBuf,
@@ -138,25 +136,20 @@ pub struct Marker {
     pub actor: String,
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StateError {
-    let path = path.to_owned();
-    move |source| StateError::Io { op, path, source }
-}
-
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<Option<T>, StateError> {
     match fs::read(path) {
         Ok(b) => serde_json::from_slice(&b).map(Some).map_err(|source| StateError::Corrupt { path: path.to_owned(), source }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(io_err("read", path)(e)),
+        Err(e) => Err(fsutil::at("read", path)(e).into()),
     }
 }
 
 fn write_json(path: &Path, value: &impl Serialize) -> Result<(), StateError> {
     if let Some(dir) = path.parent() {
-        fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        fs::create_dir_all(dir).map_err(fsutil::at("create directory", dir))?;
     }
     let bytes = serde_json::to_vec_pretty(value).unwrap_or_default();
-    fsutil::write_atomic(path, &bytes).map_err(io_err("write", path))
+    Ok(fsutil::write_atomic(path, &bytes).map_err(fsutil::at("write", path))?)
 }
 
 impl State {
@@ -208,7 +201,7 @@ pub fn write_marker(paths: &Paths, marker: &Marker) -> Result<(), StateError> {
 /// Removes the marker durably (after the load ended).
 pub fn remove_marker(paths: &Paths) -> Result<(), StateError> {
     let path = paths.applying_marker();
-    fsutil::remove_durably(&path).map_err(io_err("remove", &path))
+    Ok(fsutil::remove_durably(&path).map_err(fsutil::at("remove", &path))?)
 }
 
 /// The current boot's id (empty when the kernel does not say).

@@ -12,8 +12,17 @@ use kmend::{
     },
 };
 
-fn unsupported(e: &anyhow::Error) -> bool {
-    matches!(e.downcast_ref::<AgentError>(), Some(AgentError::Policy(PolicyError::Unsupported { .. })))
+/// The job's report, or exit 3 (with the message) when the feed does not
+/// support this kernel: an answer, not a failure.
+fn or_unsupported<T>(result: Result<T, AgentError>) -> anyhow::Result<Result<T, Exit>> {
+    match result {
+        Ok(r) => Ok(Ok(r)),
+        Err(e @ AgentError::Policy(PolicyError::Unsupported { .. })) => {
+            eprintln!("kmend: {e}");
+            Ok(Err(Exit::Unsupported))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn print_check(r: &CheckReport) {
@@ -35,16 +44,9 @@ fn print_check(r: &CheckReport) {
 
 pub fn check(force: bool, json: bool) -> anyhow::Result<Exit> {
     let agent = super::cli_agent()?;
-    let report = match agent.check(force) {
+    let report = match or_unsupported(agent.check(force))? {
         Ok(r) => r,
-        Err(e) => {
-            let e = anyhow::Error::from(e);
-            if unsupported(&e) {
-                eprintln!("kmend: {e}");
-                return Ok(Exit::Unsupported);
-            }
-            return Err(e);
-        }
+        Err(code) => return Ok(code),
     };
     let up_to_date = report.plan.up_to_date();
     if json {
@@ -58,16 +60,9 @@ pub fn check(force: bool, json: bool) -> anyhow::Result<Exit> {
 
 pub fn update(force: bool, json: bool) -> anyhow::Result<Exit> {
     let agent = super::cli_agent()?;
-    let report = match agent.update(force) {
+    let report = match or_unsupported(agent.update(force))? {
         Ok(r) => r,
-        Err(e) => {
-            let e = anyhow::Error::from(e);
-            if unsupported(&e) {
-                eprintln!("kmend: {e}");
-                return Ok(Exit::Unsupported);
-            }
-            return Err(e);
-        }
+        Err(code) => return Ok(code),
     };
     if json {
         super::print_json(&report)?;

@@ -30,20 +30,18 @@ use crate::{
         ArtifactError,
         sha256_hex, //
     },
-    fsutil,
+    fsutil::{
+        self,
+        FileError, //
+    },
     timestamp::Timestamp,
 };
 
 /// A feed directory that could not be built, signed or verified.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("'{path}': {op} failed: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{0}")]
+    File(#[from] FileError),
     #[error("artifact '{path}': {source}")]
     Artifact {
         path: PathBuf,
@@ -64,18 +62,13 @@ pub enum BuildError {
     Patch { label: String, path: PathBuf, problem: String },
 }
 
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BuildError {
-    let path = path.to_owned();
-    move |source| BuildError::Io { op, path, source }
-}
-
 /// Reads `<dir>/index.json`, or starts a new index when there is none.
 pub fn load_index(dir: &Path) -> Result<Index, BuildError> {
     let path = dir.join(INDEX);
     match fs::read(&path) {
         Ok(bytes) => Index::parse(&bytes).map_err(|source| BuildError::Index { path, source }),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Index::new(Timestamp::now())),
-        Err(e) => Err(io_err("read", &path)(e)),
+        Err(e) => Err(fsutil::at("read", &path)(e).into()),
     }
 }
 
@@ -88,22 +81,22 @@ pub fn add(dir: &Path, channel: &str, released: Timestamp, artifacts: &[PathBuf]
     }
     let mut index = load_index(dir)?;
     let patch_dir = dir.join(PATCH_DIR);
-    fs::create_dir_all(&patch_dir).map_err(io_err("create directory", &patch_dir))?;
+    fs::create_dir_all(&patch_dir).map_err(fsutil::at("create directory", &patch_dir))?;
     for path in artifacts {
-        let bytes = fs::read(path).map_err(io_err("read", path))?;
+        let bytes = fs::read(path).map_err(fsutil::at("read", path))?;
         let artifact =
             Artifact::from_bytes(&bytes).map_err(|source| BuildError::Artifact { path: path.clone(), source })?;
         let name = artifact.file_name();
         let dest = patch_dir.join(&name);
-        fsutil::write_atomic(&dest, &bytes).map_err(io_err("write", &dest))?;
+        fsutil::write_atomic(&dest, &bytes).map_err(fsutil::at("write", &dest))?;
         let url = format!("{PATCH_DIR}/{name}");
         index.add(channel, &artifact, released, url, bytes.len() as u64, sha256_hex(&bytes));
     }
     index.generated = Timestamp::now();
     let path = dir.join(INDEX);
-    fsutil::write_atomic(&path, &index.to_bytes()).map_err(io_err("write", &path))?;
+    fsutil::write_atomic(&path, &index.to_bytes()).map_err(fsutil::at("write", &path))?;
     let sig = dir.join(SIGNATURE);
-    fsutil::remove_durably(&sig).map_err(io_err("remove", &sig))?;
+    fsutil::remove_durably(&sig).map_err(fsutil::at("remove", &sig))?;
     let kernels = index.channels.get(channel).map(|c| c.kernels.as_slice()).unwrap_or_default();
     Ok(kernels.iter().flat_map(|k| k.patches.iter().cloned()).collect())
 }
@@ -112,10 +105,10 @@ pub fn add(dir: &Path, channel: &str, released: Timestamp, artifacts: &[PathBuf]
 pub fn sign_dir(dir: &Path, key_file: &Path) -> Result<PathBuf, BuildError> {
     let key = sign::secret_key(&sign::read_key_file(key_file)?, &format!("secret key '{}'", key_file.display()))?;
     let path = dir.join(INDEX);
-    let bytes = fs::read(&path).map_err(io_err("read", &path))?;
+    let bytes = fs::read(&path).map_err(fsutil::at("read", &path))?;
     Index::parse(&bytes).map_err(|source| BuildError::Index { path: path.clone(), source })?;
     let sig_path = dir.join(SIGNATURE);
-    fsutil::write_atomic(&sig_path, sign::sign(&bytes, &key).as_bytes()).map_err(io_err("write", &sig_path))?;
+    fsutil::write_atomic(&sig_path, sign::sign(&bytes, &key).as_bytes()).map_err(fsutil::at("write", &sig_path))?;
     Ok(sig_path)
 }
 
@@ -123,9 +116,9 @@ pub fn sign_dir(dir: &Path, key_file: &Path) -> Result<PathBuf, BuildError> {
 /// `keys`, then every listed artifact's size, hash and manifest.
 pub fn verify_dir(dir: &Path, keys: &[ed25519_dalek::VerifyingKey]) -> Result<usize, BuildError> {
     let path = dir.join(INDEX);
-    let bytes = fs::read(&path).map_err(io_err("read", &path))?;
+    let bytes = fs::read(&path).map_err(fsutil::at("read", &path))?;
     let sig_path = dir.join(SIGNATURE);
-    let sig = fs::read_to_string(&sig_path).map_err(io_err("read", &sig_path))?;
+    let sig = fs::read_to_string(&sig_path).map_err(fsutil::at("read", &sig_path))?;
     sign::verify(&bytes, &sig, keys)?;
     let index = Index::parse(&bytes).map_err(|source| BuildError::Index { path, source })?;
     let mut checked = 0;

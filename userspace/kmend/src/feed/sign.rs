@@ -6,7 +6,6 @@
 
 use std::{
     fs,
-    io,
     path::{
         Path,
         PathBuf, //
@@ -27,13 +26,8 @@ use ed25519_dalek::{
 /// A key or signature problem.
 #[derive(Debug, thiserror::Error)]
 pub enum SignError {
-    #[error("'{path}': {op} failed: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error("{0}")]
+    File(#[from] crate::fsutil::FileError),
     #[error("{what} is not base64 of {len} bytes")]
     Encoding { what: String, len: usize },
     #[error("bad signature: index.json is not signed by any trusted key ({keys} key(s) tried)")]
@@ -66,7 +60,7 @@ pub fn public_key(text: &str, what: &str) -> Result<VerifyingKey, SignError> {
 
 /// Reads a key text file.
 pub fn read_key_file(path: &Path) -> Result<String, SignError> {
-    fs::read_to_string(path).map_err(|source| SignError::Io { op: "read key", path: path.to_owned(), source })
+    Ok(fs::read_to_string(path).map_err(crate::fsutil::at("read key", path))?)
 }
 
 /// A trusted key as the config gives it: the base64 key itself, or the path

@@ -1,0 +1,168 @@
+//! The verbs around the agent: artifacts, apply/revert/unload, list, info,
+//! report, doctor, config errors, and the status shape the VM suite reads.
+//!
+//! The kernel is kmend's test double (see tests/util/mod.rs for why).
+
+mod util;
+
+use std::fs;
+
+use util::*;
+
+#[test]
+fn status_without_patches_or_config_keeps_the_vm_suite_shape() {
+    let root = Root::new();
+    let r = root.run(&["status", "--json"]);
+    assert_eq!(r.code, 1, "{r}");
+    assert!(r.stdout.contains("\"patches\":[]"), "{r}");
+    assert_eq!(r.stdout.lines().count(), 1);
+    fs::remove_file(root.path("dev/kmend")).unwrap();
+    let r = root.run(&["status"]);
+    assert_eq!(r.code, 4, "{r}");
+    assert!(r.stderr.contains("not loaded"), "{r}");
+}
+
+#[test]
+fn artifacts_pack_inspect_and_refuse_tampering() {
+    let work = tempfile::tempdir().unwrap();
+    let a = artifact(work.path(), &Patch { cves: &["CVE-2026-1"], ..Patch::new("kp_a", 4) });
+    let root = Root::new();
+    let r = root.run(&["artifact", "inspect", a.to_str().unwrap(), "--json"]);
+    assert_eq!(r.code, 0, "{r}");
+    let m = &r.json()["manifest"];
+    assert_eq!((m["id"].as_str(), m["version"].as_u64()), (Some("kp_a"), Some(4)));
+    assert_eq!(m["kernel"]["build_id"], BUILD_ID);
+    assert_eq!(m["module_sha256"].as_str().unwrap().len(), 64);
+
+    // One flipped byte inside patch.ko: the manifest no longer vouches for it.
+    let mut bytes = fs::read(&a).unwrap();
+    let at = bytes.len() - 1100;
+    bytes[at] ^= 0x01;
+    let bad = work.path().join("bad.kmpatch");
+    fs::write(&bad, bytes).unwrap();
+    let r = root.run(&["artifact", "inspect", bad.to_str().unwrap()]);
+    assert_eq!(r.code, 4, "{r}");
+    assert!(r.stderr.contains("module hash mismatch"), "{r}");
+    let r = root.run(&["apply", bad.to_str().unwrap()]);
+    assert_eq!(r.code, 4, "{r}");
+    assert!(root.applied().is_empty());
+
+    // A module whose name is not the manifest id is not packed.
+    let m = work.path().join("m.json");
+    fs::write(&m, fs::read_to_string(work.path().join("kp_a.json")).unwrap().replace("\"kp_a\"", "\"kp_z\"")).unwrap();
+    let r = run({
+        let mut c = std::process::Command::new(kmend_bin());
+        c.args(["artifact", "pack", "--manifest"]).arg(&m).arg("--module").arg(work.path().join("kp_a.ko")).args(["-o", "/dev/null"]);
+        c
+    });
+    assert_eq!(r.code, 4, "{r}");
+    assert!(r.stderr.contains("module name 'kp_a' differs from the manifest id 'kp_z'"), "{r}");
+}
+
+#[test]
+fn apply_revert_unload_list_and_info() {
+    let root = Root::new();
+    let work = tempfile::tempdir().unwrap();
+    let a = artifact(work.path(), &Patch { cves: &["CVE-2026-11"], ..Patch::new("kp_a", 1) });
+    let b = artifact(work.path(), &Patch { function: "meminfo_proc_show", ..Patch::new("kp_b", 3) });
+    let r = root.run(&["apply", a.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stdout.contains("patch 'kp_a' version 1 applied: 1 function(s)"), "{r}");
+    assert_eq!(root.run(&["apply", b.to_str().unwrap(), "--json"]).json()["artifact"]["version"], 3);
+    // The same patch twice is refused, and changes nothing.
+    let r = root.run(&["apply", a.to_str().unwrap()]);
+    assert_eq!(r.code, 4, "{r}");
+    assert!(r.stderr.contains("patch 'kp_a' is already applied"), "{r}");
+    assert_eq!(root.applied(), ["kp_a", "kp_b"]);
+
+    let list = root.run(&["list", "--json"]).json();
+    assert_eq!(list["applied"][0]["cves"][0], "CVE-2026-11");
+    let info = root.run(&["info", "kp_a"]);
+    assert!(info.stdout.contains("cves: CVE-2026-11") && info.stdout.contains("vmlinux:cmdline_proc_show -> kp_a_cmdline_proc_show+0x0/0x40 [kp_a] [active]"), "{info}");
+    assert_eq!(root.run(&["info", "kp_nope"]).code, 4);
+    let all = root.run(&["uname", "-a"]);
+    assert!(all.stdout.contains(&format!(" {RELEASE}-kmend3 ")), "{all}");
+
+    let r = root.run(&["revert", "kp_a"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(root.applied(), ["kp_b"]);
+    assert_eq!(root.cache_files(), ["kp_b-3.kmpatch"], "a reverted patch leaves the cache (not re-applied at boot)");
+    assert_eq!(root.run(&["revert", "kp_a"]).code, 4, "reverting twice");
+    assert!(root.run(&["revert", "bad id!"]).stderr.contains("invalid patch id"));
+
+    assert_eq!(root.run(&["apply", a.to_str().unwrap()]).code, 0);
+    let r = root.run(&["unload", "--json"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.json()["reverted"], serde_json::json!(["kp_a", "kp_b"]), "newest first");
+    assert!(root.applied().is_empty());
+    let actions: Vec<String> =
+        root.journal().iter().map(|e| format!("{}:{}", e["action"].as_str().unwrap(), e["result"].as_str().unwrap())).collect();
+    // The refused second revert is audited too.
+    assert_eq!(actions, ["apply:ok", "apply:ok", "revert:ok", "revert:error", "apply:ok", "revert:ok", "revert:ok"]);
+}
+
+#[test]
+fn bare_modules_still_apply_as_before() {
+    let root = Root::new();
+    let work = tempfile::tempdir().unwrap();
+    let ko = work.path().join("kp_bare.ko");
+    fs::write(&ko, fake_module("kp_bare")).unwrap();
+    let r = root.run(&["apply", ko.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(root.applied(), ["kp_bare"]);
+    let r = root.run(&["apply", "/etc/hostname"]);
+    assert_eq!(r.code, 4, "{r}");
+    assert!(r.stderr.contains("not a kernel module"), "{r}");
+}
+
+#[test]
+fn report_exports_the_journal_as_json_and_csv() {
+    let root = Root::new();
+    let work = tempfile::tempdir().unwrap();
+    let a = artifact(work.path(), &Patch { cves: &["CVE-2026-21", "CVE-2026-22"], ..Patch::new("kp_a", 1) });
+    assert_eq!(root.run(&["apply", a.to_str().unwrap()]).code, 0);
+    let j = root.run(&["report", "--format", "json"]).json();
+    assert_eq!(j["effective_version"], format!("{RELEASE}-kmend1"));
+    assert_eq!(j["cves"]["CVE-2026-22"], serde_json::json!(["kp_a"]));
+    assert_eq!(j["events"][0]["action"], "apply");
+    let csv = root.run(&["report", "--format", "csv"]);
+    let lines: Vec<&str> = csv.stdout.lines().collect();
+    assert_eq!(lines[0], "time,host,kernel,effective_version,actor,action,patch,version,cves,result,error");
+    assert_eq!(lines.len(), 2, "{csv}");
+    assert!(lines[1].contains(&format!(",{RELEASE},{RELEASE}-kmend1,cli:")), "{csv}");
+    assert!(lines[1].ends_with(",apply,kp_a,1,CVE-2026-21 CVE-2026-22,ok,"), "{csv}");
+}
+
+#[test]
+fn doctor_redacts_credentials() {
+    let root = Root::new();
+    root.config("feed_url = \"https://alice:s3cret@feed.example/kmend\"\nproxy = \"http://bob:hunter2@proxy:3128\"\n");
+    root.write("dev/kmsg", b"6,100,5,-;kmend: patch 'kp_a' enabled\n6,101,6,-;unrelated line\n");
+    let r = root.run(&["doctor"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(!r.stdout.contains("s3cret") && !r.stdout.contains("hunter2"), "{r}");
+    assert!(r.stdout.contains("http://***@proxy:3128") && r.stdout.contains("https://***@feed.example/kmend"), "{r}");
+    assert!(r.stdout.contains("kmend: patch 'kp_a' enabled") && !r.stdout.contains("unrelated"), "{r}");
+    let out = root.path("doctor.tar");
+    let r = root.run(&["doctor", "-o", out.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r}");
+    let mut archive = tar::Archive::new(fs::File::open(&out).unwrap());
+    let names: Vec<String> = archive.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+    assert!(names.contains(&"kmend-doctor/config.txt".to_owned()) && names.contains(&"kmend-doctor/kernel-log.txt".to_owned()), "{names:?}");
+}
+
+#[test]
+fn a_bad_config_names_file_key_and_line() {
+    let root = Root::new();
+    root.config("feed_url = \"https://feed.example\"\n\ninterval = \"often\"\n");
+    let r = root.run(&["check"]);
+    assert_eq!(r.code, 4, "{r}");
+    let want = format!("kmend: '{}' line 3: interval: invalid duration 'often'", root.path("etc/kmend/kmend.toml").display());
+    assert!(r.stderr.starts_with(&want), "{r}");
+    let r = root.run(&["update"]);
+    assert!(r.stderr.contains("line 3: interval"), "{r}");
+    root.config("channel = \"stable\"\n");
+    let r = root.run(&["update"]);
+    assert_eq!(r.code, 4, "{r}");
+    assert!(r.stderr.contains("no feed configured: set feed_url in"), "{r}");
+}

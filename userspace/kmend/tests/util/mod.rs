@@ -1,0 +1,387 @@
+//! Helpers for the host tests: a fake machine tree (`KMEND_ROOT`), patch
+//! artifacts, signed feeds, and HTTP servers on loopback.
+//!
+//! The tests run the real `kmend` binary. The kernel behind it is kmend's
+//! test double (`KMEND_FAKE_KERNEL=1`, see src/sys/fake.rs) because a host
+//! cannot load kernel modules; the real kernel path is proven by the VM
+//! suite (tests/guest).
+
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::{
+    fs,
+    io::{
+        BufRead as _,
+        BufReader,
+        Read as _,
+        Write as _, //
+    },
+    net::{
+        TcpListener,
+        TcpStream, //
+    },
+    path::{
+        Path,
+        PathBuf, //
+    },
+    process::{
+        Child,
+        Command,
+        Output,
+        Stdio, //
+    },
+    sync::{
+        Arc,
+        atomic::{
+            AtomicBool,
+            Ordering, //
+        },
+    },
+    thread,
+    time::{
+        Duration,
+        Instant, //
+    },
+};
+
+pub const RELEASE: &str = "7.2.13-test";
+pub const BUILD_ID: &str = "0123456789abcdef0123456789abcdef01234567";
+pub const OTHER_BUILD_ID: &str = "fedcba9876543210fedcba9876543210fedcba98";
+
+pub fn kmend_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kmend")
+}
+
+/// A fake machine: kernel notes, release, boot id, config, state dirs.
+pub struct Root {
+    pub dir: tempfile::TempDir,
+}
+
+/// What a finished kmend run printed.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(self.stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", self.stdout, self.stderr))
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {}\n--- stdout\n{}--- stderr\n{}", self.code, self.stdout, self.stderr)
+    }
+}
+
+fn notes(build_id: &str) -> Vec<u8> {
+    kmend::identity::fake_notes(&hex_decode(build_id))
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
+
+impl Root {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Self { dir };
+        root.write("sys/kernel/notes", &notes(BUILD_ID));
+        root.write("proc/sys/kernel/osrelease", format!("{RELEASE}\n").as_bytes());
+        root.write("proc/sys/kernel/random/boot_id", b"boot-1\n");
+        root.write("proc/cmdline", b"console=ttyS0 quiet\n");
+        // The fake kernel's "kmend.ko is loaded".
+        root.write("dev/kmend", b"");
+        root
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    pub fn write(&self, rel: &str, data: &[u8]) {
+        let p = self.path(rel);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        fs::write(p, data).unwrap();
+    }
+
+    pub fn config(&self, text: &str) {
+        self.write("etc/kmend/kmend.toml", text.as_bytes());
+    }
+
+    /// A kmend command under this root (proxy variables cleared).
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(kmend_bin());
+        c.args(args).env("KMEND_ROOT", self.dir.path()).env("KMEND_FAKE_KERNEL", "1");
+        for v in ["http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY", "no_proxy", "NO_PROXY", "KMEND_LOG"] {
+            c.env_remove(v);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        run(self.cmd(args))
+    }
+
+    /// Simulates a reboot: a new boot id and a fresh kernel with no patch.
+    pub fn reboot(&self, boot_id: &str) {
+        self.write("proc/sys/kernel/random/boot_id", format!("{boot_id}\n").as_bytes());
+        let _ = fs::remove_dir_all(self.path("fake-kernel"));
+    }
+
+    pub fn cache_files(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(self.path("var/lib/kmend/cache"))
+            .map(|d| d.filter_map(Result::ok).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    pub fn journal(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(self.path("var/lib/kmend/journal.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Ids of the patches the (fake) kernel runs.
+    pub fn applied(&self) -> Vec<String> {
+        let r = self.run(&["status", "--json"]);
+        r.json()["patches"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect()
+    }
+}
+
+pub fn run(mut c: Command) -> Run {
+    let out: Output = c.output().unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// A minimal ELF relocatable with `.modinfo` `name=<name>`: what the
+/// artifact checks and the fake kernel read from a patch module.
+pub fn fake_module(name: &str) -> Vec<u8> {
+    use object::write;
+    let mut obj = write::Object::new(object::BinaryFormat::Elf, object::Architecture::X86_64, object::Endianness::Little);
+    let sec = obj.add_section(Vec::new(), b".modinfo".to_vec(), object::SectionKind::ReadOnlyData);
+    obj.append_section_data(sec, format!("license=GPL\0name={name}\0").as_bytes(), 1);
+    obj.write().unwrap()
+}
+
+/// A patch to build.
+pub struct Patch<'a> {
+    pub id: &'a str,
+    pub version: u32,
+    pub build_id: &'a str,
+    pub replace: bool,
+    pub cves: &'a [&'a str],
+    pub function: &'a str,
+}
+
+impl<'a> Patch<'a> {
+    pub fn new(id: &'a str, version: u32) -> Self {
+        Self { id, version, build_id: BUILD_ID, replace: false, cves: &[], function: "cmdline_proc_show" }
+    }
+}
+
+/// Packs an artifact with `kmend artifact pack`; returns its path.
+pub fn artifact(dir: &Path, p: &Patch) -> PathBuf {
+    let manifest = serde_json::json!({
+        "format": 1,
+        "id": p.id,
+        "version": p.version,
+        "description": format!("test patch {}", p.id),
+        "kernel": { "release": RELEASE, "build_id": p.build_id },
+        "cves": p.cves,
+        "replace": p.replace,
+        "functions": [{ "object": "vmlinux", "name": p.function, "sympos": 0, "replacement": format!("{}_{}", p.id, p.function), "fingerprint": "" }],
+    });
+    fs::create_dir_all(dir).unwrap();
+    let m = dir.join(format!("{}.json", p.id));
+    let ko = dir.join(format!("{}.ko", p.id));
+    let out = dir.join(format!("{}-{}.kmpatch", p.id, p.version));
+    fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    fs::write(&ko, fake_module(p.id)).unwrap();
+    let mut c = Command::new(kmend_bin());
+    c.args(["artifact", "pack", "--manifest"]).arg(&m).arg("--module").arg(&ko).arg("-o").arg(&out);
+    let r = run(c);
+    assert_eq!(r.code, 0, "artifact pack: {r}");
+    out
+}
+
+/// A feed directory with its signing keys.
+pub struct Feed {
+    pub dir: tempfile::TempDir,
+    pub key: PathBuf,
+    pub public: PathBuf,
+}
+
+impl Feed {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("keys/feed");
+        fs::create_dir_all(prefix.parent().unwrap()).unwrap();
+        let mut c = Command::new(kmend_bin());
+        c.args(["feed", "keygen", "--out"]).arg(&prefix);
+        let r = run(c);
+        assert_eq!(r.code, 0, "keygen: {r}");
+        Self { key: prefix.with_extension("key"), public: prefix.with_extension("pub"), dir }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("feed")
+    }
+
+    /// `kmend feed build` then `kmend feed sign`.
+    pub fn publish(&self, channel: &str, released: &str, artifacts: &[PathBuf]) {
+        let mut c = Command::new(kmend_bin());
+        c.args(["feed", "build", "--dir"]).arg(self.root()).args(["--channel", channel, "--released", released]).args(artifacts);
+        let r = run(c);
+        assert_eq!(r.code, 0, "feed build: {r}");
+        self.sign();
+    }
+
+    /// Signs index.json whatever it holds (`feed sign` checks it first).
+    pub fn sign_raw(&self) {
+        let key = fs::read_to_string(&self.key).unwrap();
+        let seed: [u8; 32] = base64_decode(key.trim()).try_into().unwrap();
+        let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
+        let data = fs::read(self.root().join("index.json")).unwrap();
+        let sig = ed25519_dalek::Signer::sign(&sk, &data);
+        fs::write(self.root().join("index.json.sig"), base64_encode(&sig.to_bytes())).unwrap();
+    }
+
+    pub fn sign(&self) {
+        let mut c = Command::new(kmend_bin());
+        c.args(["feed", "sign", "--dir"]).arg(self.root()).arg("--key").arg(&self.key);
+        let r = run(c);
+        assert_eq!(r.code, 0, "feed sign: {r}");
+    }
+
+    /// A config using this feed at `url`, trusting its key (inline).
+    pub fn config(&self, url: &str, extra: &str) -> String {
+        let key = fs::read_to_string(&self.public).unwrap();
+        format!("feed_url = \"{url}\"\ntrusted_keys = [\"{}\"]\ntimeout = \"20s\"\n{extra}\n", key.trim())
+    }
+}
+
+/// `kmend feed serve` on a free loopback port; killed on drop.
+pub struct Server {
+    child: Child,
+    pub url: String,
+}
+
+impl Server {
+    pub fn start(dir: &Path) -> Self {
+        let mut child = Command::new(kmend_bin())
+            .args(["feed", "serve", "--listen", "127.0.0.1:0", "--dir"])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.starts_with("127.0.0.1:"), "feed serve printed {line:?}");
+        Self { child, url: format!("http://{}", line.trim()) }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What a misbehaving server does with one request path.
+pub type Handler = dyn Fn(&str, &mut TcpStream) + Send + Sync;
+
+/// An in-test HTTP server on loopback, for misbehaviour a real server
+/// would not show (errors, stalls, short bodies).
+pub struct RawServer {
+    pub url: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl RawServer {
+    pub fn start(handler: Arc<Handler>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(mut stream) = stream else { continue };
+                let handler = handler.clone();
+                thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut b).map(|n| n == 1).unwrap_or(false) {
+                        head.push(b[0]);
+                    }
+                    let text = String::from_utf8_lossy(&head).into_owned();
+                    let target = text.split(' ').nth(1).unwrap_or("/").to_owned();
+                    let path = target.rsplit("://").next().map(|t| t.find('/').map_or(t, |i| &t[i..])).unwrap_or("/").to_owned();
+                    handler(&path, &mut stream);
+                });
+            }
+        });
+        Self { url, stop }
+    }
+}
+
+impl Drop for RawServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.url.trim_start_matches("http://"));
+    }
+}
+
+/// Writes a complete 200 response.
+pub fn respond(stream: &mut TcpStream, body: &[u8]) {
+    let _ = write!(stream, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let _ = stream.write_all(body);
+}
+
+/// Serves files of `dir` (a complete, honest response).
+pub fn respond_file(dir: &Path, path: &str, stream: &mut TcpStream) {
+    match fs::read(dir.join(path.trim_start_matches('/'))) {
+        Ok(body) => respond(stream, &body),
+        Err(_) => {
+            let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    }
+}
+
+/// Polls `cond` until it holds or `limit` passes (a generous timeout,
+/// not a timing assertion).
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// RFC 3339 for `secs` seconds from now (negative: in the past).
+pub fn time_from_now(secs: i64) -> String {
+    let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
+    t.format(&time::format_description::well_known::Rfc3339).unwrap()
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, s).unwrap()
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b)
+}
