@@ -12,7 +12,7 @@ pub enum Exit {
     NotApplied = 1,
     /// `status`: updates available that are not applied.
     UpdatesAvailable = 2,
-    /// `status`: the feed does not support this kernel.
+    /// `status`, `check`, `update`: the feed does not support this kernel.
     Unsupported = 3,
     /// The operation failed (the message says what and why).
     Failure = 4,
@@ -32,6 +32,6 @@ Exit codes:
   0   success (status: patches applied, up to date; verify: proven)
   1   status: no patch applied; check: newest patch not applied; verify: not proven
   2   status: updates available but not applied
-  3   status: kernel not supported by the feed
+  3   status, check, update: kernel not supported by the feed
   4   the operation failed (see the message)
   64  bad command line";

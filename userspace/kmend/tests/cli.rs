@@ -5,7 +5,10 @@
 
 mod util;
 
-use std::fs;
+use std::{
+    fs,
+    path::Path, //
+};
 
 use util::*;
 
@@ -50,11 +53,8 @@ fn artifacts_pack_inspect_and_refuse_tampering() {
     // A module whose name is not the manifest id is not packed.
     let m = work.path().join("m.json");
     fs::write(&m, fs::read_to_string(work.path().join("kp_a.json")).unwrap().replace("\"kp_a\"", "\"kp_z\"")).unwrap();
-    let r = run({
-        let mut c = std::process::Command::new(kmend_bin());
-        c.args(["artifact", "pack", "--manifest"]).arg(&m).arg("--module").arg(work.path().join("kp_a.ko")).args(["-o", "/dev/null"]);
-        c
-    });
+    let ko = work.path().join("kp_a.ko");
+    let r = kmend([Path::new("artifact"), Path::new("pack"), Path::new("--manifest"), &m, Path::new("--module"), &ko, Path::new("-o"), Path::new("/dev/null")]);
     assert_eq!(r.code, 4, "{r}");
     assert!(r.stderr.contains("module name 'kp_a' differs from the manifest id 'kp_z'"), "{r}");
 }

@@ -259,11 +259,7 @@ fn a_feed_in_a_plain_directory_works_too() {
     let r = root.run(&["update"]);
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(root.applied(), ["kp_c2"]);
-    let verify = util::run({
-        let mut c = std::process::Command::new(kmend_bin());
-        c.args(["feed", "verify", "--dir"]).arg(feed.root()).arg("--key").arg(&feed.public);
-        c
-    });
+    let verify = kmend([std::path::Path::new("feed"), "verify".as_ref(), "--dir".as_ref(), &feed.root(), "--key".as_ref(), &feed.public]);
     assert_eq!(verify.code, 0, "{verify}");
     assert!(verify.stdout.contains("5 patch(es) verified"), "{verify}");
 }

@@ -154,6 +154,13 @@ impl Root {
     }
 }
 
+/// Runs kmend outside any root (the publisher's verbs: artifact, feed).
+pub fn kmend<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Run {
+    let mut c = Command::new(kmend_bin());
+    c.args(args);
+    run(c)
+}
+
 pub fn run(mut c: Command) -> Run {
     let out: Output = c.output().unwrap();
     Run {
@@ -207,9 +214,7 @@ pub fn artifact(dir: &Path, p: &Patch) -> PathBuf {
     let out = dir.join(format!("{}-{}.kmpatch", p.id, p.version));
     fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
     fs::write(&ko, fake_module(p.id)).unwrap();
-    let mut c = Command::new(kmend_bin());
-    c.args(["artifact", "pack", "--manifest"]).arg(&m).arg("--module").arg(&ko).arg("-o").arg(&out);
-    let r = run(c);
+    let r = kmend([Path::new("artifact"), Path::new("pack"), Path::new("--manifest"), &m, Path::new("--module"), &ko, Path::new("-o"), &out]);
     assert_eq!(r.code, 0, "artifact pack: {r}");
     out
 }
@@ -226,9 +231,7 @@ impl Feed {
         let dir = tempfile::tempdir().unwrap();
         let prefix = dir.path().join("keys/feed");
         fs::create_dir_all(prefix.parent().unwrap()).unwrap();
-        let mut c = Command::new(kmend_bin());
-        c.args(["feed", "keygen", "--out"]).arg(&prefix);
-        let r = run(c);
+        let r = kmend([Path::new("feed"), Path::new("keygen"), Path::new("--out"), &prefix]);
         assert_eq!(r.code, 0, "keygen: {r}");
         Self { key: prefix.with_extension("key"), public: prefix.with_extension("pub"), dir }
     }
@@ -239,9 +242,10 @@ impl Feed {
 
     /// `kmend feed build` then `kmend feed sign`.
     pub fn publish(&self, channel: &str, released: &str, artifacts: &[PathBuf]) {
-        let mut c = Command::new(kmend_bin());
-        c.args(["feed", "build", "--dir"]).arg(self.root()).args(["--channel", channel, "--released", released]).args(artifacts);
-        let r = run(c);
+        let mut args = vec!["feed".into(), "build".into(), "--dir".into(), self.root(), "--channel".into(), channel.into()];
+        args.extend(["--released".into(), released.into()]);
+        args.extend(artifacts.iter().cloned());
+        let r = kmend::<PathBuf>(args);
         assert_eq!(r.code, 0, "feed build: {r}");
         self.sign();
     }
@@ -257,9 +261,7 @@ impl Feed {
     }
 
     pub fn sign(&self) {
-        let mut c = Command::new(kmend_bin());
-        c.args(["feed", "sign", "--dir"]).arg(self.root()).arg("--key").arg(&self.key);
-        let r = run(c);
+        let r = kmend([Path::new("feed"), Path::new("sign"), Path::new("--dir"), &self.root(), Path::new("--key"), &self.key]);
         assert_eq!(r.code, 0, "feed sign: {r}");
     }
 
