@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 //! The in-kernel ABI between `kmend.ko` and patch modules.
 //!
-//! A patch module describes itself with a [`KmendPatch`] and hands it to
-//! `kmend_register_patch()` (exported by `kmend_export.c`) from its init.
-//! `kmend.ko` copies everything it needs, so the descriptor may live on the
-//! patch module's stack. Patch modules include this file with
-//! `#[path = ".../abi.rs"] mod abi;` so both sides share one definition.
+//! A patch module describes itself with a [`KmendPatch`], hands it to
+//! `kmend_register_patch()` from its init and to `kmend_unregister_patch()`
+//! from its exit (both exported by `kmend_export.c`). Registering does not
+//! apply anything: userspace enables the patch through `/dev/kmend`, passing
+//! the verified target addresses and fingerprints from the patch's signed
+//! manifest. kmend copies the descriptor. Patch modules include this file
+//! with `#[path = ".../abi.rs"] mod abi;` so both sides share one definition.
 
 use kernel::ffi::{
     c_char,
@@ -13,7 +15,7 @@ use kernel::ffi::{
 };
 
 /// Version of [`KmendPatch`]; bumped on any layout change.
-pub(crate) const KMEND_ABI_VERSION: u32 = 1;
+pub(crate) const KMEND_ABI_VERSION: u32 = 2;
 
 /// Flag: this patch supersedes every applied patch (cumulative "replace").
 pub(crate) const KMEND_PATCH_REPLACE: u32 = 1 << 0;
@@ -25,7 +27,7 @@ pub(crate) struct KmendFunc {
     pub(crate) object: *const c_char,
     /// Name of the function to replace (NUL-terminated).
     pub(crate) name: *const c_char,
-    /// Position among same-named symbols of `object` (0 when the name is unique).
+    /// Position among same-named symbols of `object` (0 or 1: the first).
     pub(crate) sympos: u64,
     /// The replacement, with exactly the signature of the original.
     pub(crate) new_func: *const c_void,
@@ -38,14 +40,16 @@ pub(crate) struct KmendPatch {
     pub(crate) abi_version: u32,
     /// `KMEND_PATCH_*` flags.
     pub(crate) flags: u32,
-    /// Patch id (NUL-terminated), unique among applied patches.
+    /// Patch id (NUL-terminated), unique among registered patches.
     pub(crate) id: *const c_char,
-    /// The patch module itself; pinned while the patch is applied.
+    /// The patch module itself (`THIS_MODULE`); pinned while enabled.
     pub(crate) owner: *mut c_void,
     /// Number of entries in `funcs`.
     pub(crate) nfuncs: u32,
     /// The functions.
     pub(crate) funcs: *const KmendFunc,
+    /// CVEs this patch fixes, comma-separated (NUL-terminated, may be empty).
+    pub(crate) cves: *const c_char,
 }
 
 /// Makes the enclosing replacement function visible to ftrace, so that

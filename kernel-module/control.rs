@@ -2,8 +2,9 @@
 //! `/dev/kmend`: the root-only control interface.
 //!
 //! `read` gives the status text (`cat /dev/kmend`), `ioctl` takes commands.
-//! Every command validates its input and answers with an errno and a log
-//! line; nothing a caller sends can crash the kernel. See docs/control-abi.md.
+//! Every command validates its input and answers with an errno, a log line
+//! and (for transitions) the reason in the request's `error` field; nothing
+//! a caller sends can crash the kernel. See docs/control-abi.md.
 
 use core::fmt;
 
@@ -29,8 +30,19 @@ use kernel::{
 };
 
 use crate::{
-    patch::STATE,
-    uapi, //
+    kapi,
+    patch::{
+        self,
+        Refusal,
+        STATE, //
+    },
+    transition::DEFAULT_TIMEOUT_MS,
+    uapi::{
+        self,
+        KmendBenchReq,
+        KmendFuncReq,
+        KmendReq, //
+    },
 };
 
 /// One open file of `/dev/kmend`.
@@ -82,40 +94,102 @@ impl MiscDevice for ControlFile {
     }
 
     fn ioctl(_me: Pin<&Self>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
-        let mut reader = UserSlice::new(UserPtr::from_addr(arg), _IOC_SIZE(cmd)).reader();
+        let slice = UserSlice::new(UserPtr::from_addr(arg), _IOC_SIZE(cmd));
         match cmd {
-            uapi::KMEND_IOC_REVERT => {
-                let req: uapi::KmendIdReq = reader.read()?;
-                let id = checked_id(&req)?;
-                STATE.lock().revert(id)?;
+            uapi::KMEND_IOC_ENABLE | uapi::KMEND_IOC_REVERT => {
+                let (mut reader, mut writer) = slice.reader_writer();
+                let mut req: KmendReq = reader.read()?;
+                let result = transition_request(cmd, &req);
+                req.error = [0; uapi::KMEND_ERR_MAX];
+                req.pause_ns = 0;
+                match result {
+                    Ok(pause) => {
+                        req.pause_ns = pause;
+                        writer.write(&req)?;
+                        Ok(0)
+                    }
+                    Err(r) => {
+                        req.error[..r.msg.len].copy_from_slice(&r.msg.buf[..r.msg.len]);
+                        writer.write(&req)?;
+                        Err(r.errno)
+                    }
+                }
+            }
+            uapi::KMEND_IOC_BENCH_STOP => {
+                let (mut reader, mut writer) = slice.reader_writer();
+                let mut req: KmendBenchReq = reader.read()?;
+                if req.version != uapi::KMEND_UAPI_VERSION || req.iterations == 0 || req.iterations > 100_000 {
+                    pr_warn!("control: bad bench request (-22)\n");
+                    return Err(EINVAL);
+                }
+                let t0 = kapi::now_ns();
+                for _ in 0..req.iterations {
+                    kapi::stop_the_world(|| Ok(()))?;
+                }
+                req.total_ns = (kapi::now_ns() - t0).max(0) as u64;
+                writer.write(&req)?;
+                Ok(0)
+            }
+            uapi::KMEND_IOC_VERSION => {
+                slice.writer().write(&uapi::KMEND_UAPI_VERSION)?;
                 Ok(0)
             }
             _ => {
-                pr_warn!("control: unknown ioctl {:#x} (-ENOTTY)\n", cmd);
+                pr_warn!("control: unknown ioctl {:#x} (-25)\n", cmd);
                 Err(ENOTTY)
             }
         }
     }
 }
 
-/// The id of a request, after checking version, flags and termination.
-fn checked_id(req: &uapi::KmendIdReq) -> Result<&[u8]> {
+/// Validates and runs an enable or revert request.
+fn transition_request(cmd: u32, req: &KmendReq) -> Result<u64, Refusal> {
+    let id = checked(req)?;
+    let timeout = match req.timeout_ms {
+        0 => DEFAULT_TIMEOUT_MS,
+        t => t,
+    };
+    if cmd == uapi::KMEND_IOC_REVERT {
+        if req.nfuncs != 0 {
+            return Err(bad("revert takes no functions"));
+        }
+        return STATE.lock().revert(id, timeout);
+    }
+    if req.nfuncs == 0 || req.nfuncs > uapi::KMEND_FUNCS_MAX {
+        return Err(bad("function count out of range"));
+    }
+    let n = req.nfuncs as usize;
+    let size = n * core::mem::size_of::<KmendFuncReq>();
+    let mut reader = UserSlice::new(UserPtr::from_addr(req.funcs as usize), size).reader();
+    let mut funcs = KVec::with_capacity(n, GFP_KERNEL)?;
+    for _ in 0..n {
+        funcs.push(reader.read::<KmendFuncReq>()?, GFP_KERNEL)?;
+    }
+    STATE.lock().enable(id, &funcs, timeout)
+}
+
+fn bad(what: &str) -> Refusal {
+    let mut msg = patch::Msg { buf: [0; uapi::KMEND_ERR_MAX], len: 0 };
+    let _ = fmt::Write::write_fmt(&mut msg, format_args!("control: {what}"));
+    pr_warn!("{} (-22)\n", msg.as_str());
+    Refusal { errno: EINVAL, msg }
+}
+
+/// The id of a request, after checking version, flags, timeout and id.
+fn checked(req: &KmendReq) -> Result<&[u8], Refusal> {
     if req.version != uapi::KMEND_UAPI_VERSION {
-        pr_warn!("control: request version {} (want {}) (-EINVAL)\n",
-            req.version, uapi::KMEND_UAPI_VERSION);
-        return Err(EINVAL);
+        return Err(bad("unsupported request version"));
     }
     if req.flags != 0 {
-        pr_warn!("control: unknown flags {:#x} (-EINVAL)\n", req.flags);
-        return Err(EINVAL);
+        return Err(bad("unknown flags"));
     }
-    let len = req.id.iter().position(|&b| b == 0).ok_or_else(|| {
-        pr_warn!("control: patch id not terminated (-EINVAL)\n");
-        EINVAL
-    })?;
-    if len == 0 {
-        pr_warn!("control: empty patch id (-EINVAL)\n");
-        return Err(EINVAL);
+    if req.timeout_ms > uapi::KMEND_TIMEOUT_MAX_MS {
+        return Err(bad("timeout too long"));
     }
-    Ok(&req.id[..len])
+    let len = req.id.iter().position(|&b| b == 0).ok_or_else(|| bad("patch id not terminated"))?;
+    let id = &req.id[..len];
+    if !patch::is_patch_id(id) {
+        return Err(bad("invalid patch id"));
+    }
+    Ok(id)
 }

@@ -1,19 +1,119 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Thin C helper: the one thing Rust-for-Linux has no way to do for an
- * out-of-tree module is EXPORT_SYMBOL_GPL. Patch modules call
- * kmend_register_patch() from their init; the logic is in patch.rs.
+ * Thin C helpers, for the two things Rust-for-Linux has no way to do from an
+ * out-of-tree module:
+ *
+ *  - EXPORT_SYMBOL_GPL: patch modules call kmend_register_patch() and
+ *    kmend_unregister_patch() from their init/exit; the logic is in patch.rs.
+ *  - for_each_process_thread() is a macro over the task lists, which bindgen
+ *    cannot translate; kmend_helper_for_each_task() runs a Rust callback on
+ *    every thread (transition.rs, under stop_machine).
+ *  - init_utsname() is a static inline over a struct bindgen leaves opaque;
+ *    kmend_helper_release() returns the release for the status text.
+ *  - task_pid_nr() and get_task_comm() are inlines/macros: the task's id
+ *    and name for the message that names a blocking task.
+ *  - A coming module's symbols are only reachable through its RCU-protected
+ *    mod_kallsyms and the ELF_ST_* macros: kmend_helper_module_symbol() looks
+ *    one function up, for patches applied when their target module loads.
  */
 #include <linux/export.h>
+#include <linux/kallsyms.h>
 #include <linux/module.h>
+#include <linux/rcupdate.h>
+#include <linux/sched/signal.h>
+#include <linux/utsname.h>
 
 struct kmend_patch;
 
 int kmend_rust_register_patch(const struct kmend_patch *patch);
+void kmend_rust_unregister_patch(const struct kmend_patch *patch);
 int kmend_register_patch(const struct kmend_patch *patch);
+void kmend_unregister_patch(const struct kmend_patch *patch);
+int kmend_helper_for_each_task(int (*fn)(struct task_struct *, void *), void *data);
+const char *kmend_helper_release(void);
+pid_t kmend_helper_task_pid(struct task_struct *t);
+void kmend_helper_task_comm(struct task_struct *t, char *buf);
+const char *kmend_helper_module_name(struct module *mod);
+unsigned long kmend_helper_module_symbol(struct module *mod, const char *name,
+					 unsigned long sympos, unsigned long *size);
 
 int kmend_register_patch(const struct kmend_patch *patch)
 {
 	return kmend_rust_register_patch(patch);
 }
 EXPORT_SYMBOL_GPL(kmend_register_patch);
+
+void kmend_unregister_patch(const struct kmend_patch *patch)
+{
+	kmend_rust_unregister_patch(patch);
+}
+EXPORT_SYMBOL_GPL(kmend_unregister_patch);
+
+/* Stops at the first non-zero return of @fn and returns it. */
+int kmend_helper_for_each_task(int (*fn)(struct task_struct *, void *), void *data)
+{
+	struct task_struct *g, *t;
+	int ret = 0;
+
+	rcu_read_lock();
+	for_each_process_thread(g, t) {
+		ret = fn(t, data);
+		if (ret)
+			break;
+	}
+	rcu_read_unlock();
+	return ret;
+}
+
+const char *kmend_helper_release(void)
+{
+	return init_utsname()->release;
+}
+
+pid_t kmend_helper_task_pid(struct task_struct *t)
+{
+	return task_pid_nr(t);
+}
+
+/* @buf has room for TASK_COMM_LEN bytes. */
+void kmend_helper_task_comm(struct task_struct *t, char *buf)
+{
+	strscpy_pad(buf, t->comm, TASK_COMM_LEN);
+}
+
+const char *kmend_helper_module_name(struct module *mod)
+{
+	return mod->name;
+}
+
+/*
+ * Address of the @sympos-th (1-based; 0: must be unique) function called
+ * @name in @mod, its size in @size; 0 if there is no such single function.
+ */
+unsigned long kmend_helper_module_symbol(struct module *mod, const char *name,
+					 unsigned long sympos, unsigned long *size)
+{
+	struct mod_kallsyms *kallsyms;
+	unsigned long addr = 0, count = 0;
+	unsigned int i;
+
+	rcu_read_lock();
+	kallsyms = rcu_dereference(mod->kallsyms);
+	for (i = 0; kallsyms && i < kallsyms->num_symtab; i++) {
+		const Elf_Sym *sym = &kallsyms->symtab[i];
+
+		if (sym->st_shndx == SHN_UNDEF || ELF_ST_TYPE(sym->st_info) != STT_FUNC)
+			continue;
+		if (strcmp(kallsyms->strtab + sym->st_name, name))
+			continue;
+		count++;
+		if (count == sympos || (sympos == 0 && count == 1)) {
+			addr = sym->st_value;
+			*size = sym->st_size;
+		}
+	}
+	rcu_read_unlock();
+	if (sympos == 0 && count > 1)
+		return 0;
+	return addr;
+}

@@ -2,9 +2,11 @@
 //! kmend: redirects kernel functions to their live-patched replacements.
 //!
 //! Patch modules register with [`patch`] through the exported
-//! `kmend_register_patch()`; `/dev/kmend` ([`control`]) reports status and
-//! reverts patches; [`redirect`] keeps the per-function stack of
-//! replacements; [`ftrace`] is the safe wrapper over the ftrace handler.
+//! `kmend_register_patch()`; `/dev/kmend` ([`control`]) enables, reverts and
+//! reports; [`redirect`] keeps the per-function stack of replacements, each
+//! function's ftrace site jumping ([`ftrace`]) to a [`trampoline`];
+//! [`transition`] switches them under stop_machine when no task runs the
+//! code being replaced; [`kapi`] wraps what has no Rust binding.
 
 use kernel::{
     miscdevice::{
@@ -17,10 +19,13 @@ use kernel::{
 mod abi;
 mod control;
 mod ftrace;
+mod kapi;
 mod ksym;
 mod modref;
 mod patch;
 mod redirect;
+mod trampoline;
+mod transition;
 mod uapi;
 
 module! {
@@ -34,6 +39,8 @@ module! {
 #[pin_data(PinnedDrop)]
 struct KmendModule {
     #[pin]
+    _modules: kapi::ModuleNotifier,
+    #[pin]
     _control: MiscDeviceRegistration<control::ControlFile>,
 }
 
@@ -44,6 +51,7 @@ impl kernel::InPlaceModule for KmendModule {
         unsafe { patch::STATE.init() };
         pr_info!("loaded (control abi {})\n", uapi::KMEND_UAPI_VERSION);
         try_pin_init!(Self {
+            _modules <- kapi::ModuleNotifier::new(patch::on_module_event),
             _control <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"kmend" }),
         })
     }
@@ -52,9 +60,8 @@ impl kernel::InPlaceModule for KmendModule {
 #[pinned_drop]
 impl PinnedDrop for KmendModule {
     fn drop(self: Pin<&mut Self>) {
-        // Patch modules depend on kmend and are pinned while applied, so
-        // nothing is left here; revert defensively all the same.
-        patch::STATE.lock().revert_all();
+        // Patch modules depend on kmend, so none is registered any more and
+        // every redirection is gone.
         pr_info!("unloaded\n");
     }
 }

@@ -1,106 +1,139 @@
 // SPDX-License-Identifier: GPL-2.0
-//! Every function kmend redirects, with the stack of replacements on it.
+//! Every redirected function, with the stack of replacements on it.
 //!
-//! One [`IpRedirect`] per target function, shared by all patches that replace
-//! it; the newest patch's replacement is on top and is the one that runs.
-//! Removing any entry, in any order, leaves the right one on top.
+//! One [`Slot`] per target function, shared by all patches that replace it:
+//! its ftrace site jumps to a trampoline whose target is the newest
+//! replacement, or the original body when none is left. Removing any entry,
+//! in any order, leaves the right one on top.
 
 use kernel::{
     prelude::*,
     str::CString, //
 };
 
-use crate::ftrace::IpRedirect;
+use crate::{
+    ftrace::DirectJmp,
+    trampoline::{
+        self,
+        TrampolineSet, //
+    },
+};
 
 /// One patch's replacement of a function.
-struct Entry {
-    /// Serial number of the patch (see [`crate::patch::Registry`]).
-    patch: u64,
-    /// Address of the replacement.
-    new_func: usize,
+pub(crate) struct Entry {
+    /// Serial number of the patch.
+    pub(crate) patch: u64,
+    /// The replacement's code: `[start, end)`.
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+}
+
+/// A verified target function.
+pub(crate) struct Target {
+    pub(crate) name: CString,
+    /// `vmlinux` or the module holding it.
+    pub(crate) object: CString,
+    /// The function's code: `[start, end)`.
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    /// First instruction after the ftrace site: where "the original" continues.
+    pub(crate) body: usize,
 }
 
 /// One redirected function.
-struct Slot {
-    name: CString,
-    redirect: Pin<KBox<IpRedirect>>,
+pub(crate) struct Slot {
+    pub(crate) target: Target,
+    tramp: usize,
+    _jmp: Pin<KBox<DirectJmp>>,
     /// Replacements, oldest first; the last one runs.
-    stack: KVec<Entry>,
+    pub(crate) stack: KVec<Entry>,
 }
 
 impl Slot {
-    fn top(&self) -> usize {
-        self.stack.last().map_or(0, |e| e.new_func)
+    /// Where calls go with `stack` as the replacement stack.
+    pub(crate) fn effective_of(&self, stack_top: Option<&Entry>) -> usize {
+        stack_top.map_or(self.target.body, |e| e.start)
+    }
+
+    /// The code that runs now, for the activeness check.
+    pub(crate) fn running(&self) -> (usize, usize) {
+        self.stack
+            .last()
+            .map_or((self.target.start, self.target.end), |e| (e.start, e.end))
+    }
+
+    pub(crate) fn trampoline(&self) -> usize {
+        self.tramp
     }
 }
 
 /// All redirected functions.
 pub(crate) struct Redirects {
-    slots: KVec<Slot>,
+    pub(crate) slots: KVec<Slot>,
+    tramps: TrampolineSet,
 }
 
 impl Redirects {
     pub(crate) const fn new() -> Self {
-        Self { slots: KVec::new() }
+        Self {
+            slots: KVec::new(),
+            tramps: TrampolineSet::new(),
+        }
     }
 
-    fn find(&self, name: &CStr) -> Option<usize> {
-        self.slots.iter().position(|s| s.name.to_bytes() == name.to_bytes())
+    pub(crate) fn find(&self, start: usize) -> Option<usize> {
+        self.slots.iter().position(|s| s.target.start == start)
     }
 
-    /// Makes sure `name` has a slot with room for one more entry, without
-    /// changing where calls go. Returns the slot's index.
-    pub(crate) fn prepare(&mut self, name: &CStr) -> Result<usize> {
-        let idx = match self.find(name) {
-            Some(idx) => idx,
-            None => {
-                let redirect = KBox::pin_init(IpRedirect::new(name, 0), GFP_KERNEL)?;
-                self.slots.push(
-                    Slot {
-                        name: name.to_cstring()?,
-                        redirect,
-                        stack: KVec::new(),
-                    },
-                    GFP_KERNEL,
-                )?;
-                self.slots.len() - 1
+    /// Makes sure `target` has a slot, without changing where calls go.
+    pub(crate) fn prepare(&mut self, target: Target) -> Result<usize> {
+        if let Some(idx) = self.find(target.start) {
+            self.slots[idx].stack.reserve(1, GFP_KERNEL)?;
+            return Ok(idx);
+        }
+        let tramp = self.tramps.take(target.body).ok_or(ENOSPC)?;
+        let jmp = match KBox::pin_init(DirectJmp::new(target.start, trampoline::address(tramp)), GFP_KERNEL) {
+            Ok(jmp) => jmp,
+            Err(e) => {
+                self.tramps.give_back(tramp);
+                return Err(e);
             }
         };
-        self.slots[idx].stack.reserve(1, GFP_KERNEL)?;
-        Ok(idx)
+        let mut stack = KVec::new();
+        stack.reserve(1, GFP_KERNEL)?;
+        self.slots.push(Slot { target, tramp, _jmp: jmp, stack }, GFP_KERNEL)?;
+        Ok(self.slots.len() - 1)
     }
 
-    /// Pushes a replacement on a prepared slot: from now on it runs.
-    pub(crate) fn push(&mut self, idx: usize, patch: u64, new_func: usize) {
-        let slot = &mut self.slots[idx];
-        // Cannot fail: `prepare` reserved the room.
-        if slot.stack.push_within_capacity(Entry { patch, new_func }).is_ok() {
-            slot.redirect.set_target(new_func);
-        }
-    }
-
-    /// Drops the slots that no patch uses (after a failed prepare).
+    /// Unregisters the slots no patch uses any more; their sites go back to
+    /// NOPs and their trampolines are free again.
     pub(crate) fn drop_unused(&mut self) {
-        self.slots.retain(|s| !s.stack.is_empty());
-    }
-
-    /// Removes every replacement of `patch`; each function goes back to the
-    /// replacement below it, or to the original.
-    pub(crate) fn remove_patch(&mut self, patch: u64) {
-        for slot in self.slots.iter_mut() {
-            slot.stack.retain(|e| e.patch != patch);
-            slot.redirect.set_target(slot.top());
+        let mut i = 0;
+        while i < self.slots.len() {
+            if self.slots[i].stack.is_empty() {
+                if let Ok(slot) = self.slots.remove(i) {
+                    let tramp = slot.tramp;
+                    drop(slot);
+                    self.tramps.give_back(tramp);
+                }
+            } else {
+                i += 1;
+            }
         }
-        self.drop_unused();
     }
 
-    /// Whether `patch`'s replacement of `name` is the one that runs.
-    pub(crate) fn is_active(&self, name: &CStr, patch: u64) -> bool {
-        self.find(name).is_some_and(|i| {
+    /// Where calls to slot `idx` go now.
+    pub(crate) fn current(&self, idx: usize) -> usize {
+        trampoline::target(self.slots[idx].tramp)
+    }
+
+    /// Whether `patch`'s replacement of the function at `start` is the one that runs.
+    pub(crate) fn is_active(&self, start: usize, patch: u64) -> bool {
+        self.find(start).is_some_and(|i| {
             let slot = &self.slots[i];
             slot.stack
                 .last()
-                .is_some_and(|e| e.patch == patch && e.new_func == slot.redirect.target())
+                .is_some_and(|e| e.patch == patch && e.start == trampoline::target(slot.tramp))
         })
     }
 }

@@ -9,10 +9,27 @@ use std::{
 use crate::{
     kernel,
     modules,
+    patch,
     paths,
     run::exec,
     setup, //
 };
+
+/// Patch sources built into every VM image: the sample, the suite's test
+/// patches and the benchmark's.
+const PATCH_DIRS: &[&str] = &[
+    "kernel-module/sample-patch",
+    "tests/patches/multi",
+    "tests/patches/stack_a",
+    "tests/patches/stack_b",
+    "tests/patches/stack_c",
+    "tests/patches/cumulative",
+    "tests/patches/modtarget",
+    "tests/patches/sleepy",
+    "tests/patches/hammer",
+    "tests/bench/patches/single",
+    "tests/bench/patches/ten",
+];
 
 /// Everything built, by the names `vm-images/initramfs.txt` uses (`@name`).
 pub struct Artifacts {
@@ -47,7 +64,27 @@ pub fn all() -> anyhow::Result<Artifacts> {
     let kernel = kernel::build(&src)?;
     let mods = modules::build(&src, &kernel)?;
     let mut files = userspace()?;
+    for dir in PATCH_DIRS {
+        let built = patch::build(&src, &kernel, &paths::repo().join(dir), &mods.kmend_symvers, &mods.fixtures)?;
+        files.insert(format!("{}.ko", built.id), built.module);
+        files.insert(format!("{}.kmpatch", built.id), built.artifact);
+    }
     files.insert("kmend.ko".into(), mods.kmend);
-    files.insert("kmend_sample.ko".into(), mods.sample);
+    for f in mods.fixtures {
+        if let Some(name) = f.file_name().and_then(|n| n.to_str()) {
+            files.insert(name.to_owned(), f.clone());
+        }
+    }
     Ok(Artifacts { bzimage: kernel.bzimage, files })
+}
+
+/// `cargo xtask patch build <dir>`.
+pub fn one_patch(dir: &std::path::Path) -> anyhow::Result<()> {
+    setup::run()?;
+    let src = setup::kernel_source()?;
+    let kernel = kernel::build(&src)?;
+    let mods = modules::build(&src, &kernel)?;
+    let built = patch::build(&src, &kernel, dir, &mods.kmend_symvers, &mods.fixtures)?;
+    println!("{}", built.artifact.display());
+    Ok(())
 }

@@ -122,3 +122,20 @@ fn check_config(build: &PathBuf, fragment: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+impl Kernel {
+    /// The kernel release (`uname -r` in the guest).
+    pub fn release(&self) -> anyhow::Result<String> {
+        let path = self.build.join("include/config/kernel.release");
+        Ok(fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?.trim().to_owned())
+    }
+}
+
+/// The GNU build id of an ELF file (the kernel identity patches are tied to).
+pub fn build_id(elf: &std::path::Path) -> anyhow::Result<String> {
+    use object::Object as _;
+    let data = fs::read(elf).with_context(|| format!("read {}", elf.display()))?;
+    let file = object::File::parse(&*data).with_context(|| format!("{}: not ELF", elf.display()))?;
+    let id = file.build_id()?.with_context(|| format!("{}: no GNU build id", elf.display()))?;
+    Ok(hex::encode(id))
+}

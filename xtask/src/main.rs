@@ -10,10 +10,12 @@ use clap::{
     Subcommand, //
 };
 
+mod bench;
 mod build;
 mod initramfs;
 mod kernel;
 mod modules;
+mod patch;
 mod paths;
 mod run;
 mod setup;
@@ -39,6 +41,20 @@ enum Command {
     Test(vm::VmOptions),
     /// Boot the VM and show a live patch applied, proven and reverted.
     Demo(vm::VmOptions),
+    /// Measure per-call overhead (kmend vs klp) and the switch pause in the VM.
+    Bench(vm::VmOptions),
+    /// Build a patch from source (patch.toml + patch.rs) into a .kmpatch artifact.
+    #[command(subcommand)]
+    Patch(PatchCommand),
+}
+
+#[derive(Subcommand)]
+enum PatchCommand {
+    /// Build the patch in <dir> against the guest kernel.
+    Build {
+        /// Directory with patch.toml and patch.rs.
+        dir: std::path::PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -49,6 +65,8 @@ fn main() -> ExitCode {
         Command::VmTest(opts) => test::vm_only(&opts),
         Command::Test(opts) => test::all(&opts),
         Command::Demo(opts) => vm::demo(&opts),
+        Command::Bench(opts) => bench::run(&opts),
+        Command::Patch(PatchCommand::Build { dir }) => build::one_patch(&dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

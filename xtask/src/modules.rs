@@ -1,4 +1,4 @@
-//! Out-of-tree kernel modules: `kmend.ko` and the sample patch, built
+//! Out-of-tree kernel modules: `kmend.ko` and the test fixtures, built
 //! against the guest kernel's build tree with the kernel's own toolchain.
 //!
 //! Sources are mirrored into the cache (only changed files are rewritten,
@@ -27,7 +27,25 @@ use crate::{
 /// The built modules.
 pub struct Modules {
     pub kmend: PathBuf,
-    pub sample: PathBuf,
+    /// Module.symvers of kmend.ko (what patch modules link against).
+    pub kmend_symvers: PathBuf,
+    /// Test fixtures (tests/modules): patch targets and the klp comparison.
+    pub fixtures: Vec<PathBuf>,
+}
+
+/// Builds kmend.ko and the test fixture modules.
+pub fn build(src: &KernelSource, kernel: &Kernel) -> anyhow::Result<Modules> {
+    let dir = paths::cache().join(format!("build/modules-{}", src.version));
+    mirror(&paths::repo().join("kernel-module"), &dir)?;
+    kbuild(src, kernel, &dir, &[], "module-kmend")?;
+    let fixtures_dir = paths::cache().join(format!("build/fixtures-{}", src.version));
+    mirror(&paths::repo().join("tests/modules"), &fixtures_dir)?;
+    kbuild(src, kernel, &fixtures_dir, &[], "module-fixtures")?;
+    Ok(Modules {
+        kmend: dir.join("kmend.ko"),
+        kmend_symvers: dir.join("Module.symvers"),
+        fixtures: ["kmend_testmod.ko", "klp_bench.ko"].iter().map(|m| fixtures_dir.join(m)).collect(),
+    })
 }
 
 /// Copies `from` into `to`, rewriting only files whose content changed.
@@ -57,17 +75,4 @@ pub fn kbuild(src: &KernelSource, kernel: &Kernel, dir: &Path, extra_symbols: &[
         cmd.arg(format!("KBUILD_EXTRA_SYMBOLS={}", list.join(" ")));
     }
     exec_logged(&mut cmd, &paths::cache().join(format!("logs/{log}.log")))
-}
-
-/// Builds kmend.ko and the sample patch.
-pub fn build(src: &KernelSource, kernel: &Kernel) -> anyhow::Result<Modules> {
-    let dir = paths::cache().join(format!("build/modules-{}", src.version));
-    mirror(&paths::repo().join("kernel-module"), &dir)?;
-    kbuild(src, kernel, &dir, &[], "module-kmend")?;
-    let symvers = dir.join("Module.symvers");
-    kbuild(src, kernel, &dir.join("sample-patch"), &[symvers], "module-sample")?;
-    Ok(Modules {
-        kmend: dir.join("kmend.ko"),
-        sample: dir.join("sample-patch/kmend_sample.ko"),
-    })
 }

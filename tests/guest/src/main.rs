@@ -2,9 +2,11 @@
 //! the `kmend_guest=` kernel parameter, then powers the VM off.
 //!
 //! Modes: `test` (the end-to-end suite, [`suite`]), `demo` (the narrated
-//! walk-through, [`demo`]). The host (`cargo xtask`) reads the verdict
+//! walk-through, [`demo`]), `bench` (measurements, [`bench`]). The host (`cargo xtask`) reads the verdict
 //! line and scans the console for kernel warnings.
 
+mod bench;
+mod core_suite;
 mod demo;
 mod harness;
 mod suite;
@@ -15,6 +17,7 @@ fn main() {
     match mode.as_str() {
         "test" => suite::run(),
         "demo" => demo::run(),
+        "bench" => bench::run(),
         other => println!("kmend-guest: unknown mode '{other}'"),
     }
     harness::power_off();

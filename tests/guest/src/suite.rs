@@ -29,7 +29,7 @@ const PATCHED_CMDLINE: &str = "kmend: this kernel is live patched\n";
 const SAMPLE: &str = "kmend_sample";
 
 pub fn run() {
-    crate::harness::run_all(&[
+    let mut tests = vec![
         Test { name: "core_module_loads_and_unloads", run: core_module_loads_and_unloads },
         Test { name: "apply_redirects_cmdline_proc_show", run: apply_redirects_cmdline_proc_show },
         Test { name: "status_lists_patch_and_functions", run: status_lists_patch_and_functions },
@@ -37,7 +37,9 @@ pub fn run() {
         Test { name: "revert_restores_original", run: revert_restores_original },
         Test { name: "ebpf_old_body_probe_counts_when_unpatched", run: ebpf_old_body_probe_counts_when_unpatched },
         Test { name: "control_rejects_bad_input", run: control_rejects_bad_input },
-    ]);
+    ];
+    tests.extend(crate::core_suite::tests());
+    crate::harness::run_all(&tests);
 }
 
 fn core_module_loads_and_unloads() -> TestResult {

@@ -392,6 +392,8 @@ impl Agent {
         }
         let mut module = fsutil::temp_in(&cache).map_err(fsutil::at("create temporary file in", &cache))?;
         module.write_all(&artifact.module).map_err(fsutil::at("write", module.path()))?;
+        // Close it: the kernel refuses to load a file open for writing (ETXTBSY).
+        let module = module.into_temp_path();
         let marker = Marker {
             id: m.id.clone(),
             version: m.version,
@@ -400,7 +402,7 @@ impl Agent {
             actor: self.actor.clone(),
         };
         state::write_marker(&self.paths, &marker)?;
-        let loaded = self.kernel.load_module(module.path(), &m.id, &m.functions);
+        let loaded = self.kernel.load_module(&module, &m.id, &m.functions);
         state::remove_marker(&self.paths)?;
         if let Err(e) = loaded {
             self.journal(action, label, Some(m), Err(e.to_string()));

@@ -68,8 +68,8 @@ pub struct Function {
     pub sympos: u64,
     /// Symbol of the replacement in the patch module.
     pub replacement: String,
-    /// The old function's code, in the kernel side's format (empty: not
-    /// checked); checked when the patch is enabled.
+    /// The old function's code: `<offset>:<hex bytes>` (offset from the
+    /// function's start; empty: not checked). See docs/patch-format.md.
     #[serde(default)]
     pub fingerprint: String,
 }
@@ -135,6 +135,9 @@ impl Manifest {
             let word = |s: &str| !s.is_empty() && !s.contains(char::is_whitespace);
             if !word(&f.object) || !word(&f.name) || !word(&f.replacement) {
                 return bad(format!("function '{}': object, name and replacement must be single words", f.name));
+            }
+            if let Err(e) = crate::sys::transition::parse_fingerprint(&f.fingerprint) {
+                return bad(format!("function '{}': fingerprint: {e}", f.name));
             }
         }
         if let Some(c) = self.cves.iter().find(|c| c.is_empty() || c.contains(char::is_whitespace) || c.contains(',')) {

@@ -77,3 +77,52 @@ mod tests {
         assert_eq!(ftrace_site(addrs, "cmdline_proc_show"), Some(0xffffffff81234564));
     }
 }
+
+/// Resolves `object:name` (the `sympos`-th of that name, 1-based; 0: must be
+/// unique) in a `/proc/kallsyms` text; `object` is `vmlinux` or a module.
+pub fn resolve(kallsyms: &str, object: &str, name: &str, sympos: u64) -> Result<u64, String> {
+    let matches: Vec<u64> = kallsyms
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let addr = f.next()?;
+            let kind = f.next()?;
+            if f.next()? != name || !matches!(kind, "t" | "T") {
+                return None;
+            }
+            let module = f.next().and_then(|m| m.strip_prefix('[')).and_then(|m| m.strip_suffix(']'));
+            let in_object = match module {
+                None => object == "vmlinux",
+                Some(m) => m == object,
+            };
+            in_object.then(|| u64::from_str_radix(addr, 16).ok()).flatten()
+        })
+        .collect();
+    match (matches.len(), sympos) {
+        (0, _) => Err(format!("'{object}:{name}' not found in /proc/kallsyms (not loaded?)")),
+        (_, _) if matches.iter().all(|&a| a == 0) => Err("/proc/kallsyms hides addresses: run as root".to_owned()),
+        (1, 0 | 1) => Ok(matches[0]),
+        (n, 0) => Err(format!("'{object}:{name}' is ambiguous ({n} symbols): the patch must give a position")),
+        (n, pos) if pos as usize > n => Err(format!("'{object}:{name}' has {n} symbols, not {pos}")),
+        (_, pos) => Ok(matches[pos as usize - 1]),
+    }
+}
+
+#[cfg(test)]
+mod resolve_tests {
+    use super::resolve;
+
+    const KALLSYMS: &str = "ffffffff81000010 t dup\nffffffff81000020 T uniq\nffffffff81000030 t dup\nffffffffc0001000 t dup\t[mod_a]\nffffffff81000040 d uniqdata\n";
+
+    #[test]
+    fn resolves_by_object_and_position() {
+        assert_eq!(resolve(KALLSYMS, "vmlinux", "uniq", 0), Ok(0xffffffff81000020));
+        assert_eq!(resolve(KALLSYMS, "vmlinux", "dup", 2), Ok(0xffffffff81000030));
+        assert_eq!(resolve(KALLSYMS, "mod_a", "dup", 0), Ok(0xffffffffc0001000));
+        assert!(resolve(KALLSYMS, "vmlinux", "dup", 0).unwrap_err().contains("ambiguous"));
+        assert!(resolve(KALLSYMS, "vmlinux", "dup", 3).is_err());
+        assert!(resolve(KALLSYMS, "vmlinux", "uniqdata", 0).is_err());
+        assert!(resolve(KALLSYMS, "mod_b", "dup", 0).unwrap_err().contains("not found"));
+        assert!(resolve("0000000000000000 t hidden\n", "vmlinux", "hidden", 0).unwrap_err().contains("root"));
+    }
+}

@@ -11,6 +11,7 @@
 //! by the VM suite (tests/guest).
 
 mod fake;
+pub mod transition;
 
 use std::{
     ffi::CString,
@@ -23,12 +24,7 @@ use std::{
     },
 };
 
-use kmend_common::uapi::{
-    KMEND_ID_MAX,
-    KMEND_IOC_REVERT,
-    KMEND_UAPI_VERSION,
-    KmendIdReq, //
-};
+use kmend_common::uapi::KMEND_ID_MAX;
 
 use crate::{
     artifact::Function,
@@ -116,12 +112,13 @@ impl Kernel {
         }
     }
 
-    /// Loads a patch module, which applies it; `functions` (from the
-    /// artifact's manifest, may be empty) are used only by the test double,
-    /// which cannot read them from the module's code.
+    /// Applies a patch module: loads it, then enables it with the targets
+    /// resolved in kallsyms and the fingerprints of `functions` (from the
+    /// artifact's manifest; empty for a bare module: nothing to check). The
+    /// test double takes the functions as they are. See [`transition`].
     pub fn load_module(&self, path: &Path, id: &str, functions: &[Function]) -> Result<(), SysError> {
         match self {
-            Self::Real { .. } => load_module(path, id),
+            Self::Real { control } => transition::apply(control, path, id, functions).map(|_| ()),
             Self::Fake(f) => f.load_module(path, id, functions),
         }
     }
@@ -138,7 +135,7 @@ impl Kernel {
     pub fn revert(&self, id: &str) -> Result<(), SysError> {
         check_id(id)?;
         match self {
-            Self::Real { control } => revert(control, id),
+            Self::Real { control } => transition::revert(control, id).map(|_| ()),
             Self::Fake(f) => f.revert(id),
         }
     }
@@ -196,20 +193,6 @@ pub(crate) fn open_control(control: &Path) -> Result<fs::File, SysError> {
             io::ErrorKind::NotFound => SysError::CoreNotLoaded(control.to_owned()),
             _ => SysError::Io { op: "open", path: control.to_owned(), source },
         })
-}
-
-fn revert(control: &Path, id: &str) -> Result<(), SysError> {
-    let mut req = KmendIdReq { version: KMEND_UAPI_VERSION, flags: 0, id: [0; KMEND_ID_MAX] };
-    req.id[..id.len()].copy_from_slice(id.as_bytes());
-    let dev = open_control(control)?;
-    // SAFETY: the request number encodes the size of `req`, which is a
-    // `repr(C)` struct living for the duration of the call.
-    let ret = unsafe { libc::ioctl(dev.as_raw_fd(), KMEND_IOC_REVERT as _, &req as *const KmendIdReq) };
-    if ret != 0 {
-        let source = io::Error::last_os_error();
-        return Err(SysError::Patch { op: "revert", id: id.to_owned(), hint: errno_hint(&source), source });
-    }
-    Ok(())
 }
 
 pub(crate) fn read_status(control: &Path) -> Result<String, SysError> {

@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Switching code safely: the activeness check and the stop-the-world switch.
+//!
+//! A switch changes where the trampolines of some functions jump. It happens
+//! under stop_machine, and only if no thread's stack holds an address inside
+//! code that stops running (the original or replacement being switched away
+//! from, or a replacement whose module is about to be released). Otherwise
+//! it is retried with backoff until a deadline, then refused with the name
+//! of the thread and the function. A switch is all or nothing.
+//!
+//! Lock order: callers hold `patch::STATE`; stop_machine and the RCU read
+//! lock of the task walk nest inside it.
+
+use kernel::{
+    ffi::c_ulong,
+    prelude::*, //
+};
+
+use crate::{
+    kapi,
+    trampoline, //
+};
+
+/// Code that must not be on any stack for the switch to happen.
+pub(crate) struct Busy {
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+    /// Index into the caller's names, for the error message.
+    pub(crate) name: usize,
+}
+
+/// One trampoline retarget.
+pub(crate) struct Store {
+    pub(crate) tramp: usize,
+    pub(crate) target: usize,
+}
+
+/// The thread that blocked a switch.
+pub(crate) struct Blocker {
+    pub(crate) pid: i32,
+    pub(crate) comm: [u8; 16],
+    pub(crate) name: usize,
+}
+
+/// Stack entries looked at per thread.
+const STACK_DEPTH: usize = 64;
+
+/// Default and longest time to keep retrying.
+pub(crate) const DEFAULT_TIMEOUT_MS: u32 = 5_000;
+
+fn find_blocker(ranges: &[Busy], buf: &mut [c_ulong]) -> Option<Blocker> {
+    let mut found = None;
+    let _ = kapi::for_each_task(|task| {
+        for &addr in task.stack(buf) {
+            let addr = addr as usize;
+            if let Some(r) = ranges.iter().find(|r| addr >= r.start && addr < r.end) {
+                found = Some(Blocker { pid: task.pid(), comm: task.comm(), name: r.name });
+                return Err(EBUSY);
+            }
+        }
+        Ok(())
+    });
+    found
+}
+
+/// Outcome of [`switch`].
+pub(crate) enum Switched {
+    /// Done; the stop-the-world pause in nanoseconds.
+    Done(u64),
+    /// Still blocked at the deadline.
+    Blocked(Blocker),
+}
+
+/// Checks and switches, retrying with backoff until `timeout_ms`.
+pub(crate) fn switch(ranges: &[Busy], stores: &[Store], timeout_ms: u32) -> Result<Switched> {
+    let mut buf = KVec::from_elem(0 as c_ulong, STACK_DEPTH, GFP_KERNEL)?;
+    let deadline = kapi::now_ns() + i64::from(timeout_ms) * 1_000_000;
+    let mut delay_ms = 1;
+    loop {
+        // Look first without stopping anyone: most blocked attempts end here.
+        let blocker = match find_blocker(ranges, &mut buf) {
+            Some(b) => Some(b),
+            None => {
+                let mut blocked = None;
+                let t0 = kapi::now_ns();
+                kapi::stop_the_world(|| {
+                    if let Some(b) = find_blocker(ranges, &mut buf) {
+                        blocked = Some(b);
+                        return Err(EBUSY);
+                    }
+                    for s in stores {
+                        trampoline::set_target(s.tramp, s.target);
+                    }
+                    Ok(())
+                })
+                .or_else(|e| if blocked.is_some() { Ok(()) } else { Err(e) })?;
+                // The pause as every CPU sees it: stopping, checking, switching.
+                let pause = (kapi::now_ns() - t0).max(0) as u64;
+                if blocked.is_none() {
+                    return Ok(Switched::Done(pause));
+                }
+                blocked
+            }
+        };
+        if kapi::now_ns() >= deadline {
+            // `blocker` is always set here: every path without one returned.
+            return blocker.map(Switched::Blocked).ok_or(EBUSY);
+        }
+        kapi::sleep_ms(delay_ms);
+        delay_ms = (delay_ms * 2).min(100);
+    }
+}

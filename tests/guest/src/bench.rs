@@ -1,0 +1,119 @@
+//! `cargo xtask bench`: measurements inside the VM, printed as
+//! `kmend-bench: <key> <value>` lines for the host to tabulate.
+//!
+//! Per-call cost of one function (`kmend_bench_target` in the test module,
+//! called in a loop in the kernel): unpatched, patched by kmend, patched by
+//! the kernel's livepatch (klp_bench.ko). Stop-the-world pause of applying
+//! a 10-function patch with 200 extra threads alive, next to an empty
+//! stop_machine. TCG emulates the CPU, so only ratios mean anything.
+
+use std::{
+    fs,
+    path::Path,
+    thread,
+    time::Duration, //
+};
+
+use kmend::sys::transition;
+
+use crate::harness::{
+    MODULE_DIR,
+    insmod,
+    kmend,
+    rmmod, //
+};
+
+const CALLS: u32 = 200_000;
+const ROUNDS: usize = 7;
+const CONTROL: &str = "/dev/kmend";
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Nanoseconds per call of the benchmark target (median of rounds).
+fn per_call() -> Result<f64, String> {
+    let mut samples = Vec::new();
+    for _ in 0..ROUNDS {
+        fs::write("/proc/kmend_bench", CALLS.to_string()).map_err(|e| format!("bench write: {e}"))?;
+        let ns: f64 = fs::read_to_string("/proc/kmend_bench")
+            .map_err(|e| format!("bench read: {e}"))?
+            .trim()
+            .parse()
+            .map_err(|e| format!("bench value: {e}"))?;
+        samples.push(ns / f64::from(CALLS));
+    }
+    Ok(median(samples))
+}
+
+fn wait_klp(transition_file: &str) -> Result<(), String> {
+    for _ in 0..600 {
+        if fs::read_to_string(transition_file).is_ok_and(|t| t.trim() == "0") {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("{transition_file}: transition did not finish"))
+}
+
+fn run_bench() -> Result<(), String> {
+    insmod("kmend.ko")?;
+    insmod("kmend_testmod.ko")?;
+
+    let base = per_call()?;
+    println!("kmend-bench: percall_unpatched_ns {base:.3}");
+
+    let (code, out, err) = kmend(&["apply", &format!("{MODULE_DIR}/kmend_bench.ko")]);
+    if code != 0 {
+        return Err(format!("apply kmend_bench: {out} {err}"));
+    }
+    let kmend_ns = per_call()?;
+    println!("kmend-bench: percall_kmend_ns {kmend_ns:.3}");
+    let (code, _, err) = kmend(&["revert", "kmend_bench"]);
+    if code != 0 {
+        return Err(format!("revert kmend_bench: {err}"));
+    }
+
+    insmod("klp_bench.ko")?;
+    wait_klp("/sys/kernel/livepatch/klp_bench/transition")?;
+    let klp_ns = per_call()?;
+    println!("kmend-bench: percall_klp_ns {klp_ns:.3}");
+    fs::write("/sys/kernel/livepatch/klp_bench/enabled", "0").map_err(|e| format!("klp disable: {e}"))?;
+    wait_klp("/sys/kernel/livepatch/klp_bench/transition")?;
+    thread::sleep(Duration::from_millis(200));
+    rmmod("klp_bench")?;
+
+    // 200 more threads, parked in the kernel, for the stack check to walk.
+    let parked: Vec<_> = (0..200).map(|_| thread::spawn(|| thread::sleep(Duration::from_secs(120)))).collect();
+    let threads = fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0);
+    let tasks = fs::read_dir("/proc").map(|d| d.filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())).count()).unwrap_or(0);
+    println!("kmend-bench: threads_alive {}", threads + tasks);
+
+    let control = Path::new(CONTROL);
+    let ten = format!("{MODULE_DIR}/kmend_bench10.ko");
+    let mut pauses = Vec::new();
+    transition::apply(control, Path::new(&ten), "kmend_bench10", &[]).map_err(|e| e.to_string())?;
+    for _ in 0..ROUNDS {
+        transition::revert(control, "kmend_bench10").map_err(|e| e.to_string())?;
+        pauses.push(transition::enable(control, "kmend_bench10", &[]).map_err(|e| e.to_string())? as f64);
+    }
+    transition::revert(control, "kmend_bench10").map_err(|e| e.to_string())?;
+    let _ = kmend(&["revert", "kmend_bench10"]);
+    println!("kmend-bench: pause_10fn_ns {:.0}", median(pauses));
+
+    let mut empty = Vec::new();
+    for _ in 0..ROUNDS {
+        empty.push(transition::bench_stop_machine(control, 1).map_err(|e| e.to_string())? as f64);
+    }
+    println!("kmend-bench: empty_stop_machine_ns {:.0}", median(empty));
+    drop(parked);
+    Ok(())
+}
+
+pub fn run() {
+    match run_bench() {
+        Ok(()) => println!("kmend-bench: done"),
+        Err(e) => println!("kmend-bench: failed: {e}"),
+    }
+}

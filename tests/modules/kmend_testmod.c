@@ -1,0 +1,159 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * kmend_testmod: functions for the VM suite and the benchmark to patch.
+ *
+ *  /proc/kmend_testmod        prints what kmend_testmod_show() prints
+ *  /proc/kmend_testmod_hold   write 1: the "kmend-sleeper" kthread stays
+ *                             inside kmend_testmod_sleepy(); write 0: it leaves
+ *  /proc/kmend_bench          write N: call kmend_bench_target() N times;
+ *                             read: nanoseconds the last run took
+ *  kmend_bench_f0..f9         ten small functions for a 10-function patch
+ */
+#include <linux/delay.h>
+#include <linux/kthread.h>
+#include <linux/ktime.h>
+#include <linux/module.h>
+#include <linux/proc_fs.h>
+#include <linux/seq_file.h>
+#include <linux/uaccess.h>
+
+int kmend_testmod_show(struct seq_file *m, void *v);
+void kmend_testmod_sleepy(void);
+int kmend_bench_target(int x);
+
+noinline int kmend_testmod_show(struct seq_file *m, void *v)
+{
+	seq_puts(m, "original\n");
+	return 0;
+}
+
+static atomic_t hold = ATOMIC_INIT(0);
+static struct task_struct *sleeper;
+
+noinline void kmend_testmod_sleepy(void)
+{
+	while (atomic_read(&hold) && !kthread_should_stop())
+		msleep(20);
+}
+
+static int sleeper_fn(void *data)
+{
+	while (!kthread_should_stop()) {
+		kmend_testmod_sleepy();
+		msleep(20);
+	}
+	return 0;
+}
+
+noinline int kmend_bench_target(int x)
+{
+	return x + 1;
+}
+
+#define BENCH_F(n) \
+	int kmend_bench_f##n(int x); \
+	noinline int kmend_bench_f##n(int x) { return x + n; }
+BENCH_F(0) BENCH_F(1) BENCH_F(2) BENCH_F(3) BENCH_F(4)
+BENCH_F(5) BENCH_F(6) BENCH_F(7) BENCH_F(8) BENCH_F(9)
+
+static u64 bench_ns;
+
+static int show(struct seq_file *m, void *v)
+{
+	return kmend_testmod_show(m, v);
+}
+
+static int show_open(struct inode *inode, struct file *file)
+{
+	return single_open(file, show, NULL);
+}
+
+static const struct proc_ops show_ops = {
+	.proc_open = show_open,
+	.proc_read = seq_read,
+	.proc_lseek = seq_lseek,
+	.proc_release = single_release,
+};
+
+static ssize_t hold_write(struct file *f, const char __user *buf, size_t len, loff_t *off)
+{
+	int v;
+	int err = kstrtoint_from_user(buf, len, 10, &v);
+
+	if (err)
+		return err;
+	atomic_set(&hold, !!v);
+	return len;
+}
+
+static const struct proc_ops hold_ops = {
+	.proc_write = hold_write,
+};
+
+static ssize_t bench_write(struct file *f, const char __user *buf, size_t len, loff_t *off)
+{
+	unsigned int n, i;
+	int acc = 0;
+	u64 t0;
+	int err = kstrtouint_from_user(buf, len, 10, &n);
+
+	if (err)
+		return err;
+	t0 = ktime_get_ns();
+	for (i = 0; i < n; i++)
+		acc = kmend_bench_target(acc);
+	bench_ns = ktime_get_ns() - t0;
+	if (acc != (int)n && acc != 2 * (int)n)
+		pr_info("kmend_testmod: bench result %d for %u calls\n", acc, n);
+	return len;
+}
+
+static int bench_show(struct seq_file *m, void *v)
+{
+	seq_printf(m, "%llu\n", bench_ns);
+	return 0;
+}
+
+static int bench_open(struct inode *inode, struct file *file)
+{
+	return single_open(file, bench_show, NULL);
+}
+
+static const struct proc_ops bench_ops = {
+	.proc_open = bench_open,
+	.proc_read = seq_read,
+	.proc_write = bench_write,
+	.proc_lseek = seq_lseek,
+	.proc_release = single_release,
+};
+
+static int __init kmend_testmod_init(void)
+{
+	if (!proc_create("kmend_testmod", 0444, NULL, &show_ops) ||
+	    !proc_create("kmend_testmod_hold", 0200, NULL, &hold_ops) ||
+	    !proc_create("kmend_bench", 0600, NULL, &bench_ops))
+		goto fail;
+	sleeper = kthread_run(sleeper_fn, NULL, "kmend-sleeper");
+	if (IS_ERR(sleeper))
+		goto fail;
+	return 0;
+fail:
+	remove_proc_entry("kmend_bench", NULL);
+	remove_proc_entry("kmend_testmod_hold", NULL);
+	remove_proc_entry("kmend_testmod", NULL);
+	return -ENOMEM;
+}
+
+static void __exit kmend_testmod_exit(void)
+{
+	atomic_set(&hold, 0);
+	kthread_stop(sleeper);
+	remove_proc_entry("kmend_bench", NULL);
+	remove_proc_entry("kmend_testmod_hold", NULL);
+	remove_proc_entry("kmend_testmod", NULL);
+}
+
+module_init(kmend_testmod_init);
+module_exit(kmend_testmod_exit);
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("kmend test fixture: patch targets, a sleeping kthread, a benchmark loop");

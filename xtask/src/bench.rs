@@ -1,0 +1,58 @@
+//! `cargo xtask bench`: boots the VM in bench mode and prints the table.
+//!
+//! The guest (tests/guest/src/bench.rs) measures everything in one run, on
+//! one function, side by side; this turns its `kmend-bench:` lines into a
+//! table with the two ratios that matter. No thresholds: these are numbers
+//! to read, not assertions.
+
+use std::collections::BTreeMap;
+
+use anyhow::{
+    anyhow,
+    bail, //
+};
+
+use crate::vm::{
+    self,
+    VmOptions, //
+};
+
+pub fn run(opts: &VmOptions) -> anyhow::Result<()> {
+    let run = vm::boot("bench", opts, false)?;
+    let log = std::fs::read_to_string(&run.log)?;
+    let mut values = BTreeMap::new();
+    for line in log.lines() {
+        let Some(rest) = line.trim_end_matches('\r').strip_prefix("kmend-bench: ") else { continue };
+        if let Some(why) = rest.strip_prefix("failed: ") {
+            bail!("the guest benchmark failed: {why} (log: {})", run.log.display());
+        }
+        if let Some((key, value)) = rest.split_once(' ') {
+            if let Ok(v) = value.trim().parse::<f64>() {
+                values.insert(key.to_owned(), v);
+            }
+        }
+    }
+    if !run.problems.is_empty() {
+        bail!("the guest kernel reported problems:\n  {}", run.problems.join("\n  "));
+    }
+    let get = |k: &str| values.get(k).copied().ok_or_else(|| anyhow!("the guest did not report '{k}' (log: {})", run.log.display()));
+    let (base, kmend, klp) = (get("percall_unpatched_ns")?, get("percall_kmend_ns")?, get("percall_klp_ns")?);
+    let (pause, empty) = (get("pause_10fn_ns")?, get("empty_stop_machine_ns")?);
+    let threads = values.get("threads_alive").copied().unwrap_or(0.0);
+    let (kmend_over, klp_over) = (kmend - base, klp - base);
+
+    println!();
+    println!("kmend bench (one VM run, TCG: compare ratios, not absolute times)");
+    println!("| measurement                                  | value        |");
+    println!("|----------------------------------------------|--------------|");
+    println!("| per call, unpatched                          | {base:>9.2} ns |");
+    println!("| per call, patched by kmend (direct jump)     | {kmend:>9.2} ns |");
+    println!("| per call, patched by klp (ftrace handler)    | {klp:>9.2} ns |");
+    println!("| overhead kmend / overhead klp                | {:>12.3} |", kmend_over / klp_over);
+    println!("| pause, 10-function patch, {threads:>4.0} tasks alive   | {:>9.1} us |", pause / 1000.0);
+    println!("| empty stop_machine                           | {:>9.1} us |", empty / 1000.0);
+    println!("| pause / empty stop_machine                   | {:>12.3} |", pause / empty);
+    println!();
+    println!("goals: overhead ratio <= 0.5, pause ratio <= 2 (reported, not enforced)");
+    Ok(())
+}
