@@ -40,6 +40,9 @@ unsafe extern "C" {
     /// `kmend_export.c`: `__get_task_comm()` into 16 bytes.
     fn kmend_helper_task_comm(task: *mut bindings::task_struct, buf: *mut u8);
 
+    /// `kmend_export.c`: context switches so far, and whether on a CPU now.
+    fn kmend_helper_task_switches(task: *mut bindings::task_struct, on_cpu: *mut bool) -> c_ulong;
+
     /// `kmend_export.c`: a module's name.
     fn kmend_helper_module_name(module: *mut bindings::module) -> *const u8;
 
@@ -91,6 +94,20 @@ impl TaskRef {
         // bytes (TASK_COMM_LEN) the helper writes.
         unsafe { kmend_helper_task_comm(self.task, out.as_mut_ptr()) };
         out
+    }
+
+    /// The task's identity for this walk (its address; stable while it lives).
+    pub(crate) fn key(&self) -> usize {
+        self.task as usize
+    }
+
+    /// How many times the task has been switched out, and whether it is on
+    /// a CPU right now (then its stack is moving).
+    pub(crate) fn switches(&self) -> (u64, bool) {
+        let mut on_cpu = false;
+        // SAFETY: `task` is valid during the iteration; `on_cpu` is writable.
+        let n = unsafe { kmend_helper_task_switches(self.task, &mut on_cpu) };
+        (n as u64, on_cpu)
     }
 
     /// Saves the thread's kernel stack (return addresses) into `buf`.

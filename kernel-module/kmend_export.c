@@ -12,6 +12,9 @@
  *    kmend_helper_release() returns the release for the status text.
  *  - task_pid_nr() and get_task_comm() are inlines/macros: the task's id
  *    and name for the message that names a blocking task.
+ *  - kmend_helper_task_switches(): a task's context-switch count and whether
+ *    it is on a CPU (fields behind CONFIG_SMP and READ_ONCE), so the check
+ *    under stop_machine can skip tasks that have not run since the pre-check.
  *  - A coming module's symbols are only reachable through its RCU-protected
  *    mod_kallsyms and the ELF_ST_* macros: kmend_helper_module_symbol() looks
  *    one function up, for patches applied when their target module loads.
@@ -34,6 +37,7 @@ const char *kmend_helper_release(void);
 pid_t kmend_helper_task_pid(struct task_struct *t);
 void kmend_helper_task_comm(struct task_struct *t, char *buf);
 const char *kmend_helper_module_name(struct module *mod);
+unsigned long kmend_helper_task_switches(struct task_struct *t, bool *on_cpu);
 unsigned long kmend_helper_module_symbol(struct module *mod, const char *name,
 					 unsigned long sympos, unsigned long *size);
 
@@ -116,4 +120,10 @@ unsigned long kmend_helper_module_symbol(struct module *mod, const char *name,
 	if (sympos == 0 && count > 1)
 		return 0;
 	return addr;
+}
+
+unsigned long kmend_helper_task_switches(struct task_struct *t, bool *on_cpu)
+{
+	*on_cpu = READ_ONCE(t->on_cpu);
+	return READ_ONCE(t->nvcsw) + READ_ONCE(t->nivcsw);
 }

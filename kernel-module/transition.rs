@@ -48,9 +48,25 @@ const STACK_DEPTH: usize = 64;
 /// Default and longest time to keep retrying.
 pub(crate) const DEFAULT_TIMEOUT_MS: u32 = 5_000;
 
-fn find_blocker(ranges: &[Busy], buf: &mut [c_ulong]) -> Option<Blocker> {
+/// Tasks whose stacks the pre-check found clean while they were off-CPU,
+/// with their context-switch count then, sorted by key. A task whose count
+/// is unchanged under stop_machine has not run since: its stack is the one
+/// already checked. (A task running when the world stops was switched out
+/// by the stopper, so its count has changed.)
+type Clean = KVec<(usize, u64)>;
+
+fn find_blocker(ranges: &[Busy], buf: &mut [c_ulong], seen: Option<&mut Clean>, skip: Option<&Clean>) -> Option<Blocker> {
     let mut found = None;
+    let mut seen = seen;
     let _ = kapi::for_each_task(|task| {
+        let (switches, on_cpu) = task.switches();
+        if let Some(clean) = skip {
+            if let Ok(i) = clean.binary_search_by_key(&task.key(), |&(k, _)| k) {
+                if clean[i].1 == switches {
+                    return Ok(());
+                }
+            }
+        }
         for &addr in task.stack(buf) {
             let addr = addr as usize;
             if let Some(r) = ranges.iter().find(|r| addr >= r.start && addr < r.end) {
@@ -58,8 +74,15 @@ fn find_blocker(ranges: &[Busy], buf: &mut [c_ulong]) -> Option<Blocker> {
                 return Err(EBUSY);
             }
         }
+        if let (Some(clean), false) = (seen.as_deref_mut(), on_cpu) {
+            // Out of memory only means this task is walked again later.
+            let _ = clean.push((task.key(), switches), GFP_ATOMIC);
+        }
         Ok(())
     });
+    if let Some(clean) = seen {
+        clean.sort_unstable_by_key(|&(k, _)| k);
+    }
     found
 }
 
@@ -77,14 +100,16 @@ pub(crate) fn switch(ranges: &[Busy], stores: &[Store], timeout_ms: u32) -> Resu
     let deadline = kapi::now_ns() + i64::from(timeout_ms) * 1_000_000;
     let mut delay_ms = 1;
     loop {
-        // Look first without stopping anyone: most blocked attempts end here.
-        let blocker = match find_blocker(ranges, &mut buf) {
+        // Look first without stopping anyone: most blocked attempts end here,
+        // and the stop only re-walks the tasks that ran since.
+        let mut clean = KVec::with_capacity(512, GFP_KERNEL)?;
+        let blocker = match find_blocker(ranges, &mut buf, Some(&mut clean), None) {
             Some(b) => Some(b),
             None => {
                 let mut blocked = None;
                 let t0 = kapi::now_ns();
                 kapi::stop_the_world(|| {
-                    if let Some(b) = find_blocker(ranges, &mut buf) {
+                    if let Some(b) = find_blocker(ranges, &mut buf, None, Some(&clean)) {
                         blocked = Some(b);
                         return Err(EBUSY);
                     }

@@ -18,7 +18,7 @@ use crate::vm::{
 };
 
 pub fn run(opts: &VmOptions) -> anyhow::Result<()> {
-    let run = vm::boot("bench", opts, false)?;
+    let run = vm::boot("bench", opts, false, None)?;
     let log = std::fs::read_to_string(&run.log)?;
     let mut values = BTreeMap::new();
     for line in log.lines() {

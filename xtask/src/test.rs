@@ -51,9 +51,18 @@ fn host_tests(tally: &mut Tally) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Boots the suite and adds its results; kernel problems count as a failure.
+/// Boots the suite twice on one disk (the second boot checks what the
+/// agent does at boot) and adds the results; kernel problems fail too.
 fn vm_suite(opts: &VmOptions, tally: &mut Tally) -> anyhow::Result<()> {
-    let run = vm::boot("test", opts, false)?;
+    let disk = vm::fresh_disk("disk-test.img")?;
+    for mode in ["test", "test-reboot"] {
+        let run = vm::boot(mode, opts, false, Some(&disk))?;
+        add_run(run, tally);
+    }
+    Ok(())
+}
+
+fn add_run(run: vm::GuestRun, tally: &mut Tally) {
     match run.verdict {
         Some((p, f)) => {
             tally.passed += p;
@@ -72,7 +81,6 @@ fn vm_suite(opts: &VmOptions, tally: &mut Tally) -> anyhow::Result<()> {
         tally.failed += 1;
     }
     println!("xtask: console log: {}", run.log.display());
-    Ok(())
 }
 
 fn finish(tally: &Tally) -> anyhow::Result<()> {

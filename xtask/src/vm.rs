@@ -81,7 +81,7 @@ fn parse_verdict(line: &str) -> Option<(u32, u32)> {
 }
 
 /// Boots the guest in `mode`; `echo_all` copies the whole console to stdout.
-pub fn boot(mode: &str, opts: &VmOptions, echo_all: bool) -> anyhow::Result<GuestRun> {
+pub fn boot(mode: &str, opts: &VmOptions, echo_all: bool, disk: Option<&std::path::Path>) -> anyhow::Result<GuestRun> {
     let artifacts = build::all()?;
     let vm_dir = paths::cache().join("vm");
     fs::create_dir_all(&vm_dir)?;
@@ -98,6 +98,10 @@ pub fn boot(mode: &str, opts: &VmOptions, echo_all: bool) -> anyhow::Result<Gues
         .arg(&initrd)
         .arg("-append")
         .arg(format!("console=ttyS0 panic=-1 loglevel=7 kmend_guest={mode}"));
+    if let Some(disk) = disk {
+        // The guest's /var/lib/kmend, kept from one boot to the next.
+        qemu.arg("-drive").arg(format!("file={},format=raw,if=virtio", disk.display()));
+    }
     if opts.kvm {
         qemu.args(["-accel", "kvm", "-cpu", "host"]);
     } else {
@@ -158,9 +162,18 @@ pub fn boot(mode: &str, opts: &VmOptions, echo_all: bool) -> anyhow::Result<Gues
     Ok(run)
 }
 
+/// A fresh, empty disk image for the guest (sparse, 64 MiB).
+pub fn fresh_disk(name: &str) -> anyhow::Result<PathBuf> {
+    let path = paths::cache().join("vm").join(name);
+    fs::create_dir_all(path.parent().unwrap_or(&paths::cache()))?;
+    let file = fs::File::create(&path).with_context(|| format!("create {}", path.display()))?;
+    file.set_len(64 << 20)?;
+    Ok(path)
+}
+
 /// `cargo xtask demo`.
 pub fn demo(opts: &VmOptions) -> anyhow::Result<()> {
-    let run = boot("demo", opts, true)?;
+    let run = boot("demo", opts, true, None)?;
     if run.timed_out {
         bail!("the demo VM did not finish within {} s (log: {})", opts.timeout, run.log.display());
     }

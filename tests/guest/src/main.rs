@@ -5,19 +5,27 @@
 //! walk-through, [`demo`]), `bench` (measurements, [`bench`]). The host (`cargo xtask`) reads the verdict
 //! line and scans the console for kernel warnings.
 
+mod agent_suite;
 mod bench;
 mod core_suite;
 mod demo;
 mod harness;
 mod suite;
 
+/// Whether loopback was up when `kmend boot` ran on the second boot.
+pub static NETWORK_WAS_UP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn main() {
     // The kernel hands unknown `a=b` boot parameters to init as environment.
     let mode = std::env::var("kmend_guest").unwrap_or_else(|_| "test".to_owned());
+    if mode != "test-reboot" {
+        let _ = std::process::Command::new("/bin/ip").args(["link", "set", "lo", "up"]).status();
+    }
     match mode.as_str() {
         "test" => suite::run(),
         "demo" => demo::run(),
         "bench" => bench::run(),
+        "test-reboot" => suite::run_second_boot(),
         other => println!("kmend-guest: unknown mode '{other}'"),
     }
     harness::power_off();

@@ -39,7 +39,17 @@ pub fn run() {
         Test { name: "control_rejects_bad_input", run: control_rejects_bad_input },
     ];
     tests.extend(crate::core_suite::tests());
+    tests.extend(crate::agent_suite::first_boot_tests());
     crate::harness::run_all(&tests);
+}
+
+/// The second boot of `cargo xtask vm-test`, on the first boot's disk.
+pub fn run_second_boot() {
+    match crate::agent_suite::second_boot_setup() {
+        Ok(up) => crate::NETWORK_WAS_UP.store(up, std::sync::atomic::Ordering::Relaxed),
+        Err(e) => println!("kmend-guest: second boot setup failed: {e}"),
+    }
+    crate::harness::run_all(&crate::agent_suite::second_boot_tests());
 }
 
 fn core_module_loads_and_unloads() -> TestResult {
