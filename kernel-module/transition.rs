@@ -55,7 +55,7 @@ pub(crate) const DEFAULT_TIMEOUT_MS: u32 = 5_000;
 /// by the stopper, so its count has changed.)
 type Clean = KVec<(usize, u64)>;
 
-fn find_blocker(ranges: &[Busy], buf: &mut [c_ulong], seen: Option<&mut Clean>, skip: Option<&Clean>) -> Option<Blocker> {
+fn find_blocker(ranges: &[Busy], buf: &mut [c_ulong], seen: Option<&mut Clean>, skip: Option<&Clean>, walked: &mut usize) -> Option<Blocker> {
     let mut found = None;
     let mut seen = seen;
     let _ = kapi::for_each_task(|task| {
@@ -67,6 +67,7 @@ fn find_blocker(ranges: &[Busy], buf: &mut [c_ulong], seen: Option<&mut Clean>, 
                 }
             }
         }
+        *walked += 1;
         for &addr in task.stack(buf) {
             let addr = addr as usize;
             if let Some(r) = ranges.iter().find(|r| addr >= r.start && addr < r.end) {
@@ -103,13 +104,15 @@ pub(crate) fn switch(ranges: &[Busy], stores: &[Store], timeout_ms: u32) -> Resu
         // Look first without stopping anyone: most blocked attempts end here,
         // and the stop only re-walks the tasks that ran since.
         let mut clean = KVec::with_capacity(512, GFP_KERNEL)?;
-        let blocker = match find_blocker(ranges, &mut buf, Some(&mut clean), None) {
+        let mut prewalked = 0;
+        let mut walked = 0;
+        let blocker = match find_blocker(ranges, &mut buf, Some(&mut clean), None, &mut prewalked) {
             Some(b) => Some(b),
             None => {
                 let mut blocked = None;
                 let t0 = kapi::now_ns();
                 kapi::stop_the_world(|| {
-                    if let Some(b) = find_blocker(ranges, &mut buf, None, Some(&clean)) {
+                    if let Some(b) = find_blocker(ranges, &mut buf, None, Some(&clean), &mut walked) {
                         blocked = Some(b);
                         return Err(EBUSY);
                     }
@@ -122,6 +125,7 @@ pub(crate) fn switch(ranges: &[Busy], stores: &[Store], timeout_ms: u32) -> Resu
                 // The pause as every CPU sees it: stopping, checking, switching.
                 let pause = (kapi::now_ns() - t0).max(0) as u64;
                 if blocked.is_none() {
+                    pr_info!("switch: {} of {} tasks re-checked with the world stopped, pause {} ns\n", walked, prewalked, pause);
                     return Ok(Switched::Done(pause));
                 }
                 blocked

@@ -97,7 +97,7 @@ pub fn boot(mode: &str, opts: &VmOptions, echo_all: bool, disk: Option<&std::pat
         .arg("-initrd")
         .arg(&initrd)
         .arg("-append")
-        .arg(format!("console=ttyS0 panic=-1 loglevel=7 kmend_guest={mode}"));
+        .arg(format!("console=ttyS0 panic=-1 loglevel=7 {} kmend_guest={mode}", tsc_params()));
     if let Some(disk) = disk {
         // The guest's /var/lib/kmend, kept from one boot to the next.
         qemu.arg("-drive").arg(format!("file={},format=raw,if=virtio", disk.display()));
@@ -160,6 +160,22 @@ pub fn boot(mode: &str, opts: &VmOptions, echo_all: bool, disk: Option<&std::pat
     let _ = child.wait();
     let _ = reader.join();
     Ok(run)
+}
+
+/// The guest's clock. Under TCG the kernel cannot calibrate the TSC (no
+/// HPET or PM timer in a tinyconfig guest, and PIT calibration fails), falls
+/// back to jiffies and measures nothing shorter than a tick. TCG's TSC runs
+/// at the host's rate, so the host's frequency, declared reliable, gives the
+/// guest a nanosecond clock for the benchmark and the suite's timeouts.
+fn tsc_params() -> String {
+    let khz = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("cpu MHz").and_then(|v| v.split(':').nth(1)).and_then(|v| v.trim().parse::<f64>().ok()))
+        })
+        .map_or(2_000_000, |mhz| (mhz * 1000.0) as u64);
+    format!("tsc=reliable tsc_early_khz={khz}")
 }
 
 /// A fresh, empty disk image for the guest (sparse, 64 MiB).
