@@ -53,7 +53,8 @@ pub fn cargo() -> Command {
 pub fn userspace() -> anyhow::Result<BTreeMap<String, PathBuf>> {
     println!("xtask: building userspace ({})", paths::MUSL_TARGET);
     exec(cargo().args(["build", "--release", "--target", paths::MUSL_TARGET, "-p", "kmend", "-p", "kmend-guest"]))?;
-    let dir = paths::repo().join("target").join(paths::MUSL_TARGET).join("release");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| paths::repo().join("target"), PathBuf::from);
+    let dir = target.join(paths::MUSL_TARGET).join("release");
     Ok(["kmend", "kmend-guest"].iter().map(|b| ((*b).to_owned(), dir.join(b))).collect())
 }
 
