@@ -27,11 +27,13 @@ use crate::harness::{
     MODULE_DIR,
     Test,
     TestResult,
+    apply,
     check,
     insmod,
     kmend,
     module_loaded,
     read,
+    revert,
     rmmod, //
 };
 
@@ -49,17 +51,6 @@ pub fn tests() -> Vec<Test> {
         Test { name: "hammer_calls_see_old_or_new_only", run: hammer_calls_see_old_or_new_only },
         Test { name: "fuzz_control_interface", run: fuzz_control_interface },
     ]
-}
-
-fn apply(file: &str) -> TestResult {
-    let (code, out, err) = kmend(&["apply", &format!("{MODULE_DIR}/{file}")]);
-    check(code == 0, || format!("apply {file}: exit {code}: {out} {err}"))
-}
-
-fn revert(id: &str) -> TestResult {
-    let (code, out, err) = kmend(&["revert", id]);
-    check(code == 0, || format!("revert {id}: exit {code}: {out} {err}"))?;
-    check(!module_loaded(id), || format!("module {id} still loaded after revert"))
 }
 
 fn testmod_says(want: &str) -> TestResult {

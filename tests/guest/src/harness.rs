@@ -63,6 +63,19 @@ pub fn kmend(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `kmend apply` of a file in [`MODULE_DIR`], which must succeed.
+pub fn apply(file: &str) -> TestResult {
+    let (code, out, err) = kmend(&["apply", &format!("{MODULE_DIR}/{file}")]);
+    check(code == 0, || format!("apply {file}: exit {code}: {out} {err}"))
+}
+
+/// `kmend revert`, which must succeed and unload the patch module.
+pub fn revert(id: &str) -> TestResult {
+    let (code, out, err) = kmend(&["revert", id]);
+    check(code == 0, || format!("revert {id}: exit {code}: {out} {err}"))?;
+    check(!module_loaded(id), || format!("module {id} still loaded after revert"))
+}
+
 /// Runs a command that must succeed.
 pub fn must(program: &str, args: &[&str]) -> TestResult {
     let out = sh(program, args);

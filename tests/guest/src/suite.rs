@@ -13,14 +13,15 @@ use std::{
 };
 
 use crate::harness::{
-    MODULE_DIR,
     Test,
     TestResult,
+    apply,
     check,
     insmod,
     kmend,
     module_loaded,
     read,
+    revert,
     rmmod, //
 };
 
@@ -69,8 +70,7 @@ fn core_module_loads_and_unloads() -> TestResult {
 fn apply_redirects_cmdline_proc_show() -> TestResult {
     let before = read("/proc/cmdline")?;
     check(before != PATCHED_CMDLINE, || "cmdline already patched".into())?;
-    let (code, out, err) = kmend(&["apply", &format!("{MODULE_DIR}/{SAMPLE}.ko")]);
-    check(code == 0, || format!("apply: exit {code}: {out} {err}"))?;
+    apply(&format!("{SAMPLE}.ko"))?;
     let after = read("/proc/cmdline")?;
     check(after == PATCHED_CMDLINE, || format!("/proc/cmdline after apply: {after:?}"))
 }
@@ -115,11 +115,9 @@ fn ebpf_proves_replacement_runs() -> TestResult {
 }
 
 fn revert_restores_original() -> TestResult {
-    let (code, out, err) = kmend(&["revert", SAMPLE]);
-    check(code == 0, || format!("revert: exit {code}: {out} {err}"))?;
+    revert(SAMPLE)?;
     let after = read("/proc/cmdline")?;
     check(after != PATCHED_CMDLINE && after.contains("kmend_guest="), || format!("/proc/cmdline after revert: {after:?}"))?;
-    check(!module_loaded(SAMPLE), || "patch module still loaded".into())?;
     let (code, out, _) = kmend(&["status", "--json"]);
     check(code == 1 && out.contains("\"patches\":[]"), || format!("status after revert: exit {code}: {out}"))?;
     rmmod("kmend")?;
