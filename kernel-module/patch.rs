@@ -370,7 +370,11 @@ impl Registry {
     /// Runs a switch; on a blocker, refuses naming the thread and function.
     fn run_switch(&mut self, ranges: &[Busy], names: &[CString], stores: &[Store], timeout: u32, id: &str) -> Result<u64, Refusal> {
         match transition::switch(ranges, stores, timeout)? {
-            Switched::Done(pause) => Ok(pause),
+            Switched::Done(p) => {
+                pr_info!("patch '{}': switched: pause {} ns (check and switch {} ns, {} of {} tasks re-checked stopped)\n",
+                    id, p.total_ns, p.work_ns, p.rechecked, p.tasks);
+                Ok(p.total_ns)
+            }
             Switched::Blocked(b) => {
                 let comm = core::str::from_utf8(&b.comm)
                     .unwrap_or("?")
@@ -489,7 +493,7 @@ impl Registry {
             self.redirects.drop_unused();
         }
         self.patches[pos].state = State::Enabled { _pin: pin, pause_ns: pause };
-        pr_info!("patch '{}': enabled ({} functions, pause {} ns)\n", sid, slots.len(), pause);
+        pr_info!("patch '{}': enabled ({} functions)\n", sid, slots.len());
         Ok(pause)
     }
 
@@ -529,7 +533,7 @@ impl Registry {
         for f in p.funcs.iter_mut() {
             f.target = 0;
         }
-        pr_info!("patch '{}': reverted (pause {} ns)\n", sid, pause);
+        pr_info!("patch '{}': reverted\n", sid);
         Ok(pause)
     }
 

@@ -87,10 +87,21 @@ fn find_blocker(ranges: &[Busy], buf: &mut [c_ulong], seen: Option<&mut Clean>, 
     found
 }
 
+/// What a switch cost.
+pub(crate) struct Pause {
+    /// The whole stop-the-world pause, in nanoseconds.
+    pub(crate) total_ns: u64,
+    /// Of which: the check and the stores, with the world stopped.
+    pub(crate) work_ns: u64,
+    /// Tasks re-walked with the world stopped, of those pre-checked.
+    pub(crate) rechecked: usize,
+    pub(crate) tasks: usize,
+}
+
 /// Outcome of [`switch`].
 pub(crate) enum Switched {
-    /// Done; the stop-the-world pause in nanoseconds.
-    Done(u64),
+    /// Done, at this cost.
+    Done(Pause),
     /// Still blocked at the deadline.
     Blocked(Blocker),
 }
@@ -110,8 +121,10 @@ pub(crate) fn switch(ranges: &[Busy], stores: &[Store], timeout_ms: u32) -> Resu
             Some(b) => Some(b),
             None => {
                 let mut blocked = None;
+                let mut work_ns = 0;
                 let t0 = kapi::now_ns();
                 kapi::stop_the_world(|| {
+                    let w0 = kapi::now_ns();
                     if let Some(b) = find_blocker(ranges, &mut buf, None, Some(&clean), &mut walked) {
                         blocked = Some(b);
                         return Err(EBUSY);
@@ -119,14 +132,19 @@ pub(crate) fn switch(ranges: &[Busy], stores: &[Store], timeout_ms: u32) -> Resu
                     for s in stores {
                         trampoline::set_target(s.tramp, s.target);
                     }
+                    work_ns = kapi::now_ns() - w0;
                     Ok(())
                 })
                 .or_else(|e| if blocked.is_some() { Ok(()) } else { Err(e) })?;
                 // The pause as every CPU sees it: stopping, checking, switching.
                 let pause = (kapi::now_ns() - t0).max(0) as u64;
                 if blocked.is_none() {
-                    pr_info!("switch: {} of {} tasks re-checked with the world stopped, pause {} ns\n", walked, prewalked, pause);
-                    return Ok(Switched::Done(pause));
+                    return Ok(Switched::Done(Pause {
+                        total_ns: pause,
+                        work_ns: work_ns.max(0) as u64,
+                        rechecked: walked,
+                        tasks: prewalked,
+                    }));
                 }
                 blocked
             }
