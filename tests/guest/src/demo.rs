@@ -38,7 +38,9 @@ pub fn run() {
     show(&["/bin/kmend", "status"]);
 
     step(3, "apply the sample patch (replaces cmdline_proc_show), no reboot");
-    show(&["/bin/kmend", "apply", &format!("{MODULE_DIR}/kmend_sample.ko")]);
+    println!("(a signed-feed artifact: checked against this kernel's build id, then");
+    println!(" the kernel verifies each target's address and code fingerprint)");
+    show(&["/bin/kmend", "apply", &format!("{MODULE_DIR}/kmend_sample.kmpatch")]);
     show(&["/bin/kmend", "status"]);
     show(&["/bin/cat", "/proc/cmdline"]);
 
