@@ -138,7 +138,7 @@ fn control_rejects_bad_input() -> TestResult {
 /// point does count once the original runs again, so "0 hits" there meant
 /// something.
 fn ebpf_old_body_probe_counts_when_unpatched() -> TestResult {
-    let offset = kmend::kallsyms::body_offset("cmdline_proc_show").map_err(|e| format!("{e:#}"))?;
+    let offset = kmend::kallsyms::body_offset("vmlinux", "cmdline_proc_show", 0).map_err(|e| format!("{e:#}"))?;
     let counter = kmend::verify::HitCounter::attach("cmdline_proc_show", offset).map_err(|e| format!("{e:#}"))?;
     for _ in 0..5 {
         let _ = read("/proc/cmdline")?;

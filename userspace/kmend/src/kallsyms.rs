@@ -20,35 +20,29 @@ pub const FTRACE_CALL_LEN: u64 = 5;
 
 const TRACEFS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
-/// Address of `name` in a `/proc/kallsyms`-format text (first match).
-pub fn symbol_address(kallsyms: &str, name: &str) -> Option<u64> {
-    kallsyms.lines().find_map(|l| {
-        let mut f = l.split_whitespace();
-        let addr = f.next()?;
-        let _kind = f.next()?;
-        (f.next()? == name).then(|| u64::from_str_radix(addr, 16).ok()).flatten()
-    })
+/// The furthest an ftrace site sits from its function's start (after ENDBR).
+const MAX_SITE_OFFSET: u64 = 16;
+
+/// Address of the ftrace site of the function at `func` called `name`, in
+/// an `available_filter_functions_addrs` text: the first site of that name
+/// at or just after `func` (same-named functions have their own sites).
+pub fn ftrace_site(addrs: &str, name: &str, func: u64) -> Option<u64> {
+    addrs
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let addr = u64::from_str_radix(f.next()?, 16).ok()?;
+            (f.next()? == name).then_some(addr)
+        })
+        .filter(|&site| site >= func && site - func <= MAX_SITE_OFFSET)
+        .min()
 }
 
-/// Address of `name`'s ftrace site in an `available_filter_functions_addrs` text.
-pub fn ftrace_site(addrs: &str, name: &str) -> Option<u64> {
-    kallsyms_like(addrs, name)
-}
-
-fn kallsyms_like(text: &str, name: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let mut f = l.split_whitespace();
-        let addr = f.next()?;
-        (f.next()? == name).then(|| u64::from_str_radix(addr, 16).ok()).flatten()
-    })
-}
-
-/// Offset, from the symbol, of the first instruction of `name`'s body.
-pub fn body_offset(name: &str) -> anyhow::Result<u64> {
+/// Offset, from the symbol, of the first instruction of the body of
+/// `object:name` (the `sympos`-th of that name; 0: unique).
+pub fn body_offset(object: &str, name: &str, sympos: u64) -> anyhow::Result<u64> {
     let kallsyms = fs::read_to_string("/proc/kallsyms").context("'/proc/kallsyms': read failed")?;
-    let func = symbol_address(&kallsyms, name)
-        .filter(|&a| a != 0)
-        .ok_or_else(|| anyhow!("'{name}': not in /proc/kallsyms (or addresses hidden: run as root)"))?;
+    let func = resolve(&kallsyms, object, name, sympos).map_err(|e| anyhow!(e))?;
     let tracefs = TRACEFS
         .iter()
         .map(Path::new)
@@ -56,11 +50,9 @@ pub fn body_offset(name: &str) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow!("tracefs is not mounted: mount -t tracefs none /sys/kernel/tracing"))?;
     let path = tracefs.join("available_filter_functions_addrs");
     let addrs = fs::read_to_string(&path).with_context(|| format!("'{}': read failed", path.display()))?;
-    let site = ftrace_site(&addrs, name).ok_or_else(|| anyhow!("'{name}': has no ftrace site"))?;
-    let offset = site
-        .checked_sub(func)
-        .ok_or_else(|| anyhow!("'{name}': ftrace site {site:#x} is before the symbol {func:#x}"))?;
-    Ok(offset + FTRACE_CALL_LEN)
+    let site = ftrace_site(&addrs, name, func)
+        .ok_or_else(|| anyhow!("'{object}:{name}': has no ftrace site at {func:#x}"))?;
+    Ok(site - func + FTRACE_CALL_LEN)
 }
 
 #[cfg(test)]
@@ -68,13 +60,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_symbols_and_sites() {
-        let kallsyms = "ffffffff81000000 T _text\nffffffff81234560 t cmdline_proc_show\nffffffffc0000000 t foo\t[bar]\n";
-        assert_eq!(symbol_address(kallsyms, "cmdline_proc_show"), Some(0xffffffff81234560));
-        assert_eq!(symbol_address(kallsyms, "foo"), Some(0xffffffffc0000000));
-        assert_eq!(symbol_address(kallsyms, "missing"), None);
-        let addrs = "ffffffff81234564 cmdline_proc_show\n";
-        assert_eq!(ftrace_site(addrs, "cmdline_proc_show"), Some(0xffffffff81234564));
+    fn finds_the_site_of_the_right_function() {
+        // Two functions called `dup`: each has its own site, after ENDBR.
+        let addrs = "ffffffff81000014 dup\nffffffff81000034 dup\nffffffff81000044 other\n";
+        assert_eq!(ftrace_site(addrs, "dup", 0xffffffff81000010), Some(0xffffffff81000014));
+        assert_eq!(ftrace_site(addrs, "dup", 0xffffffff81000030), Some(0xffffffff81000034));
+        assert_eq!(ftrace_site(addrs, "dup", 0xffffffff81000040), None);
+        assert_eq!(ftrace_site(addrs, "missing", 0xffffffff81000010), None);
     }
 }
 

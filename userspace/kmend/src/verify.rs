@@ -104,7 +104,7 @@ impl PatchProbes {
     pub fn attach(patch: &PatchStatus) -> anyhow::Result<Self> {
         let mut functions = Vec::new();
         for f in &patch.functions {
-            let offset = kallsyms::body_offset(&f.name)?;
+            let offset = kallsyms::body_offset(&f.object, &f.name, f.sympos)?;
             functions.push(FunctionProbes {
                 target: f.name.clone(),
                 replacement: HitCounter::attach(f.replacement_symbol(), 0)?,
