@@ -313,6 +313,9 @@ impl Registry {
                 return;
             }
             let _ = self.patches.remove(pos);
+            // Its functions' ftrace sites go back to NOPs, unless another
+            // enabled patch still replaces them.
+            self.redirects.drop_unused();
         }
     }
 
@@ -527,7 +530,10 @@ impl Registry {
         for slot in self.redirects.slots.iter_mut() {
             slot.stack.retain(|e| e.patch != serial);
         }
-        self.redirects.drop_unused();
+        // The ftrace sites stay (jumping to the original body) until the patch
+        // unregisters: releasing one waits for an RCU-tasks grace period on
+        // preemptible kernels (seconds under emulation), which a revert must
+        // not spend holding the registry, and which re-enabling would pay again.
         let p = &mut self.patches[pos];
         p.state = State::Registered;
         for f in p.funcs.iter_mut() {

@@ -1,18 +1,25 @@
-//! `cargo xtask build`: every artifact the VM needs, each step incremental.
+//! `cargo xtask build`: every artifact the VM needs, for each guest kernel,
+//! each step incremental.
 
 use std::{
     collections::BTreeMap,
     path::PathBuf,
-    process::Command, //
+    process::Command,
 };
 
 use crate::{
-    kernel,
+    chroot,
+    debug_kernel,
+    kernel::{
+        Flavor,
+        Kernel, //
+    },
     modules,
     patch,
     paths,
     run::exec,
-    setup, //
+    setup,
+    stock_kernel, //
 };
 
 /// Patch sources built into every VM image: the sample, the suite's test
@@ -31,9 +38,10 @@ const PATCH_DIRS: &[&str] = &[
     "tests/bench/patches/ten",
 ];
 
-/// Everything built, by the names `vm-images/initramfs.txt` uses (`@name`).
+/// Everything one kernel's VM needs, by the names `vm-images/initramfs.txt`
+/// uses (`@name`).
 pub struct Artifacts {
-    pub bzimage: PathBuf,
+    pub kernel: Kernel,
     pub files: BTreeMap<String, PathBuf>,
 }
 
@@ -58,15 +66,26 @@ pub fn userspace() -> anyhow::Result<BTreeMap<String, PathBuf>> {
     Ok(["kmend", "kmend-guest"].iter().map(|b| ((*b).to_owned(), dir.join(b))).collect())
 }
 
-/// Builds everything.
-pub fn all() -> anyhow::Result<Artifacts> {
+/// The kernels asked for, built or prepared (setup first).
+pub fn kernels(which: &[Flavor]) -> anyhow::Result<Vec<Kernel>> {
     setup::run()?;
     let src = setup::kernel_source()?;
-    let kernel = kernel::build(&src)?;
-    let mods = modules::build(&src, &kernel)?;
-    let mut files = userspace()?;
+    let chroot = chroot::ensure()?;
+    which
+        .iter()
+        .map(|f| match f {
+            Flavor::Stock => stock_kernel::prepare(&chroot, &src),
+            Flavor::Debug => debug_kernel::build(&chroot, &src),
+        })
+        .collect()
+}
+
+/// The modules and patches of one kernel, plus the userspace binaries.
+pub fn for_kernel(kernel: &Kernel, userspace: &BTreeMap<String, PathBuf>) -> anyhow::Result<Artifacts> {
+    let mods = modules::build(kernel)?;
+    let mut files = userspace.clone();
     for dir in PATCH_DIRS {
-        let built = patch::build(&src, &kernel, &paths::repo().join(dir), &mods.kmend_symvers, &mods.fixtures)?;
+        let built = patch::build(kernel, &paths::repo().join(dir), &mods.kmend_symvers, &mods.fixtures)?;
         files.insert(format!("{}.ko", built.id), built.module);
         files.insert(format!("{}.kmpatch", built.id), built.artifact);
     }
@@ -76,16 +95,21 @@ pub fn all() -> anyhow::Result<Artifacts> {
             files.insert(name.to_owned(), f.clone());
         }
     }
-    Ok(Artifacts { bzimage: kernel.bzimage, files })
+    Ok(Artifacts { kernel: kernel.clone(), files })
 }
 
-/// `cargo xtask patch build <dir>`.
-pub fn one_patch(dir: &std::path::Path) -> anyhow::Result<()> {
-    setup::run()?;
-    let src = setup::kernel_source()?;
-    let kernel = kernel::build(&src)?;
-    let mods = modules::build(&src, &kernel)?;
-    let built = patch::build(&src, &kernel, dir, &mods.kmend_symvers, &mods.fixtures)?;
+/// Builds everything for the kernels asked for.
+pub fn all(which: &[Flavor]) -> anyhow::Result<Vec<Artifacts>> {
+    let kernels = kernels(which)?;
+    let bins = userspace()?;
+    kernels.iter().map(|k| for_kernel(k, &bins)).collect()
+}
+
+/// `cargo xtask patch build <dir>`: against one kernel.
+pub fn one_patch(dir: &std::path::Path, flavor: Flavor) -> anyhow::Result<()> {
+    let kernel = kernels(&[flavor])?.remove(0);
+    let mods = modules::build(&kernel)?;
+    let built = patch::build(&kernel, dir, &mods.kmend_symvers, &mods.fixtures)?;
     println!("{}", built.artifact.display());
     Ok(())
 }

@@ -63,8 +63,12 @@ impl Cpio {
     }
 }
 
-/// Writes the initramfs for `files` (build outputs by name) to `out`.
-pub fn write(files: &BTreeMap<String, PathBuf>, out: &Path) -> anyhow::Result<()> {
+/// Where the guest finds the modules it loads first (vm-images/init).
+const BOOT_MODULE_DIR: &str = "/lib/boot-modules";
+
+/// Writes the initramfs for `files` (build outputs by name) to `out`, with
+/// `boot_modules` (in load order) under [`BOOT_MODULE_DIR`].
+pub fn write(files: &BTreeMap<String, PathBuf>, boot_modules: &[PathBuf], out: &Path) -> anyhow::Result<()> {
     let repo = paths::repo();
     let manifest = fs::read_to_string(repo.join(MANIFEST)).with_context(|| format!("read {MANIFEST}"))?;
     let mut cpio = Cpio { out: Vec::new(), ino: 0 };
@@ -97,6 +101,12 @@ pub fn write(files: &BTreeMap<String, PathBuf>, out: &Path) -> anyhow::Result<()
             }
             _ => return Err(bad()),
         }
+    }
+    cpio.entry(BOOT_MODULE_DIR, 0o040755, (0, 0), &[]);
+    for (i, module) in boot_modules.iter().enumerate() {
+        let name = module.file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow!("bad module path {}", module.display()))?;
+        let data = fs::read(module).with_context(|| format!("read {}", module.display()))?;
+        cpio.entry(&format!("{BOOT_MODULE_DIR}/{i:02}-{name}"), 0o100644, (0, 0), &data);
     }
     cpio.entry("TRAILER!!!", 0, (0, 0), &[]);
     fs::write(out, &cpio.out).with_context(|| format!("write {}", out.display()))

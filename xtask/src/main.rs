@@ -12,13 +12,18 @@ use clap::{
 
 mod bench;
 mod build;
+mod chroot;
+mod debian;
+mod debug_kernel;
 mod initramfs;
 mod kernel;
 mod modules;
 mod patch;
 mod paths;
+mod pins;
 mod run;
 mod setup;
+mod stock_kernel;
 mod test;
 mod vm;
 
@@ -33,7 +38,7 @@ struct Cli {
 enum Command {
     /// Install host packages, Rust components, pinned tools and the kernel source.
     Setup,
-    /// Build the guest kernel, the modules, the probes and the userspace binaries.
+    /// Build both guest kernels, the modules, the probes and the userspace binaries.
     Build,
     /// Boot the VM and run the end-to-end suite inside it.
     VmTest(vm::VmOptions),
@@ -50,10 +55,13 @@ enum Command {
 
 #[derive(Subcommand)]
 enum PatchCommand {
-    /// Build the patch in <dir> against the guest kernel.
+    /// Build the patch in <dir> against a guest kernel.
     Build {
         /// Directory with patch.toml and patch.rs.
         dir: std::path::PathBuf,
+        /// The kernel to build against.
+        #[arg(long, value_enum, default_value = "stock")]
+        kernel: kernel::Flavor,
     },
 }
 
@@ -61,12 +69,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Setup => setup::run(),
-        Command::Build => build::all().map(|_| ()),
+        Command::Build => build::all(vm::ALL_KERNELS).map(|_| ()),
         Command::VmTest(opts) => test::vm_only(&opts),
         Command::Test(opts) => test::all(&opts),
         Command::Demo(opts) => vm::demo(&opts),
         Command::Bench(opts) => bench::run(&opts),
-        Command::Patch(PatchCommand::Build { dir }) => build::one_patch(&dir),
+        Command::Patch(PatchCommand::Build { dir, kernel }) => build::one_patch(&dir, kernel),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

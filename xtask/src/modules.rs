@@ -1,5 +1,6 @@
 //! Out-of-tree kernel modules: `kmend.ko` and the test fixtures, built
-//! against the guest kernel's build tree with the kernel's own toolchain.
+//! against each guest kernel's build tree with the kernel's own toolchain
+//! (in the chroot).
 //!
 //! Sources are mirrored into the cache (only changed files are rewritten,
 //! so Kbuild stays incremental) and built there: no build output in the repo.
@@ -15,13 +16,9 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    kernel::{
-        Kernel,
-        make, //
-    },
+    kernel::Kernel,
     paths,
     run::exec_logged,
-    setup::KernelSource,
 };
 
 /// The built modules.
@@ -34,13 +31,14 @@ pub struct Modules {
 }
 
 /// Builds kmend.ko and the test fixture modules.
-pub fn build(src: &KernelSource, kernel: &Kernel) -> anyhow::Result<Modules> {
-    let dir = paths::cache().join(format!("build/modules-{}", src.version));
+pub fn build(kernel: &Kernel) -> anyhow::Result<Modules> {
+    let flavor = kernel.flavor.name();
+    let dir = kernel.out_dir("modules");
     mirror(&paths::repo().join("kernel-module"), &dir)?;
-    kbuild(src, kernel, &dir, &[], "module-kmend")?;
-    let fixtures_dir = paths::cache().join(format!("build/fixtures-{}", src.version));
+    kbuild(kernel, &dir, &[], &[], &format!("module-kmend-{flavor}"))?;
+    let fixtures_dir = kernel.out_dir("fixtures");
     mirror(&paths::repo().join("tests/modules"), &fixtures_dir)?;
-    kbuild(src, kernel, &fixtures_dir, &[], "module-fixtures")?;
+    kbuild(kernel, &fixtures_dir, &[], &[], &format!("module-fixtures-{flavor}"))?;
     Ok(Modules {
         kmend: dir.join("kmend.ko"),
         kmend_symvers: dir.join("Module.symvers"),
@@ -67,8 +65,10 @@ pub fn mirror(from: &Path, to: &Path) -> anyhow::Result<()> {
 }
 
 /// Builds one module directory with Kbuild.
-pub fn kbuild(src: &KernelSource, kernel: &Kernel, dir: &Path, extra_symbols: &[PathBuf], log: &str) -> anyhow::Result<()> {
-    let mut cmd = make(src, &kernel.build);
+/// `binds`: host directories the build reads besides the cache and the
+/// repository.
+pub fn kbuild(kernel: &Kernel, dir: &Path, extra_symbols: &[PathBuf], binds: &[PathBuf], log: &str) -> anyhow::Result<()> {
+    let mut cmd = kernel.make_binding(binds);
     cmd.arg(format!("M={}", dir.display())).arg("modules");
     if !extra_symbols.is_empty() {
         let list: Vec<String> = extra_symbols.iter().map(|p| p.display().to_string()).collect();

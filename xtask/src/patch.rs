@@ -40,7 +40,6 @@ use crate::{
     modules,
     paths,
     run::exec,
-    setup::KernelSource,
 };
 
 /// `patch.toml`.
@@ -208,49 +207,163 @@ impl Drop for KmendPatchModule {{
     ))
 }
 
-/// `<offset>:<hex>`: up to [`FINGERPRINT_LEN`] bytes of `name`'s body, after
-/// its ftrace call site, taken from the ELF file it was built in; bytes the
-/// module loader will relocate end the window (modules only).
-fn fingerprint(elf_path: &Path, name: &str, sympos: u64) -> anyhow::Result<String> {
+/// A function's code as built: its bytes, and which of them the module
+/// loader relocates (none in a linked kernel image).
+struct FunctionCode {
+    /// Link-time address (in a .ko: the offset in its section).
+    address: u64,
+    bytes: Vec<u8>,
+    relocated: Vec<usize>,
+}
+
+/// Picks the `sympos`-th (1-based; 0: must be unique) of `addrs`.
+fn pick<T: Copy>(name: &str, what: &Path, addrs: &[T], sympos: u64) -> anyhow::Result<T> {
+    match (addrs.len(), sympos) {
+        (0, _) => bail!("'{name}' is not a function in {}", what.display()),
+        (1, 0 | 1) => Ok(addrs[0]),
+        (n, 0) => bail!("'{name}' is ambiguous in {} ({n} symbols): set sympos", what.display()),
+        (n, p) => addrs.get(p as usize - 1).copied().ok_or_else(|| anyhow!("'{name}' has {n} symbols, not {p}")),
+    }
+}
+
+/// The code of `name` in an ELF file with a symbol table (vmlinux, a .ko).
+fn code_from_elf(elf_path: &Path, name: &str, sympos: u64) -> anyhow::Result<FunctionCode> {
     let data = fs::read(elf_path).with_context(|| format!("read {}", elf_path.display()))?;
     let file = object::File::parse(&*data).with_context(|| format!("{}: not ELF", elf_path.display()))?;
-    let mut candidates: Vec<_> = file
-        .symbols()
-        .filter(|s| s.kind() == object::SymbolKind::Text && s.name() == Ok(name))
-        .collect();
+    let mut candidates: Vec<_> =
+        file.symbols().filter(|s| s.kind() == object::SymbolKind::Text && s.name() == Ok(name)).collect();
     candidates.sort_by_key(|s| s.address());
-    let sym = match (candidates.len(), sympos) {
-        (0, _) => bail!("'{name}' is not a function in {}", elf_path.display()),
-        (1, 0 | 1) => &candidates[0],
-        (n, 0) => bail!("'{name}' is ambiguous in {} ({n} symbols): set sympos", elf_path.display()),
-        (n, p) => candidates.get(p as usize - 1).ok_or_else(|| anyhow!("'{name}' has {n} symbols, not {p}"))?,
-    };
-    let section = file
-        .section_by_index(sym.section_index().ok_or_else(|| anyhow!("'{name}' has no section"))?)?;
+    let indices: Vec<usize> = (0..candidates.len()).collect();
+    let sym = &candidates[pick(name, elf_path, &indices, sympos)?];
+    let section = file.section_by_index(sym.section_index().ok_or_else(|| anyhow!("'{name}' has no section"))?)?;
     let sdata = section.data()?;
     let start = (sym.address() - section.address()) as usize;
     let size = sym.size() as usize;
-    let code = sdata.get(start..start + size).ok_or_else(|| anyhow!("'{name}' lies outside its section"))?;
-    let site = if code.starts_with(&[0xf3, 0x0f, 0x1e, 0xfa]) { 4 } else { 0 };
-    ensure!(code.get(site) == Some(&0xe8), "'{name}' has no ftrace call site (notrace?)");
-    let body = site + 5;
-    let mut end = (body + FINGERPRINT_LEN).min(size);
-    // In a relocatable module, relocated bytes change at load: stop before them.
-    for (offset, _) in section.relocations() {
-        let off = offset as usize;
-        if off >= start + body && off < start + end {
-            end = off - start;
+    let bytes = sdata.get(start..start + size).ok_or_else(|| anyhow!("'{name}' lies outside its section"))?.to_vec();
+    let relocated = section
+        .relocations()
+        .map(|(offset, _)| offset as usize)
+        .filter(|&off| off >= start && off < start + size)
+        .map(|off| off - start)
+        .collect();
+    Ok(FunctionCode { address: sym.address(), bytes, relocated })
+}
+
+/// The code of `name` in a stripped kernel image, located by `System.map`
+/// (a function ends where the next symbol starts).
+fn code_from_map(image: &Path, map: &Path, name: &str, sympos: u64) -> anyhow::Result<FunctionCode> {
+    let text = fs::read_to_string(map).with_context(|| format!("read {}", map.display()))?;
+    let mut all: Vec<u64> = Vec::new();
+    let mut mine: Vec<u64> = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(addr), Some(kind), Some(sym)) = (f.next(), f.next(), f.next()) else { continue };
+        let Ok(addr) = u64::from_str_radix(addr, 16) else { continue };
+        all.push(addr);
+        if sym == name && matches!(kind, "t" | "T") {
+            mine.push(addr);
         }
     }
-    Ok(format!("{body}:{}", hex::encode(&code[body..end])))
+    all.sort_unstable();
+    mine.sort_unstable();
+    let addr = pick(name, map, &mine, sympos)?;
+    let end = all.iter().copied().find(|&a| a > addr).unwrap_or(addr + 64);
+    let data = fs::read(image).with_context(|| format!("read {}", image.display()))?;
+    let file = object::File::parse(&*data).with_context(|| format!("{}: not ELF", image.display()))?;
+    let bytes = file
+        .sections()
+        .find_map(|s| {
+            let (lo, hi) = (s.address(), s.address() + s.size());
+            (addr >= lo && end <= hi).then(|| s.data().ok()?.get((addr - lo) as usize..(end - lo) as usize).map(<[u8]>::to_vec))
+        })
+        .flatten()
+        .ok_or_else(|| anyhow!("'{name}' at {addr:#x} is not in {}", image.display()))?;
+    Ok(FunctionCode { address: addr, bytes, relocated: Vec::new() })
+}
+
+/// The link-time address of the kernel's `_text` (what `text_offset`s in
+/// the manifest count from).
+fn text_address(kernel: &Kernel) -> anyhow::Result<u64> {
+    let code = match &kernel.system_map {
+        Some(map) => {
+            let text = fs::read_to_string(map).with_context(|| format!("read {}", map.display()))?;
+            text.lines().find_map(|l| {
+                let mut f = l.split_whitespace();
+                let addr = f.next()?;
+                (f.nth(1)? == "_text").then(|| u64::from_str_radix(addr, 16).ok()).flatten()
+            })
+        }
+        None => {
+            let data = fs::read(&kernel.vmlinux).with_context(|| format!("read {}", kernel.vmlinux.display()))?;
+            let file = object::File::parse(&*data)?;
+            file.symbols().find(|s| s.name() == Ok("_text")).map(|s| s.address())
+        }
+    };
+    code.ok_or_else(|| anyhow!("no _text symbol for the {} kernel", kernel.flavor.name()))
+}
+
+/// `<offset>:<hex>`: up to [`FINGERPRINT_LEN`] bytes of a function's body
+/// after its ftrace call site: whole instructions, ending before the first
+/// one the kernel may rewrite after the build (see [`rewritable`]) or the
+/// module loader relocates. What the kernel then compares are bytes that
+/// are the same on every boot of that kernel.
+fn fingerprint(code: &FunctionCode, name: &str) -> anyhow::Result<String> {
+    use iced_x86::{
+        Decoder,
+        DecoderOptions, //
+    };
+    let bytes = &code.bytes;
+    let site = if bytes.starts_with(&[0xf3, 0x0f, 0x1e, 0xfa]) { 4 } else { 0 };
+    let call = bytes.get(site) == Some(&0xe8);
+    let nop5 = bytes.get(site..site + 5) == Some(&[0x0f, 0x1f, 0x44, 0x00, 0x00][..]);
+    ensure!(call || nop5, "'{name}' has no ftrace call site (notrace?)");
+    let body = site + 5;
+    let mut end = body;
+    let mut decoder = Decoder::with_ip(64, &bytes[body..], 0, DecoderOptions::NONE);
+    while decoder.can_decode() {
+        let insn = decoder.decode();
+        let next = body + insn.next_ip() as usize;
+        if insn.is_invalid()
+            || next - body > FINGERPRINT_LEN
+            || rewritable(&insn)
+            || code.relocated.iter().any(|&r| r >= end && r < next)
+        {
+            break;
+        }
+        end = next;
+    }
+    Ok(format!("{body}:{}", hex::encode(&bytes[body..end])))
+}
+
+/// Whether the kernel may rewrite `insn` after the build: branches, calls
+/// and returns (retpolines, return thunks, call depth tracking, static
+/// calls, jump labels, paravirt), NOPs (alternatives and jump label sites),
+/// LOCK prefixes (removed on one CPU), ENDBR (sealed under IBT) and absolute
+/// kernel addresses (moved by KASLR).
+fn rewritable(insn: &iced_x86::Instruction) -> bool {
+    use iced_x86::{
+        FlowControl,
+        Mnemonic,
+        OpKind,
+        Register, //
+    };
+    let kernel_address = |v: u64| v >= 0xffff_ffff_0000_0000;
+    insn.flow_control() != FlowControl::Next
+        || matches!(insn.mnemonic(), Mnemonic::Nop | Mnemonic::Endbr64 | Mnemonic::Int3)
+        || insn.has_lock_prefix()
+        || (0..insn.op_count()).any(|i| match insn.op_kind(i) {
+            OpKind::Memory => insn.memory_base() != Register::RIP && kernel_address(insn.memory_displacement64()),
+            OpKind::Immediate32to64 | OpKind::Immediate64 => insn.try_immediate(i).is_ok_and(kernel_address),
+            _ => false,
+        })
 }
 
 /// Builds the patch in `dir` against `kernel`; `extra_symbols` are the
 /// Module.symvers of kmend.ko; `targets` maps module names to built `.ko`s
 /// (for patches on modules).
-pub fn build(src: &KernelSource, kernel: &Kernel, dir: &Path, extra_symbols: &Path, targets: &[PathBuf]) -> anyhow::Result<BuiltPatch> {
+pub fn build(kernel: &Kernel, dir: &Path, extra_symbols: &Path, targets: &[PathBuf]) -> anyhow::Result<BuiltPatch> {
     let spec = read_spec(dir)?;
-    let out = paths::cache().join(format!("build/patches-{}/{}", src.version, spec.id));
+    let out = kernel.out_dir("patches").join(&spec.id);
     fs::create_dir_all(&out)?;
     let source = generate(&spec, dir)?;
     let rs = out.join(format!("{}.rs", spec.id));
@@ -261,36 +374,46 @@ pub fn build(src: &KernelSource, kernel: &Kernel, dir: &Path, extra_symbols: &Pa
     if fs::read_to_string(out.join("Kbuild")).ok().as_deref() != Some(&kbuild) {
         fs::write(out.join("Kbuild"), &kbuild)?;
     }
-    modules::kbuild(src, kernel, &out, &[extra_symbols.to_owned()], &format!("patch-{}", spec.id))?;
+    // The patch source (and what it includes from its parent) may lie
+    // outside the repository: the chroot must see it.
+    let source_dir = dir.canonicalize()?.parent().map(Path::to_path_buf).unwrap_or_default();
+    modules::kbuild(kernel, &out, &[extra_symbols.to_owned()], &[source_dir], &format!("patch-{}-{}", spec.id, kernel.flavor.name()))?;
     let module = out.join(format!("{}.ko", spec.id));
 
+    let text = text_address(kernel)?;
     let mut functions = Vec::new();
     for f in &spec.functions {
-        let elf = if f.object == "vmlinux" {
-            kernel.build.join("vmlinux")
-        } else {
-            targets
-                .iter()
-                .find(|t| t.file_stem().and_then(|s| s.to_str()) == Some(f.object.as_str()))
-                .cloned()
-                .ok_or_else(|| anyhow!("patch '{}': no built module '{}' to fingerprint", spec.id, f.object))?
+        let code = match (f.object.as_str(), &kernel.system_map) {
+            ("vmlinux", Some(map)) => code_from_map(&kernel.vmlinux, map, &f.name, f.sympos)?,
+            ("vmlinux", None) => code_from_elf(&kernel.vmlinux, &f.name, f.sympos)?,
+            (object, _) => {
+                let ko = targets
+                    .iter()
+                    .find(|t| t.file_stem().and_then(|s| s.to_str()) == Some(object))
+                    .ok_or_else(|| anyhow!("patch '{}': no built module '{object}' to fingerprint", spec.id))?;
+                code_from_elf(ko, &f.name, f.sympos)?
+            }
         };
-        functions.push(serde_json::json!({
+        let mut function = serde_json::json!({
             "object": f.object,
             "name": f.name,
             "sympos": f.sympos,
             "replacement": f.replacement,
-            "fingerprint": fingerprint(&elf, &f.name, f.sympos)?,
-        }));
+            "fingerprint": fingerprint(&code, &f.name)?,
+        });
+        if f.object == "vmlinux" {
+            function["text_offset"] = serde_json::json!(code.address - text);
+        }
+        functions.push(function);
     }
     let ko = fs::read(&module)?;
-    let build_id = crate::kernel::build_id(&kernel.build.join("vmlinux"))?;
+    let build_id = crate::kernel::build_id(&kernel.vmlinux)?;
     let manifest = serde_json::json!({
         "format": 1,
         "id": spec.id,
         "version": spec.version,
         "description": spec.description,
-        "kernel": { "release": kernel.release()?, "build_id": build_id },
+        "kernel": { "release": kernel.release, "build_id": build_id },
         "cves": spec.cves,
         "replace": spec.replace,
         "functions": functions,

@@ -7,13 +7,15 @@ use std::{
 
 /// Root of the repository (the workspace).
 pub fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    repo.canonicalize().unwrap_or(repo)
 }
 
 /// The build cache: `$KMEND_CACHE`, else `~/.cache/kmend`.
 pub fn cache() -> PathBuf {
     if let Some(dir) = env::var_os("KMEND_CACHE") {
-        return PathBuf::from(dir);
+        // Absolute: the toolchain chroot binds the cache at its own path.
+        return std::path::absolute(PathBuf::from(&dir)).unwrap_or_else(|_| PathBuf::from(dir));
     }
     let home = env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
     home.join(".cache/kmend")
@@ -32,9 +34,6 @@ pub fn tool_path() -> std::ffi::OsString {
     }
     env::join_paths(paths).unwrap_or_default()
 }
-
-/// libclang for bindgen (the kernel's Rust bindings need libclang >= 17).
-pub const LIBCLANG_PATH: &str = "/usr/lib/llvm-19/lib";
 
 /// The Rust target of the guest's userspace binaries.
 pub const MUSL_TARGET: &str = "x86_64-unknown-linux-musl";

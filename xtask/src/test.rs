@@ -5,9 +5,13 @@ use std::process::Stdio;
 use anyhow::bail;
 
 use crate::{
-    build,
+    build::{
+        self,
+        Artifacts, //
+    },
     vm::{
         self,
+        ALL_KERNELS,
         VmOptions, //
     },
 };
@@ -51,20 +55,35 @@ fn host_tests(tally: &mut Tally) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Boots the suite twice on one disk (the second boot checks what the
-/// agent does at boot) and adds the results; kernel problems fail too.
-fn vm_suite(opts: &VmOptions, tally: &mut Tally) -> anyhow::Result<()> {
-    let disk = vm::fresh_disk("disk-test.img")?;
-    for mode in ["test", "test-reboot"] {
-        let run = vm::boot(mode, opts, false, Some(&disk))?;
-        add_run(run, tally);
+/// Boots the suite twice on one disk per kernel (the second boot checks
+/// what the agent does at boot) and adds the results; kernel problems fail
+/// too. Each kernel's verdict lines are repeated at the end.
+fn vm_suites(all: &[Artifacts], opts: &VmOptions, tally: &mut Tally) -> anyhow::Result<()> {
+    let mut verdicts = Vec::new();
+    for artifacts in all {
+        let flavor = artifacts.kernel.flavor.name();
+        let disk = vm::fresh_disk(&format!("disk-test-{flavor}.img"))?;
+        for mode in ["test", "test-reboot"] {
+            let start = std::time::Instant::now();
+            let run = vm::boot(artifacts, mode, opts, false, Some(&disk))?;
+            let secs = start.elapsed().as_secs_f64();
+            verdicts.push(match &run.verdict {
+                Some((release, p, f)) => format!("kmend-guest: verdict ({release}): {p} passed, {f} failed  [{flavor}, {mode}, {secs:.0} s]"),
+                None => format!("kmend-guest: no verdict from the {flavor} kernel ({mode}, {secs:.0} s)"),
+            });
+            add_run(run, tally);
+        }
+    }
+    println!("xtask: per kernel:");
+    for v in verdicts {
+        println!("  {v}");
     }
     Ok(())
 }
 
 fn add_run(run: vm::GuestRun, tally: &mut Tally) {
     match run.verdict {
-        Some((p, f)) => {
+        Some((_, p, f)) => {
             tally.passed += p;
             tally.failed += f;
         }
@@ -94,15 +113,16 @@ fn finish(tally: &Tally) -> anyhow::Result<()> {
 /// `cargo xtask vm-test`.
 pub fn vm_only(opts: &VmOptions) -> anyhow::Result<()> {
     let mut tally = Tally::default();
-    vm_suite(opts, &mut tally)?;
+    let all = build::all(&opts.kernels_or(ALL_KERNELS))?;
+    vm_suites(&all, opts, &mut tally)?;
     finish(&tally)
 }
 
 /// `cargo xtask test`.
 pub fn all(opts: &VmOptions) -> anyhow::Result<()> {
     let mut tally = Tally::default();
-    build::all()?;
+    let all = build::all(&opts.kernels_or(ALL_KERNELS))?;
     host_tests(&mut tally)?;
-    vm_suite(opts, &mut tally)?;
+    vm_suites(&all, opts, &mut tally)?;
     finish(&tally)
 }

@@ -31,8 +31,12 @@ use anyhow::{
 };
 
 use crate::{
-    build,
+    build::{
+        self,
+        Artifacts, //
+    },
     initramfs,
+    kernel::Flavor,
     paths, //
 };
 
@@ -46,25 +50,46 @@ pub struct VmOptions {
     /// Give up on the guest after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub timeout: u64,
+    /// Which kernel(s) to boot, in order (repeat the flag for several);
+    /// default: both for tests and bench, the stock one for the demo.
+    #[arg(long = "kernel", value_enum)]
+    pub kernels: Vec<Flavor>,
 }
 
-/// Kernel messages that fail a run wherever they appear.
-const KERNEL_PROBLEMS: &[&str] = &[
-    "WARNING:",
-    "BUG:",
-    "Oops",
-    "Call Trace",
-    "Kernel panic",
-    "general protection fault",
-    "soft lockup",
-    "self-detected stall",
-];
+impl VmOptions {
+    /// The kernels asked for, or `default`.
+    pub fn kernels_or(&self, default: &[Flavor]) -> Vec<Flavor> {
+        if self.kernels.is_empty() { default.to_vec() } else { self.kernels.clone() }
+    }
+}
+
+/// Every kernel, the stock one first.
+pub const ALL_KERNELS: &[Flavor] = &[Flavor::Stock, Flavor::Debug];
+
+/// Kernel messages that fail a run: WARN()s and lockdep reports start
+/// with `WARNING:`, KFENCE/KASAN and sleeping-in-atomic reports with `BUG:`.
+/// Matched at the start of the message (after the timestamp), so that a
+/// CPU-bug notice such as `RETBleed: WARNING: ...` is not taken for one.
+const KERNEL_PROBLEMS: &[&str] = &["WARNING:", "BUG:", "UBSAN:", "INFO: task", "Oops", "Kernel panic"];
+
+/// Problems matched anywhere in a line.
+const KERNEL_PROBLEMS_ANYWHERE: &[&str] =
+    &["Call Trace", "general protection fault", "soft lockup", "self-detected stall", "Kernel panic"];
+
+/// Whether a console line is a kernel problem report.
+fn is_problem(line: &str) -> bool {
+    let message = match line.trim_start().strip_prefix('[') {
+        Some(rest) => rest.split_once("] ").map_or(rest, |(_, m)| m),
+        None => line,
+    };
+    KERNEL_PROBLEMS.iter().any(|p| message.starts_with(p)) || KERNEL_PROBLEMS_ANYWHERE.iter().any(|p| line.contains(p))
+}
 
 /// What a guest run produced.
 pub struct GuestRun {
     pub log: PathBuf,
-    /// `(passed, failed)` from the guest's verdict line, if it printed one.
-    pub verdict: Option<(u32, u32)>,
+    /// `(release, passed, failed)` from the guest's verdict line, if any.
+    pub verdict: Option<(String, u32, u32)>,
     /// Test lines (`kmend-guest: test ...`) as printed.
     pub tests: Vec<String>,
     /// Kernel problem lines found in the console.
@@ -72,28 +97,38 @@ pub struct GuestRun {
     pub timed_out: bool,
 }
 
-fn parse_verdict(line: &str) -> Option<(u32, u32)> {
-    let rest = line.split("kmend-guest: verdict: ").nth(1)?;
+/// `kmend-guest: verdict (<uname -r>): N passed, M failed`.
+fn parse_verdict(line: &str) -> Option<(String, u32, u32)> {
+    let rest = line.split("kmend-guest: verdict (").nth(1)?;
+    let (release, rest) = rest.split_once("): ")?;
     let mut it = rest.split_whitespace();
     let passed = it.next()?.parse().ok()?;
     let failed = it.nth(1)?.parse().ok()?;
-    Some((passed, failed))
+    Some((release.to_owned(), passed, failed))
 }
 
-/// Boots the guest in `mode`; `echo_all` copies the whole console to stdout.
-pub fn boot(mode: &str, opts: &VmOptions, echo_all: bool, disk: Option<&std::path::Path>) -> anyhow::Result<GuestRun> {
-    let artifacts = build::all()?;
+/// Boots `artifacts`' kernel in `mode`; `echo_all` copies the whole console
+/// to stdout.
+pub fn boot(artifacts: &Artifacts, mode: &str, opts: &VmOptions, echo_all: bool, disk: Option<&std::path::Path>) -> anyhow::Result<GuestRun> {
+    let flavor = artifacts.kernel.flavor.name();
     let vm_dir = paths::cache().join("vm");
     fs::create_dir_all(&vm_dir)?;
-    let initrd = vm_dir.join("initramfs.cpio");
-    initramfs::write(&artifacts.files, &initrd)?;
-    let log = vm_dir.join(format!("console-{mode}.log"));
+    let initrd = vm_dir.join(format!("initramfs-{flavor}.cpio"));
+    initramfs::write(&artifacts.files, &artifacts.kernel.boot_modules, &initrd)?;
+    let log = vm_dir.join(format!("console-{mode}-{flavor}.log"));
+    // The debug kernel gets 4 vCPUs (stop_machine and the stack check across
+    // more CPUs than host cores); the stock kernel the 2 the suite was
+    // written for, to keep the TCG run short.
+    let cpus = match artifacts.kernel.flavor {
+        Flavor::Debug => "4",
+        Flavor::Stock => "2",
+    };
 
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
-        .args(["-serial", "stdio", "-m", "1024", "-smp", "2"])
+        .args(["-serial", "stdio", "-m", "1024", "-smp", cpus])
         .arg("-kernel")
-        .arg(&artifacts.bzimage)
+        .arg(&artifacts.kernel.bzimage)
         .arg("-initrd")
         .arg(&initrd)
         .arg("-append")
@@ -108,7 +143,12 @@ pub fn boot(mode: &str, opts: &VmOptions, echo_all: bool, disk: Option<&std::pat
         // Multi-threaded TCG; `max` gives the guest every feature TCG emulates.
         qemu.args(["-accel", "tcg,thread=multi", "-cpu", "max"]);
     }
-    println!("xtask: booting the VM ({mode}, {}), console log: {}", if opts.kvm { "kvm" } else { "tcg" }, log.display());
+    println!(
+        "xtask: booting the {flavor} kernel {} ({mode}, {}, {cpus} vCPUs), console log: {}",
+        artifacts.kernel.release,
+        if opts.kvm { "kvm" } else { "tcg" },
+        log.display()
+    );
     let mut child = qemu
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -134,7 +174,7 @@ pub fn boot(mode: &str, opts: &VmOptions, echo_all: bool, disk: Option<&std::pat
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_owned();
                 writeln!(file, "{line}")?;
-                let problem = KERNEL_PROBLEMS.iter().any(|p| line.contains(p));
+                let problem = is_problem(&line);
                 if problem {
                     run.problems.push(line.clone());
                 }
@@ -187,15 +227,46 @@ pub fn fresh_disk(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// `cargo xtask demo`.
+/// `cargo xtask demo`: on Debian's stock kernel unless told otherwise.
 pub fn demo(opts: &VmOptions) -> anyhow::Result<()> {
-    let run = boot("demo", opts, true, None)?;
-    if run.timed_out {
-        bail!("the demo VM did not finish within {} s (log: {})", opts.timeout, run.log.display());
+    for artifacts in build::all(&opts.kernels_or(&[Flavor::Stock]))? {
+        let run = boot(&artifacts, "demo", opts, true, None)?;
+        if run.timed_out {
+            bail!("the demo VM did not finish within {} s (log: {})", opts.timeout, run.log.display());
+        }
+        if !run.problems.is_empty() {
+            bail!("the guest kernel reported problems:\n  {}", run.problems.join("\n  "));
+        }
+        println!("xtask: demo finished; console log: {}", run.log.display());
     }
-    if !run.problems.is_empty() {
-        bail!("the guest kernel reported problems:\n  {}", run.problems.join("\n  "));
-    }
-    println!("xtask: demo finished; console log: {}", run.log.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        is_problem,
+        parse_verdict, //
+    };
+
+    #[test]
+    fn kernel_problems_are_reports_not_notices() {
+        assert!(is_problem("[    3.1] WARNING: CPU: 1 PID: 77 at kernel/stop_machine.c:300 foo+0x1/0x2"));
+        assert!(is_problem("[    3.1] WARNING: possible circular locking dependency detected"));
+        assert!(is_problem("[    3.1] BUG: KFENCE: use-after-free read in bar+0x1/0x2"));
+        assert!(is_problem("[    3.1] BUG: sleeping function called from invalid context at x.c:1"));
+        assert!(is_problem("[    3.1]  Call Trace:"));
+        assert!(is_problem("WARNING: CPU: 0 PID: 1 at x.c:1"));
+        assert!(!is_problem("[    0.1] RETBleed: WARNING: Spectre v2 mitigation leaves CPU vulnerable"));
+        assert!(!is_problem("[    0.1] kmend: loaded"));
+    }
+
+    #[test]
+    fn verdict_names_the_kernel() {
+        assert_eq!(
+            parse_verdict("kmend-guest: verdict (7.2.12+deb14-amd64): 18 passed, 1 failed"),
+            Some(("7.2.12+deb14-amd64".to_owned(), 18, 1))
+        );
+        assert_eq!(parse_verdict("kmend-guest: verdict: 18 passed, 0 failed"), None);
+    }
 }

@@ -113,6 +113,25 @@ fn run_bench() -> Result<(), String> {
     }
     println!("kmend-bench: empty_stop_machine_ns {:.0}", median(empty));
     drop(parked);
+
+    // `kmend apply` of a local 2-function artifact, process start to
+    // switched (identity check, module load, target resolution, switch).
+    let artifact = format!("{MODULE_DIR}/kmend_multi.kmpatch");
+    let mut applies = Vec::new();
+    for _ in 0..ROUNDS {
+        let start = std::time::Instant::now();
+        let (code, out, err) = kmend(&["apply", &artifact]);
+        let ns = start.elapsed().as_nanos() as f64;
+        if code != 0 {
+            return Err(format!("apply {artifact}: exit {code}: {out} {err}"));
+        }
+        applies.push(ns);
+        let (code, _, err) = kmend(&["revert", "kmend_multi"]);
+        if code != 0 {
+            return Err(format!("revert kmend_multi: {err}"));
+        }
+    }
+    println!("kmend-bench: apply_local_artifact_ns {:.0}", median(applies));
     Ok(())
 }
 

@@ -39,7 +39,8 @@ pub fn run_all(tests: &[Test]) {
             }
         }
     }
-    println!("kmend-guest: verdict: {passed} passed, {failed} failed");
+    let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    println!("kmend-guest: verdict ({}): {passed} passed, {failed} failed", release.trim());
     let _ = std::io::stdout().flush();
 }
 

@@ -72,6 +72,12 @@ pub struct Function {
     /// function's start; empty: not checked). See docs/patch-format.md.
     #[serde(default)]
     pub fingerprint: String,
+    /// For a `vmlinux` function: its distance from the kernel's `_text`, as
+    /// built. With KASLR the whole image moves as one, so the runtime
+    /// address is `_text`'s plus this, without reading all of
+    /// `/proc/kallsyms` (kmend.ko still checks the name at that address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_offset: Option<u64>,
 }
 
 /// An artifact in memory: the checked manifest and the module image.
@@ -275,6 +281,7 @@ pub(crate) mod tests {
                 sympos: 0,
                 replacement: format!("{id}_cmdline_proc_show"),
                 fingerprint: String::new(),
+                text_offset: None,
             }],
             module_sha256: String::new(),
         }

@@ -70,6 +70,27 @@ mod tests {
     }
 }
 
+/// The runtime address of the kernel's `_text`, read from the start of a
+/// `/proc/kallsyms` stream: it is among the first lines (kallsyms lists by
+/// address), so this stops long before the hundreds of thousands of symbols
+/// of a distribution kernel.
+pub fn text_address(kallsyms: impl std::io::Read) -> Result<u64, String> {
+    use std::io::BufRead as _;
+    for line in std::io::BufReader::with_capacity(64 << 10, kallsyms).lines() {
+        let line = line.map_err(|e| format!("/proc/kallsyms: {e}"))?;
+        let mut f = line.split_whitespace();
+        let (Some(addr), Some(_), Some(name)) = (f.next(), f.next(), f.next()) else { continue };
+        if name == "_text" {
+            let addr = u64::from_str_radix(addr, 16).map_err(|_| format!("/proc/kallsyms: bad address in '{line}'"))?;
+            if addr == 0 {
+                return Err("/proc/kallsyms hides addresses: run as root".to_owned());
+            }
+            return Ok(addr);
+        }
+    }
+    Err("/proc/kallsyms has no _text".to_owned())
+}
+
 /// Resolves `object:name` (the `sympos`-th of that name, 1-based; 0: must be
 /// unique) in a `/proc/kallsyms` text; `object` is `vmlinux` or a module.
 pub fn resolve(kallsyms: &str, object: &str, name: &str, sympos: u64) -> Result<u64, String> {
@@ -102,7 +123,28 @@ pub fn resolve(kallsyms: &str, object: &str, name: &str, sympos: u64) -> Result<
 
 #[cfg(test)]
 mod resolve_tests {
-    use super::resolve;
+    use super::{
+        resolve,
+        text_address, //
+    };
+
+    #[test]
+    fn finds_text_without_reading_on() {
+        let head = "ffffffff81000000 T startup_64\nffffffff81000000 T _text\n";
+        // A reader that fails after the head: reaching it would be an error.
+        let stream = std::io::Read::chain(head.as_bytes(), FailingReader);
+        assert_eq!(text_address(stream), Ok(0xffffffff81000000));
+        assert!(text_address("0000000000000000 T _text\n".as_bytes()).unwrap_err().contains("root"));
+        assert!(text_address("ffffffff81000000 T startup_64\n".as_bytes()).unwrap_err().contains("no _text"));
+    }
+
+    struct FailingReader;
+
+    impl std::io::Read for FailingReader {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(std::io::Error::other("read past _text"))
+        }
+    }
 
     const KALLSYMS: &str = "ffffffff81000010 t dup\nffffffff81000020 T uniq\nffffffff81000030 t dup\nffffffffc0001000 t dup\t[mod_a]\nffffffff81000040 d uniqdata\n";
 

@@ -110,24 +110,44 @@ pub fn enable(control: &Path, id: &str, manifest: &[Function]) -> Result<u64, Sy
         path: control.to_owned(),
         what: format!("patch '{id}' did not register: is it a kmend patch module?"),
     })?;
-    let kallsyms = fs::read_to_string("/proc/kallsyms").map_err(|source| SysError::Io {
-        op: "read",
-        path: "/proc/kallsyms".into(),
-        source,
-    })?;
+    let resolve_err = |what: String| SysError::Resolve { id: id.to_owned(), what };
+    let wanted = |f: &crate::status::FunctionStatus| {
+        manifest.iter().find(|m| m.object == f.object && m.name == f.name && m.sympos == f.sympos)
+    };
+    // Reading all of /proc/kallsyms takes the kernel long on a distribution
+    // kernel: do it only for what the manifest cannot place from `_text`.
+    let needs_kallsyms = patch
+        .functions
+        .iter()
+        .any(|f| (f.object != "vmlinux" && module_loaded(&f.object)) || (f.object == "vmlinux" && wanted(f).and_then(|m| m.text_offset).is_none()));
+    let kallsyms = if needs_kallsyms {
+        fs::read_to_string("/proc/kallsyms").map_err(|source| SysError::Io { op: "read", path: "/proc/kallsyms".into(), source })?
+    } else {
+        String::new()
+    };
+    let mut text = None;
     let mut funcs = Vec::with_capacity(patch.functions.len());
     for f in &patch.functions {
         // A function of a module that is not loaded yet is sent as address 0:
         // kmend.ko applies it when the module loads.
-        let addr = if f.object != "vmlinux" && !module_loaded(&f.object) {
-            0
-        } else {
-            kallsyms::resolve(&kallsyms, &f.object, &f.name, f.sympos)
-                .map_err(|what| SysError::Resolve { id: id.to_owned(), what })?
+        let addr = match (f.object.as_str(), wanted(f).and_then(|m| m.text_offset)) {
+            ("vmlinux", Some(offset)) => {
+                if text.is_none() {
+                    let head = fs::File::open("/proc/kallsyms").map_err(|source| SysError::Io {
+                        op: "open",
+                        path: "/proc/kallsyms".into(),
+                        source,
+                    })?;
+                    text = Some(kallsyms::text_address(head).map_err(resolve_err)?);
+                }
+                text.unwrap_or_default().wrapping_add(offset)
+            }
+            ("vmlinux", None) => kallsyms::resolve(&kallsyms, &f.object, &f.name, f.sympos).map_err(resolve_err)?,
+            (object, _) if !module_loaded(object) => 0,
+            (object, _) => kallsyms::resolve(&kallsyms, object, &f.name, f.sympos).map_err(resolve_err)?,
         };
         let mut req = KmendFuncReq { addr, fp_offset: 0, fp_len: 0, fp: [0; KMEND_FP_MAX] };
-        let wanted = manifest.iter().find(|m| m.object == f.object && m.name == f.name && m.sympos == f.sympos);
-        if let Some(m) = wanted {
+        if let Some(m) = wanted(f) {
             let fp = parse_fingerprint(&m.fingerprint).map_err(|what| SysError::Resolve {
                 id: id.to_owned(),
                 what: format!("'{}': fingerprint: {what}", m.name),
