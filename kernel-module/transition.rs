@@ -48,6 +48,9 @@ const STACK_DEPTH: usize = 64;
 /// Default and longest time to keep retrying.
 pub(crate) const DEFAULT_TIMEOUT_MS: u32 = 5_000;
 
+/// Longest wait between two attempts (the first waits 1 ms, then doubling).
+const MAX_RETRY_DELAY_MS: u32 = 8;
+
 /// Tasks whose stacks the pre-check found clean while they were off-CPU,
 /// with their context-switch count then, sorted by key. A task whose count
 /// is unchanged under stop_machine has not run since: its stack is the one
@@ -154,6 +157,10 @@ pub(crate) fn switch(ranges: &[Busy], stores: &[Store], timeout_ms: u32) -> Resu
             return blocker.map(Switched::Blocked).ok_or(EBUSY);
         }
         kapi::sleep_ms(delay_ms);
-        delay_ms = (delay_ms * 2).min(100);
+        // Short waits: on a preemptible kernel a hot function is often left
+        // for a moment by every thread, and each failed attempt that got as
+        // far as stopping the machine costs only a re-walk of the tasks that
+        // ran since the pre-check.
+        delay_ms = (delay_ms * 2).min(MAX_RETRY_DELAY_MS);
     }
 }

@@ -212,6 +212,9 @@ impl Drop for KmendPatchModule {{
 struct FunctionCode {
     /// Link-time address (in a .ko: the offset in its section).
     address: u64,
+    /// In a .ko: the section holding it (the kernel shows where each
+    /// section of a loaded module lies in /sys/module/<name>/sections/).
+    section: Option<String>,
     bytes: Vec<u8>,
     relocated: Vec<usize>,
 }
@@ -246,7 +249,8 @@ fn code_from_elf(elf_path: &Path, name: &str, sympos: u64) -> anyhow::Result<Fun
         .filter(|&off| off >= start && off < start + size)
         .map(|off| off - start)
         .collect();
-    Ok(FunctionCode { address: sym.address(), bytes, relocated })
+    let section_name = section.name().ok().map(str::to_owned);
+    Ok(FunctionCode { address: sym.address(), section: section_name, bytes, relocated })
 }
 
 /// The code of `name` in a stripped kernel image, located by `System.map`
@@ -278,7 +282,7 @@ fn code_from_map(image: &Path, map: &Path, name: &str, sympos: u64) -> anyhow::R
         })
         .flatten()
         .ok_or_else(|| anyhow!("'{name}' at {addr:#x} is not in {}", image.display()))?;
-    Ok(FunctionCode { address: addr, bytes, relocated: Vec::new() })
+    Ok(FunctionCode { address: addr, section: None, bytes, relocated: Vec::new() })
 }
 
 /// The link-time address of the kernel's `_text` (what `text_offset`s in
@@ -401,8 +405,13 @@ pub fn build(kernel: &Kernel, dir: &Path, extra_symbols: &Path, targets: &[PathB
             "replacement": f.replacement,
             "fingerprint": fingerprint(&code, &f.name)?,
         });
-        if f.object == "vmlinux" {
-            function["text_offset"] = serde_json::json!(code.address - text);
+        match (&code.section, f.object.as_str()) {
+            (_, "vmlinux") => function["text_offset"] = serde_json::json!(code.address - text),
+            (Some(section), _) => {
+                function["section"] = serde_json::json!(section);
+                function["text_offset"] = serde_json::json!(code.address);
+            }
+            (None, _) => {}
         }
         functions.push(function);
     }
@@ -433,4 +442,36 @@ pub fn build(kernel: &Kernel, dir: &Path, extra_symbols: &Path, targets: &[PathB
             .args(["manifest.json", "patch.ko"]),
     )?;
     Ok(BuiltPatch { id: spec.id, module, artifact })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        FunctionCode,
+        fingerprint, //
+    };
+
+    fn code(bytes: &[u8], relocated: &[usize]) -> FunctionCode {
+        FunctionCode { address: 0, section: None, bytes: bytes.to_vec(), relocated: relocated.to_vec() }
+    }
+
+    #[test]
+    fn fingerprint_stops_before_what_the_kernel_rewrites() {
+        // ENDBR, call __fentry__, mov %rdi,%rbx, mov $<kernel address>,%rsi (KASLR moves it), ret.
+        let f = [0xf3, 0x0f, 0x1e, 0xfa, 0xe8, 0, 0, 0, 0, 0x48, 0x89, 0xfb, 0x48, 0xc7, 0xc6, 0, 0, 0, 0x82, 0xc3];
+        assert_eq!(fingerprint(&code(&f, &[]), "f").unwrap(), "9:4889fb");
+        // NOP5 site, xor %eax,%eax, call (a static call or thunk may be rewritten).
+        let g = [0x0f, 0x1f, 0x44, 0, 0, 0x31, 0xc0, 0xe8, 1, 2, 3, 4, 0xc3];
+        assert_eq!(fingerprint(&code(&g, &[]), "g").unwrap(), "5:31c0");
+        // A NOP (alternative or jump label site) ends it too.
+        let h = [0xe8, 0, 0, 0, 0, 0x31, 0xc0, 0x0f, 0x1f, 0x44, 0, 0, 0x31, 0xc0];
+        assert_eq!(fingerprint(&code(&h, &[]), "h").unwrap(), "5:31c0");
+        // A byte the module loader relocates ends it before its instruction:
+        // mov 0x0(%rip),%rax with a relocation at offset 3 of that instruction.
+        let m = [0xe8, 0, 0, 0, 0, 0x31, 0xc0, 0x48, 0x8b, 0x05, 0, 0, 0, 0, 0xc3];
+        assert_eq!(fingerprint(&code(&m, &[10]), "m").unwrap(), "5:31c0");
+        assert_eq!(fingerprint(&code(&m, &[]), "m").unwrap(), "5:31c0488b0500000000");
+        // No ftrace site: refused.
+        assert!(fingerprint(&code(&[0x31, 0xc0, 0xc3], &[]), "n").is_err());
+    }
 }

@@ -180,9 +180,10 @@ fn build_tree(chroot: &Chroot, src: &KernelSource, config: &Path, symvers: &Path
     Ok(build)
 }
 
-/// `CONFIG_` lines whose values differ (compiler version texts excepted:
-/// they name the same compiler differently only if the chroot is wrong,
-/// which the Rust crate hashes would show at module load anyway).
+/// Options of the stock config whose values differ in `got` (the chroot's
+/// compilers and tools decide some, e.g. `CONFIG_RUSTC_VERSION_TEXT`, or
+/// what `openssl` supports); any difference can change struct layouts or
+/// crate hashes, so modules would not load.
 fn config_differences(want: &str, got: &str) -> Vec<String> {
     let parse = |text: &str| -> BTreeMap<String, String> {
         text.lines()
@@ -260,4 +261,21 @@ fn depends(ko: &[u8]) -> anyhow::Result<Vec<String>> {
         .filter_map(|f| std::str::from_utf8(f).ok()?.strip_prefix("depends="))
         .flat_map(|d| d.split(',').filter(|s| !s.is_empty()).map(|s| s.replace('-', "_")))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::config_differences;
+
+    #[test]
+    fn config_differences_name_each_changed_option() {
+        let stock = "CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_C=\"x\"\nCONFIG_D=m\n";
+        let same = "CONFIG_A=y\nCONFIG_C=\"x\"\nCONFIG_D=m\nCONFIG_E=y\n";
+        assert!(config_differences(stock, same).is_empty());
+        let dropped = "CONFIG_C=\"x\"\nCONFIG_B=y\nCONFIG_D=y\n";
+        assert_eq!(
+            config_differences(stock, dropped),
+            ["CONFIG_A: stock y, here n", "CONFIG_B: stock n, here y", "CONFIG_D: stock m, here y"]
+        );
+    }
 }

@@ -224,7 +224,13 @@ fn hammer_calls_see_old_or_new_only() -> TestResult {
     const THREADS: usize = 8;
     const CYCLES: usize = 200;
     with_testmod(|| {
-        apply("kmend_hammer.ko")?;
+        // The artifact's manifest places the target (its offset in the
+        // module's .text), as `kmend apply` does: no /proc/kallsyms scan per cycle.
+        let manifest = Artifact::read(Path::new(&format!("{MODULE_DIR}/kmend_hammer.kmpatch")))
+            .map_err(|e| format!("{e}"))?
+            .manifest
+            .functions;
+        apply("kmend_hammer.kmpatch")?;
         let stop = Arc::new(AtomicBool::new(false));
         let calls = Arc::new(AtomicU64::new(0));
         let workers: Vec<_> = (0..THREADS)
@@ -245,7 +251,7 @@ fn hammer_calls_see_old_or_new_only() -> TestResult {
         let mut result = Ok(());
         for cycle in 0..CYCLES {
             let step = transition::revert(Path::new(CONTROL), "kmend_hammer")
-                .and_then(|_| transition::enable(Path::new(CONTROL), "kmend_hammer", &[]));
+                .and_then(|_| transition::enable(Path::new(CONTROL), "kmend_hammer", &manifest));
             if let Err(e) = step {
                 result = Err(format!("cycle {cycle}: {e}"));
                 break;

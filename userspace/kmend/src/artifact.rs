@@ -72,12 +72,16 @@ pub struct Function {
     /// function's start; empty: not checked). See docs/patch-format.md.
     #[serde(default)]
     pub fingerprint: String,
-    /// For a `vmlinux` function: its distance from the kernel's `_text`, as
-    /// built. With KASLR the whole image moves as one, so the runtime
-    /// address is `_text`'s plus this, without reading all of
-    /// `/proc/kallsyms` (kmend.ko still checks the name at that address).
+    /// Where the function lies, as built, so that apply need not read all
+    /// of `/proc/kallsyms`: for `vmlinux`, its distance from `_text` (KASLR
+    /// moves the image as one); for a module, its offset in [`Self::section`]
+    /// (whose address a loaded module shows in `/sys/module/<name>/sections/`).
+    /// kmend.ko still checks the name at the address this gives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text_offset: Option<u64>,
+    /// For a module function: the ELF section holding it, e.g. `.text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section: Option<String>,
 }
 
 /// An artifact in memory: the checked manifest and the module image.
@@ -282,6 +286,7 @@ pub(crate) mod tests {
                 replacement: format!("{id}_cmdline_proc_show"),
                 fingerprint: String::new(),
                 text_offset: None,
+                section: None,
             }],
             module_sha256: String::new(),
         }

@@ -91,6 +91,22 @@ pub fn text_address(kallsyms: impl std::io::Read) -> Result<u64, String> {
     Err("/proc/kallsyms has no _text".to_owned())
 }
 
+/// Where section `section` of loaded module `module` lies, from
+/// `/sys/module/<module>/sections/<section>` (root only).
+pub fn section_address(module: &str, section: &str) -> Result<u64, String> {
+    if module.contains('/') || section.contains('/') || module.starts_with('.') {
+        return Err(format!("'{module}:{section}': not a module section name"));
+    }
+    let path = format!("/sys/module/{module}/sections/{section}");
+    let text = fs::read_to_string(&path).map_err(|e| format!("'{path}': read failed: {e}"))?;
+    let hex = text.trim().trim_start_matches("0x");
+    match u64::from_str_radix(hex, 16) {
+        Ok(0) => Err(format!("'{path}' hides addresses: run as root")),
+        Ok(addr) => Ok(addr),
+        Err(_) => Err(format!("'{path}': not an address: {:?}", text.trim())),
+    }
+}
+
 /// Resolves `object:name` (the `sympos`-th of that name, 1-based; 0: must be
 /// unique) in a `/proc/kallsyms` text; `object` is `vmlinux` or a module.
 pub fn resolve(kallsyms: &str, object: &str, name: &str, sympos: u64) -> Result<u64, String> {

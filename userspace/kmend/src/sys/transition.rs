@@ -115,11 +115,14 @@ pub fn enable(control: &Path, id: &str, manifest: &[Function]) -> Result<u64, Sy
         manifest.iter().find(|m| m.object == f.object && m.name == f.name && m.sympos == f.sympos)
     };
     // Reading all of /proc/kallsyms takes the kernel long on a distribution
-    // kernel: do it only for what the manifest cannot place from `_text`.
+    // kernel: do it only for what the manifest cannot place.
+    let placed = |f: &crate::status::FunctionStatus| {
+        wanted(f).is_some_and(|m| m.text_offset.is_some() && (f.object == "vmlinux" || m.section.is_some()))
+    };
     let needs_kallsyms = patch
         .functions
         .iter()
-        .any(|f| (f.object != "vmlinux" && module_loaded(&f.object)) || (f.object == "vmlinux" && wanted(f).and_then(|m| m.text_offset).is_none()));
+        .any(|f| !placed(f) && (f.object == "vmlinux" || module_loaded(&f.object)));
     let kallsyms = if needs_kallsyms {
         fs::read_to_string("/proc/kallsyms").map_err(|source| SysError::Io { op: "read", path: "/proc/kallsyms".into(), source })?
     } else {
@@ -128,23 +131,27 @@ pub fn enable(control: &Path, id: &str, manifest: &[Function]) -> Result<u64, Sy
     let mut text = None;
     let mut funcs = Vec::with_capacity(patch.functions.len());
     for f in &patch.functions {
-        // A function of a module that is not loaded yet is sent as address 0:
-        // kmend.ko applies it when the module loads.
-        let addr = match (f.object.as_str(), wanted(f).and_then(|m| m.text_offset)) {
-            ("vmlinux", Some(offset)) => {
+        let object = f.object.as_str();
+        let addr = if object != "vmlinux" && !module_loaded(object) {
+            // A function of a module that is not loaded yet is sent as
+            // address 0: kmend.ko applies it when the module loads.
+            0
+        } else if !placed(f) {
+            kallsyms::resolve(&kallsyms, object, &f.name, f.sympos).map_err(resolve_err)?
+        } else {
+            let m = wanted(f).ok_or_else(|| resolve_err(format!("'{object}:{}': not in the manifest", f.name)))?;
+            let offset = m.text_offset.unwrap_or_default();
+            let base = if object == "vmlinux" {
                 if text.is_none() {
-                    let head = fs::File::open("/proc/kallsyms").map_err(|source| SysError::Io {
-                        op: "open",
-                        path: "/proc/kallsyms".into(),
-                        source,
-                    })?;
+                    let head = fs::File::open("/proc/kallsyms")
+                        .map_err(|source| SysError::Io { op: "open", path: "/proc/kallsyms".into(), source })?;
                     text = Some(kallsyms::text_address(head).map_err(resolve_err)?);
                 }
-                text.unwrap_or_default().wrapping_add(offset)
-            }
-            ("vmlinux", None) => kallsyms::resolve(&kallsyms, &f.object, &f.name, f.sympos).map_err(resolve_err)?,
-            (object, _) if !module_loaded(object) => 0,
-            (object, _) => kallsyms::resolve(&kallsyms, object, &f.name, f.sympos).map_err(resolve_err)?,
+                text.unwrap_or_default()
+            } else {
+                kallsyms::section_address(object, m.section.as_deref().unwrap_or(".text")).map_err(resolve_err)?
+            };
+            base.wrapping_add(offset)
         };
         let mut req = KmendFuncReq { addr, fp_offset: 0, fp_len: 0, fp: [0; KMEND_FP_MAX] };
         if let Some(m) = wanted(f) {
