@@ -74,6 +74,10 @@ fn one(artifacts: &Artifacts, opts: &VmOptions) -> anyhow::Result<()> {
     println!("| empty stop_machine                           | {:>9.1} us |", empty / 1000.0);
     println!("| pause / empty stop_machine                   | {:>12.3} |", pause / empty);
     println!("| kmend apply of a local artifact, 3 functions | {:>9.1} ms |", apply / 1e6);
+    if let (Ok(library), Ok(enable)) = (get("apply_library_ns"), get("enable_loaded_ns")) {
+        println!("|   the same, library call: load + enable      | {:>9.1} ms |", library / 1e6);
+        println!("|   enable alone (loaded, sites kept)          | {:>9.1} ms |", enable / 1e6);
+    }
     println!();
     Ok(())
 }

@@ -132,6 +132,29 @@ fn run_bench() -> Result<(), String> {
         }
     }
     println!("kmend-bench: apply_local_artifact_ns {:.0}", median(applies));
+
+    // Where that time goes: the same patch through the library (module
+    // load, resolve, ftrace sites, switch: no process start, no artifact
+    // checks, no state or journal), then enable alone on the loaded,
+    // reverted patch (its ftrace sites stay while it is registered).
+    let manifest = kmend::artifact::Artifact::read(Path::new(&artifact)).map_err(|e| format!("{e}"))?.manifest.functions;
+    let ko = format!("{MODULE_DIR}/kmend_multi.ko");
+    let (mut loads, mut enables) = (Vec::new(), Vec::new());
+    for _ in 0..ROUNDS {
+        let start = std::time::Instant::now();
+        transition::apply(control, Path::new(&ko), "kmend_multi", &manifest).map_err(|e| e.to_string())?;
+        loads.push(start.elapsed().as_nanos() as f64);
+        transition::revert(control, "kmend_multi").map_err(|e| e.to_string())?;
+        let start = std::time::Instant::now();
+        transition::enable(control, "kmend_multi", &manifest).map_err(|e| e.to_string())?;
+        enables.push(start.elapsed().as_nanos() as f64);
+        let (code, _, err) = kmend(&["revert", "kmend_multi"]);
+        if code != 0 {
+            return Err(format!("revert kmend_multi: {err}"));
+        }
+    }
+    println!("kmend-bench: apply_library_ns {:.0}", median(loads));
+    println!("kmend-bench: enable_loaded_ns {:.0}", median(enables));
     Ok(())
 }
 
