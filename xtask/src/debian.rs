@@ -125,16 +125,7 @@ impl Apt {
             return Ok(deb);
         }
         let known = output(self.command("apt-cache").args(["madison", pkg.name])).unwrap_or_default();
-        if !known.lines().any(|l| l.split('|').nth(1).is_some_and(|v| v.trim() == pkg.version)) {
-            let have: Vec<&str> = known.lines().filter_map(|l| l.split('|').nth(1).map(str::trim)).collect();
-            bail!(
-                "Debian's '{}' suite no longer has {} {} (it has: {}); update xtask/src/pins.rs",
-                self.suite,
-                pkg.name,
-                pkg.version,
-                if have.is_empty() { "none".to_owned() } else { have.join(", ") }
-            );
-        }
+        check_offered(&known, pkg, &self.suite)?;
         println!("xtask: downloading {} {}", pkg.name, pkg.version);
         exec_logged(
             self.command("apt-get").current_dir(dir).args(["download", &format!("{}={}", pkg.name, pkg.version)]),
@@ -144,6 +135,21 @@ impl Apt {
     }
 }
 
+/// Fails, naming the package, the pinned version and what the suite has,
+/// unless `apt-cache madison` output `madison` offers `pkg` at its version.
+fn check_offered(madison: &str, pkg: Pkg, suite: &str) -> anyhow::Result<()> {
+    let offered: Vec<&str> = madison.lines().filter_map(|l| l.split('|').nth(1).map(str::trim)).collect();
+    if offered.contains(&pkg.version) {
+        return Ok(());
+    }
+    bail!(
+        "Debian's '{suite}' suite no longer has {} {} (it has: {}); update xtask/src/pins.rs",
+        pkg.name,
+        pkg.version,
+        if offered.is_empty() { "none".to_owned() } else { offered.join(", ") }
+    )
+}
+
 /// The downloaded `.deb` of `pkg` in `dir`, if there.
 fn cached(pkg: Pkg, dir: &Path) -> Option<PathBuf> {
     // apt names files <name>_<version with ':' as %3a>_<arch>.deb.
@@ -151,4 +157,22 @@ fn cached(pkg: Pkg, dir: &Path) -> Option<PathBuf> {
     fs::read_dir(dir).ok()?.flatten().map(|e| e.path()).find(|p| {
         p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_offered;
+    use crate::pins::Pkg;
+
+    #[test]
+    fn a_version_the_archive_dropped_is_named() {
+        let pkg = Pkg { name: "linux-source-7.2", version: "7.2.12-1" };
+        let madison = "linux-source-7.2 |   7.2.13-1 | http://archive sid/main amd64 Packages\n\
+                       linux-source-7.2 |   7.2.12-1 | http://archive forky/main amd64 Packages\n";
+        assert!(check_offered(madison, pkg, "forky").is_ok());
+        let gone = "linux-source-7.2 |   7.2.14-1 | http://archive forky/main amd64 Packages\n";
+        let e = check_offered(gone, pkg, "forky").unwrap_err().to_string();
+        assert!(e.contains("no longer has linux-source-7.2 7.2.12-1 (it has: 7.2.14-1)"), "{e}");
+        assert!(check_offered("", pkg, "forky").unwrap_err().to_string().contains("(it has: none)"));
+    }
 }

@@ -71,6 +71,31 @@ impl Kernel {
         c
     }
 
+    /// A copy of module `ko` without debug information, as distributions
+    /// install modules (`INSTALL_MOD_STRIP`): what the VM loads and what an
+    /// artifact ships. Symbols and relocations stay.
+    pub fn strip_debug(&self, ko: &Path) -> anyhow::Result<PathBuf> {
+        let out = ko.with_extension("stripped.ko");
+        let newer = |a: &Path, b: &Path| -> bool {
+            let m = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+            matches!((m(a), m(b)), (Some(x), Some(y)) if x >= y)
+        };
+        if !newer(&out, ko) {
+            let dir = ko.parent().unwrap_or(Path::new("/"));
+            crate::run::exec(
+                self.chroot
+                    .command(dir)
+                    .arg(format!("{}strip", pins::CROSS_COMPILE))
+                    .arg("--strip-debug")
+                    .arg("-o")
+                    .arg(&out)
+                    .arg(ko),
+            )
+            .with_context(|| format!("strip {}", ko.display()))?;
+        }
+        Ok(out)
+    }
+
     /// Where this kernel's modules and patches are built.
     pub fn out_dir(&self, what: &str) -> PathBuf {
         crate::paths::cache().join(format!("build/{what}-{}-{}", self.flavor.name(), self.release))

@@ -40,7 +40,7 @@ pub fn build(kernel: &Kernel) -> anyhow::Result<Modules> {
     mirror(&paths::repo().join("tests/modules"), &fixtures_dir)?;
     kbuild(kernel, &fixtures_dir, &[], &[], &format!("module-fixtures-{flavor}"))?;
     Ok(Modules {
-        kmend: dir.join("kmend.ko"),
+        kmend: kernel.strip_debug(&dir.join("kmend.ko"))?,
         kmend_symvers: dir.join("Module.symvers"),
         fixtures: ["kmend_testmod.ko", "klp_bench.ko"].iter().map(|m| fixtures_dir.join(m)).collect(),
     })

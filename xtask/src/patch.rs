@@ -382,7 +382,7 @@ pub fn build(kernel: &Kernel, dir: &Path, extra_symbols: &Path, targets: &[PathB
     // outside the repository: the chroot must see it.
     let source_dir = dir.canonicalize()?.parent().map(Path::to_path_buf).unwrap_or_default();
     modules::kbuild(kernel, &out, &[extra_symbols.to_owned()], &[source_dir], &format!("patch-{}-{}", spec.id, kernel.flavor.name()))?;
-    let module = out.join(format!("{}.ko", spec.id));
+    let module = kernel.strip_debug(&out.join(format!("{}.ko", spec.id)))?;
 
     let text = text_address(kernel)?;
     let mut functions = Vec::new();

@@ -41,7 +41,13 @@ pub fn exec_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<()> {
     }
     let file = fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
     cmd.stdout(file.try_clone()?).stderr(file);
+    let start = std::time::Instant::now();
     let status = cmd.status().with_context(|| format!("failed to start {cmd:?}"))?;
+    let secs = start.elapsed().as_secs_f64();
+    if secs >= 10.0 {
+        // Long steps say what they cost, so a slow cold run can be read.
+        println!("xtask:   ({secs:.0} s, log: {})", log.display());
+    }
     if !status.success() {
         let text = fs::read_to_string(log).unwrap_or_default();
         let tail: Vec<&str> = text.lines().rev().take(40).collect();
