@@ -78,6 +78,9 @@ fn one(artifacts: &Artifacts, opts: &VmOptions) -> anyhow::Result<()> {
         println!("|   the same, library call: load + enable      | {:>9.1} ms |", library / 1e6);
         println!("|   enable alone (loaded, sites kept)          | {:>9.1} ms |", enable / 1e6);
     }
+    if let Ok(start) = get("cli_start_ns") {
+        println!("|   kmend --version (process start and exit)   | {:>9.1} ms |", start / 1e6);
+    }
     println!();
     Ok(())
 }

@@ -154,6 +154,17 @@ fn run_bench() -> Result<(), String> {
         }
     }
     println!("kmend-bench: apply_library_ns {:.0}", median(loads));
+    // The floor of any CLI verb: starting and ending the static binary.
+    let mut starts = Vec::new();
+    for _ in 0..ROUNDS {
+        let start = std::time::Instant::now();
+        let (code, _, err) = kmend(&["--version"]);
+        starts.push(start.elapsed().as_nanos() as f64);
+        if code != 0 {
+            return Err(format!("kmend --version: {err}"));
+        }
+    }
+    println!("kmend-bench: cli_start_ns {:.0}", median(starts));
     println!("kmend-bench: enable_loaded_ns {:.0}", median(enables));
     Ok(())
 }
