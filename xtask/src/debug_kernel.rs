@@ -43,7 +43,9 @@ const FRAGMENT: &str = "vm-images/kernel.config";
 pub fn build(chroot: &Chroot, src: &KernelSource) -> anyhow::Result<Kernel> {
     let repo = paths::repo();
     let fragment = fs::read(repo.join(FRAGMENT)).with_context(|| format!("read {FRAGMENT}"))?;
-    let stamp_key = key(&[src.version.as_bytes(), &fragment, chroot.toolchain_id()?.as_bytes()]);
+    // Keyed by the options, not the comments around them.
+    let options: Vec<&str> = std::str::from_utf8(&fragment)?.lines().map(str::trim).filter(|l| l.starts_with("CONFIG_")).collect();
+    let stamp_key = key(&[src.version.as_bytes(), options.join("\n").as_bytes(), chroot.toolchain_id()?.as_bytes()]);
     let build = paths::cache().join(format!("build/debug-{}", src.version));
     let bzimage = build.join("arch/x86/boot/bzImage");
     let stamp = build.join(".kmend-stamp");
