@@ -382,6 +382,11 @@ impl Registry {
                 let comm = core::str::from_utf8(&b.comm)
                     .unwrap_or("?")
                     .trim_end_matches('\0');
+                if b.name == transition::TRUNCATED {
+                    return Err(refuse(EBUSY, format_args!(
+                        "patch '{id}': task {} ({comm}) has a stack too deep to check whole; gave up after {timeout} ms",
+                        b.pid)));
+                }
                 let func = names.get(b.name).map_or("?", |n| text(n));
                 Err(refuse(EBUSY, format_args!(
                     "patch '{id}': task {} ({comm}) is running '{func}'; gave up after {timeout} ms", b.pid)))

@@ -42,8 +42,14 @@ pub(crate) struct Blocker {
     pub(crate) name: usize,
 }
 
-/// Stack entries looked at per thread.
-const STACK_DEPTH: usize = 64;
+/// Stack entries looked at per thread. A walk that fills the buffer may
+/// have missed frames below it, so it counts as busy: the check never
+/// passes a stack it could not see whole. (A 16 KiB kernel stack holds
+/// fewer return addresses than this.)
+const STACK_DEPTH: usize = 2048;
+
+/// [`Blocker::name`] of a task whose stack is too deep to check whole.
+pub(crate) const TRUNCATED: usize = usize::MAX;
 
 /// Default and longest time to keep retrying.
 pub(crate) const DEFAULT_TIMEOUT_MS: u32 = 5_000;
@@ -71,7 +77,12 @@ fn find_blocker(ranges: &[Busy], buf: &mut [c_ulong], seen: Option<&mut Clean>, 
             }
         }
         *walked += 1;
-        for &addr in task.stack(buf) {
+        let stack = task.stack(buf);
+        if stack.len() >= STACK_DEPTH {
+            found = Some(Blocker { pid: task.pid(), comm: task.comm(), name: TRUNCATED });
+            return Err(EBUSY);
+        }
+        for &addr in stack {
             let addr = addr as usize;
             if let Some(r) = ranges.iter().find(|r| addr >= r.start && addr < r.end) {
                 found = Some(Blocker { pid: task.pid(), comm: task.comm(), name: r.name });

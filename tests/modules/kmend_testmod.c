@@ -4,7 +4,9 @@
  *
  *  /proc/kmend_testmod        prints what kmend_testmod_show() prints
  *  /proc/kmend_testmod_hold   write 1: the "kmend-sleeper" kthread stays
- *                             inside kmend_testmod_sleepy(); write 0: it leaves
+ *                             inside kmend_testmod_sleepy(); write 2: it
+ *                             sleeps DEEP_FRAMES calls below
+ *                             kmend_testmod_deep(); write 0: it leaves
  *  /proc/kmend_bench          write N: call kmend_bench_target() N times;
  *                             read: nanoseconds the last run took
  *  kmend_bench_f0..f9         ten small functions for a 10-function patch
@@ -32,14 +34,44 @@ static struct task_struct *sleeper;
 
 noinline void kmend_testmod_sleepy(void)
 {
-	while (atomic_read(&hold) && !kthread_should_stop())
+	while (atomic_read(&hold) == 1 && !kthread_should_stop())
 		msleep(20);
+}
+
+/* More frames than a stack walk with a small fixed buffer sees. */
+#define DEEP_FRAMES 80
+
+static noinline int deep_recurse(int n)
+{
+	/* Read after the call: keeps the compiler from making this a loop. */
+	volatile int depth = n;
+	int below;
+
+	if (n == 0) {
+		while (atomic_read(&hold) == 2 && !kthread_should_stop())
+			msleep(20);
+		return 0;
+	}
+	below = deep_recurse(n - 1);
+	return below + depth;
+}
+
+static int deep_result;
+
+void kmend_testmod_deep(void);
+noinline void kmend_testmod_deep(void)
+{
+	/* Not a tail call: this function's frame stays below the recursion. */
+	WRITE_ONCE(deep_result, deep_recurse(DEEP_FRAMES));
 }
 
 static int sleeper_fn(void *data)
 {
 	while (!kthread_should_stop()) {
-		kmend_testmod_sleepy();
+		if (atomic_read(&hold) == 2)
+			kmend_testmod_deep();
+		else
+			kmend_testmod_sleepy();
 		msleep(20);
 	}
 	return 0;
@@ -82,7 +114,9 @@ static ssize_t hold_write(struct file *f, const char __user *buf, size_t len, lo
 
 	if (err)
 		return err;
-	atomic_set(&hold, !!v);
+	if (v < 0 || v > 2)
+		return -EINVAL;
+	atomic_set(&hold, v);
 	return len;
 }
 

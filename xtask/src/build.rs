@@ -33,6 +33,7 @@ const PATCH_DIRS: &[&str] = &[
     "tests/patches/cumulative",
     "tests/patches/modtarget",
     "tests/patches/sleepy",
+    "tests/patches/deep",
     "tests/patches/hammer",
     "tests/bench/patches/single",
     "tests/bench/patches/ten",

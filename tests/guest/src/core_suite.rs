@@ -47,6 +47,7 @@ pub fn tests() -> Vec<Test> {
         Test { name: "cumulative_patch_supersedes_earlier_ones", run: cumulative_patch_supersedes_earlier_ones },
         Test { name: "patch_for_module_loaded_later", run: patch_for_module_loaded_later },
         Test { name: "busy_kthread_blocks_until_it_leaves", run: busy_kthread_blocks_until_it_leaves },
+        Test { name: "deep_sleeper_blocks_until_it_leaves", run: deep_sleeper_blocks_until_it_leaves },
         Test { name: "wrong_identity_and_fingerprint_refused", run: wrong_identity_and_fingerprint_refused },
         Test { name: "hammer_calls_see_old_or_new_only", run: hammer_calls_see_old_or_new_only },
         Test { name: "fuzz_control_interface", run: fuzz_control_interface },
@@ -166,6 +167,28 @@ fn patch_for_module_loaded_later() -> TestResult {
 
 fn hold(on: bool) -> TestResult {
     fs::write("/proc/kmend_testmod_hold", if on { "1" } else { "0" }).map_err(|e| format!("hold: {e}"))
+}
+
+/// Issue #8: the stack check must see the whole stack. The kthread sleeps
+/// 80 calls below `kmend_testmod_deep`, deeper than the 64 entries the
+/// first walk looked at: a check that stops early misses the target and
+/// switches under a thread that is still inside it.
+fn deep_sleeper_blocks_until_it_leaves() -> TestResult {
+    with_testmod(|| {
+        fs::write("/proc/kmend_testmod_hold", "2").map_err(|e| format!("hold: {e}"))?;
+        thread::sleep(Duration::from_millis(300));
+        let (code, out, err) = kmend(&["apply", &format!("{MODULE_DIR}/kmend_deep.ko")]);
+        let released = hold(false);
+        check(code == 4, || format!("apply while a thread sleeps far below the target: exit {code}: {out} {err}"))?;
+        check(err.contains("kmend-sleeper") && err.contains("kmend_testmod_deep"), || {
+            format!("refusal does not name the task and function: {err}")
+        })?;
+        check(!module_loaded("kmend_deep"), || "refused patch left its module loaded".into())?;
+        released?;
+        thread::sleep(Duration::from_millis(300));
+        apply("kmend_deep.ko")?;
+        revert("kmend_deep")
+    })
 }
 
 fn busy_kthread_blocks_until_it_leaves() -> TestResult {
