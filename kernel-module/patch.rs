@@ -207,6 +207,8 @@ unsafe fn patch_from_abi(desc: *const abi::KmendPatch) -> Result<Patch> {
         pr_err!("patch '{}': invalid cve list (-22)\n", text(id));
         return Err(EINVAL);
     }
+    // The owner is the module calling us from its init: live.
+    let owner = kapi::ModuleRefRaw(desc.owner.cast());
     let mut funcs = KVec::with_capacity(desc.nfuncs as usize, GFP_KERNEL)?;
     for i in 0..desc.nfuncs as usize {
         // SAFETY: `funcs` has `nfuncs` entries (caller contract).
@@ -218,6 +220,14 @@ unsafe fn patch_from_abi(desc: *const abi::KmendPatch) -> Result<Patch> {
         let (object, name) = unsafe { (CStr::from_char_ptr(f.object as *const c_char), CStr::from_char_ptr(f.name)) };
         if !is_symbol_name(name.to_bytes()) || !is_symbol_name(object.to_bytes()) {
             pr_err!("patch '{}': invalid function or object name (-22)\n", text(id));
+            return Err(EINVAL);
+        }
+        // A replacement must be code of the module registering it: that is
+        // the module an enabled patch pins and a revert checks and releases.
+        let repl = Symbol::of(f.new_func as usize);
+        if symbol_module(repl.as_str()) != Some(owner.name().to_bytes()) {
+            pr_err!("patch '{}': replacement for '{}' is '{}', not code of module '{}' (-22)\n",
+                text(id), text(name), repl.as_str(), text(owner.name()));
             return Err(EINVAL);
         }
         funcs.push(
@@ -242,6 +252,13 @@ unsafe fn patch_from_abi(desc: *const abi::KmendPatch) -> Result<Patch> {
         funcs,
         state: State::Registered,
     })
+}
+
+/// The module of a symbol as `sprint_symbol` prints it
+/// (`name+0x0/0x40 [module]`); `None` for the core kernel.
+fn symbol_module(sym: &str) -> Option<&[u8]> {
+    let (_, module) = sym.rsplit_once(" [")?;
+    Some(module.strip_suffix(']')?.as_bytes())
 }
 
 /// Parses `name+0x0/0x<size>[ [module]]` and checks it names `name` in

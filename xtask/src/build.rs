@@ -34,6 +34,7 @@ const PATCH_DIRS: &[&str] = &[
     "tests/patches/modtarget",
     "tests/patches/sleepy",
     "tests/patches/deep",
+    "tests/patches/foreign",
     "tests/patches/hammer",
     "tests/bench/patches/single",
     "tests/bench/patches/ten",

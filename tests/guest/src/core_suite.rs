@@ -48,6 +48,7 @@ pub fn tests() -> Vec<Test> {
         Test { name: "patch_for_module_loaded_later", run: patch_for_module_loaded_later },
         Test { name: "busy_kthread_blocks_until_it_leaves", run: busy_kthread_blocks_until_it_leaves },
         Test { name: "deep_sleeper_blocks_until_it_leaves", run: deep_sleeper_blocks_until_it_leaves },
+        Test { name: "replacement_outside_its_module_refused", run: replacement_outside_its_module_refused },
         Test { name: "wrong_identity_and_fingerprint_refused", run: wrong_identity_and_fingerprint_refused },
         Test { name: "hammer_calls_see_old_or_new_only", run: hammer_calls_see_old_or_new_only },
         Test { name: "fuzz_control_interface", run: fuzz_control_interface },
@@ -212,6 +213,21 @@ fn busy_kthread_blocks_until_it_leaves() -> TestResult {
         check(code == 0, || format!("apply after release: exit {code}: {out} {err}"))?;
         revert("kmend_sleepy")
     })
+}
+
+/// Issue #8: a replacement must lie in its own patch module, the module
+/// kmend pins while the patch is enabled. This one names `seq_printf`.
+fn replacement_outside_its_module_refused() -> TestResult {
+    let before = read("/proc/cmdline")?;
+    let (code, out, err) = kmend(&["apply", &format!("{MODULE_DIR}/kmend_foreign.ko")]);
+    if code == 0 {
+        // Redirected into seq_printf: undo before anything reads it.
+        let _ = kmend(&["revert", "kmend_foreign"]);
+    }
+    check(code == 4, || format!("apply of a replacement outside its module: exit {code}: {out} {err}"))?;
+    check(!module_loaded("kmend_foreign"), || "refused patch left its module loaded".into())?;
+    let after = read("/proc/cmdline")?;
+    check(after == before, || format!("/proc/cmdline changed: {after:?}"))
 }
 
 fn wrong_identity_and_fingerprint_refused() -> TestResult {
