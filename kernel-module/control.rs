@@ -30,16 +30,18 @@ use kernel::{
 };
 
 use crate::{
-    kapi,
-    patch::{
+    patch,
+    refusal::{
+        Msg,
+        Refusal, //
+    },
+    registry::{
         self,
-        Refusal,
         STATE, //
     },
     transition::DEFAULT_TIMEOUT_MS,
     uapi::{
         self,
-        KmendBenchReq,
         KmendFuncReq,
         KmendReq, //
     },
@@ -68,8 +70,7 @@ impl MiscDevice for ControlFile {
     type Ptr = Pin<KBox<Self>>;
 
     fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<Self::Ptr> {
-        // SAFETY: `capable` only reads the current task's credentials.
-        if !unsafe { bindings::capable(bindings::CAP_SYS_MODULE as i32) } {
+        if !capable_sys_module() {
             return Err(EPERM);
         }
         KBox::try_pin_init(
@@ -94,6 +95,11 @@ impl MiscDevice for ControlFile {
     }
 
     fn ioctl(_me: Pin<&Self>, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+        // Checked on every command, not only at open: an open file can be
+        // passed to a process without the capability.
+        if !capable_sys_module() {
+            return Err(EPERM);
+        }
         let slice = UserSlice::new(UserPtr::from_addr(arg), _IOC_SIZE(cmd));
         match cmd {
             uapi::KMEND_IOC_ENABLE | uapi::KMEND_IOC_REVERT => {
@@ -115,21 +121,6 @@ impl MiscDevice for ControlFile {
                     }
                 }
             }
-            uapi::KMEND_IOC_BENCH_STOP => {
-                let (mut reader, mut writer) = slice.reader_writer();
-                let mut req: KmendBenchReq = reader.read()?;
-                if req.version != uapi::KMEND_UAPI_VERSION || req.iterations == 0 || req.iterations > 100_000 {
-                    pr_warn!("control: bad bench request (-22)\n");
-                    return Err(EINVAL);
-                }
-                let t0 = kapi::now_ns();
-                for _ in 0..req.iterations {
-                    kapi::stop_the_world(|| Ok(()))?;
-                }
-                req.total_ns = (kapi::now_ns() - t0).max(0) as u64;
-                writer.write(&req)?;
-                Ok(0)
-            }
             uapi::KMEND_IOC_VERSION => {
                 slice.writer().write(&uapi::KMEND_UAPI_VERSION)?;
                 Ok(0)
@@ -140,6 +131,12 @@ impl MiscDevice for ControlFile {
             }
         }
     }
+}
+
+/// Whether the calling task may load and unload kernel code.
+fn capable_sys_module() -> bool {
+    // SAFETY: `capable` only reads the current task's credentials.
+    unsafe { bindings::capable(bindings::CAP_SYS_MODULE as i32) }
 }
 
 /// Validates and runs an enable or revert request.
@@ -153,7 +150,7 @@ fn transition_request(cmd: u32, req: &KmendReq) -> Result<u64, Refusal> {
         if req.nfuncs != 0 {
             return Err(bad("revert takes no functions"));
         }
-        return STATE.lock().revert(id, timeout);
+        return registry::revert(id, timeout);
     }
     if req.nfuncs == 0 || req.nfuncs > uapi::KMEND_FUNCS_MAX {
         return Err(bad("function count out of range"));
@@ -165,11 +162,11 @@ fn transition_request(cmd: u32, req: &KmendReq) -> Result<u64, Refusal> {
     for _ in 0..n {
         funcs.push(reader.read::<KmendFuncReq>()?, GFP_KERNEL)?;
     }
-    STATE.lock().enable(id, &funcs, timeout)
+    registry::enable(id, &funcs, timeout)
 }
 
 fn bad(what: &str) -> Refusal {
-    let mut msg = patch::Msg { buf: [0; uapi::KMEND_ERR_MAX], len: 0 };
+    let mut msg = Msg { buf: [0; uapi::KMEND_ERR_MAX], len: 0 };
     let _ = fmt::Write::write_fmt(&mut msg, format_args!("control: {what}"));
     pr_warn!("{} (-22)\n", msg.as_str());
     Refusal { errno: EINVAL, msg }

@@ -78,3 +78,14 @@ impl PinnedDrop for DirectJmp {
         }
     }
 }
+
+/// Offset of the ftrace site in a function starting with `code`.
+pub(crate) fn site_offset(code: &[u8; 9]) -> Option<usize> {
+    const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
+    const ENDBR_POISON: [u8; 4] = [0x0f, 0x1f, 0x40, 0xd6];
+    const NOP5: [u8; 5] = [0x0f, 0x1f, 0x44, 0x00, 0x00];
+    // The site is a NOP while unused, or a call/jmp while some tracer uses it.
+    let is_site = |b: &[u8]| b == NOP5 || b[0] == 0xe8 || b[0] == 0xe9;
+    let start = if code[..4] == ENDBR64 || code[..4] == ENDBR_POISON { 4 } else { 0 };
+    is_site(&code[start..start + 5]).then_some(start)
+}

@@ -18,13 +18,31 @@
  *  - A coming module's symbols are only reachable through its RCU-protected
  *    mod_kallsyms and the ELF_ST_* macros: kmend_helper_module_symbol() looks
  *    one function up, for patches applied when their target module loads.
+ *    kmend_helper_module_text() gives a module's core text, which a revert
+ *    checks no thread is in before the module is released.
+ *  - The kernel's reliable stack walker (arch_stack_walk_reliable) is not
+ *    exported, and the exported stack_trace_save_tsk() drops __sched
+ *    functions and hides unwinder errors: kmend_helper_stack_walk() walks
+ *    a task with the exported ORC unwinder, whose state and accessors are
+ *    inlines, and says when the walk cannot be trusted.
+ *  - The kernel's text poking is not exported: kmend_helper_map_writable()
+ *    makes a writable alias of kmend's own trampoline table (vmap of its
+ *    pages; PAGE_KERNEL is a macro over runtime masks), and
+ *    kmend_helper_sync_core() is the inline sync_core(), which every CPU
+ *    runs after a retargeting, before it may execute the new jumps.
  */
 #include <linux/export.h>
 #include <linux/kallsyms.h>
+#include <linux/mm.h>
 #include <linux/module.h>
 #include <linux/rcupdate.h>
 #include <linux/sched/signal.h>
+#include <linux/sched/task_stack.h>
 #include <linux/utsname.h>
+#include <linux/vmalloc.h>
+#include <asm/ptrace.h>
+#include <asm/sync_core.h>
+#include <asm/unwind.h>
 
 struct kmend_patch;
 
@@ -40,6 +58,11 @@ const char *kmend_helper_module_name(struct module *mod);
 unsigned long kmend_helper_task_switches(struct task_struct *t, bool *on_cpu);
 unsigned long kmend_helper_module_symbol(struct module *mod, const char *name,
 					 unsigned long sympos, unsigned long *size);
+void kmend_helper_module_text(struct module *mod, unsigned long *start, unsigned long *size);
+int kmend_helper_stack_walk(struct task_struct *task, unsigned long *buf, unsigned int size);
+void *kmend_helper_map_writable(unsigned long addr, size_t len);
+void kmend_helper_unmap_writable(void *alias);
+void kmend_helper_sync_core(void);
 
 int kmend_register_patch(const struct kmend_patch *patch)
 {
@@ -126,4 +149,88 @@ unsigned long kmend_helper_task_switches(struct task_struct *t, bool *on_cpu)
 {
 	*on_cpu = READ_ONCE(t->on_cpu);
 	return READ_ONCE(t->nvcsw) + READ_ONCE(t->nivcsw);
+}
+
+void kmend_helper_module_text(struct module *mod, unsigned long *start, unsigned long *size)
+{
+	*start = (unsigned long)mod->mem[MOD_TEXT].base;
+	*size = mod->mem[MOD_TEXT].size;
+}
+
+/*
+ * Saves @task's kernel return addresses (and the interrupted address of
+ * every interrupt frame on the way) into @buf, like the kernel's reliable
+ * walker: the walk must end at the user-mode registers or the end of a
+ * kthread's stack, with no unwinder error and no address outside kernel
+ * text. Returns the number of entries; -EINVAL if the walk is not
+ * reliable; -ENOSPC if @buf filled up before the end; -ESRCH if the task
+ * has no stack any more (it has exited).
+ *
+ * @task must not change stacks under the walk: it is current, or it is
+ * off-CPU (the caller checks, or the machine is stopped). The caller holds
+ * the RCU read lock (kmend_helper_for_each_task): task stacks are freed
+ * after a grace period, so a stack seen here stays readable for the walk
+ * without a reference (put_task_stack() is not exported).
+ */
+int kmend_helper_stack_walk(struct task_struct *task, unsigned long *buf, unsigned int size)
+{
+	struct unwind_state state;
+	struct pt_regs *regs;
+	unsigned long addr;
+	unsigned int n = 0;
+	int ret = 0;
+
+	RCU_LOCKDEP_WARN(!rcu_read_lock_held(), "kmend: stack walk outside RCU");
+	if (!refcount_read(&task->stack_refcount) || !task_stack_page(task))
+		return -ESRCH;
+	for (unwind_start(&state, task, NULL, NULL);
+	     !unwind_done(&state) && !unwind_error(&state);
+	     unwind_next_frame(&state)) {
+		regs = unwind_get_entry_regs(&state, NULL);
+		if (regs && user_mode(regs))
+			break;
+		addr = unwind_get_return_address(&state);
+		if (!addr) {
+			ret = -EINVAL;
+			break;
+		}
+		if (n == size) {
+			ret = -ENOSPC;
+			break;
+		}
+		buf[n++] = addr;
+	}
+	if (!ret && unwind_error(&state))
+		ret = -EINVAL;
+	return ret ? ret : n;
+}
+
+/* @addr and @len lie in module text; at most two pages. */
+void *kmend_helper_map_writable(unsigned long addr, size_t len)
+{
+	unsigned long first = addr & PAGE_MASK;
+	unsigned int count = DIV_ROUND_UP(addr + len - first, PAGE_SIZE);
+	struct page *pages[2];
+	unsigned int i;
+	void *alias;
+
+	if (!len || count > ARRAY_SIZE(pages))
+		return NULL;
+	for (i = 0; i < count; i++) {
+		pages[i] = vmalloc_to_page((void *)(first + i * PAGE_SIZE));
+		if (!pages[i])
+			return NULL;
+	}
+	alias = vmap(pages, count, VM_MAP, PAGE_KERNEL);
+	return alias ? alias + (addr - first) : NULL;
+}
+
+void kmend_helper_unmap_writable(void *alias)
+{
+	vunmap((void *)((unsigned long)alias & PAGE_MASK));
+}
+
+void kmend_helper_sync_core(void)
+{
+	sync_core();
 }

@@ -1,12 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0
 //! kmend: redirects kernel functions to their live-patched replacements.
 //!
-//! Patch modules register with [`patch`] through the exported
-//! `kmend_register_patch()`; `/dev/kmend` ([`control`]) enables, reverts and
-//! reports; [`redirect`] keeps the per-function stack of replacements, each
-//! function's ftrace site jumping ([`ftrace`]) to a [`trampoline`];
-//! [`transition`] switches them under stop_machine when no task runs the
-//! code being replaced; [`kapi`] wraps what has no Rust binding.
+//! Patch modules register a [`patch`] with the [`registry`] through the
+//! exported `kmend_register_patch()`; `/dev/kmend` ([`control`]) enables,
+//! reverts and reports ([`status`]); [`redirect`] keeps the per-function
+//! stack of replacements, each function's ftrace site jumping ([`ftrace`])
+//! to a [`trampoline`]; [`transition`] switches them under stop_machine
+//! ([`stop`]) when no [`task`] runs the code being replaced;
+//! [`module_targets`] follows patched modules as they come and go
+//! ([`module_notifier`]); [`kapi`], [`ksym`] and [`modref`] wrap what has no
+//! Rust binding; [`refusal`] is the one-line error every refusal carries.
 
 use kernel::{
     miscdevice::{
@@ -21,9 +24,16 @@ mod control;
 mod ftrace;
 mod kapi;
 mod ksym;
+mod module_notifier;
+mod module_targets;
 mod modref;
 mod patch;
 mod redirect;
+mod refusal;
+mod registry;
+mod status;
+mod stop;
+mod task;
 mod trampoline;
 mod transition;
 mod uapi;
@@ -39,7 +49,7 @@ module! {
 #[pin_data(PinnedDrop)]
 struct KmendModule {
     #[pin]
-    _modules: kapi::ModuleNotifier,
+    _modules: module_notifier::ModuleNotifier,
     #[pin]
     _control: MiscDeviceRegistration<control::ControlFile>,
 }
@@ -48,10 +58,12 @@ impl kernel::InPlaceModule for KmendModule {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
         // SAFETY: called once, before `/dev/kmend` exists and before any patch
         // module can resolve `kmend_register_patch`.
-        unsafe { patch::STATE.init() };
+        unsafe { registry::STATE.init() };
+        // SAFETY: as above, before `/dev/kmend` exists.
+        unsafe { registry::SWITCHING.init() };
         pr_info!("loaded (control abi {})\n", uapi::KMEND_UAPI_VERSION);
         try_pin_init!(Self {
-            _modules <- kapi::ModuleNotifier::new(patch::on_module_event),
+            _modules <- module_notifier::ModuleNotifier::new::<module_targets::ModuleTargets>(),
             _control <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"kmend" }),
         })
     }

@@ -38,3 +38,28 @@ impl fmt::Display for Symbol {
         f.write_str(self.as_str())
     }
 }
+
+/// The module of a symbol as `sprint_symbol` prints it
+/// (`name+0x0/0x40 [module]`); `None` for the core kernel.
+pub(crate) fn symbol_module(sym: &str) -> Option<&[u8]> {
+    let (_, module) = sym.rsplit_once(" [")?;
+    Some(module.strip_suffix(']')?.as_bytes())
+}
+
+/// Parses `name+0x0/0x<size>[ [module]]` and checks it names `name` in
+/// `object`; returns the function's size.
+pub(crate) fn check_symbol(sym: &str, name: &str, object: &str) -> Option<usize> {
+    let rest = sym.strip_prefix(name)?.strip_prefix("+0x0/0x")?;
+    let (size, module) = match rest.split_once(' ') {
+        Some((size, module)) => (size, Some(module)),
+        None => (rest, None),
+    };
+    let in_object = match module {
+        None => object == "vmlinux",
+        Some(m) => m.strip_prefix('[').and_then(|m| m.strip_suffix(']')) == Some(object),
+    };
+    if !in_object {
+        return None;
+    }
+    usize::from_str_radix(size, 16).ok().filter(|&s| s > 0)
+}

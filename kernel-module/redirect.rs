@@ -85,13 +85,20 @@ impl Redirects {
         self.slots.iter().position(|s| s.target.start == start)
     }
 
-    /// Makes sure `target` has a slot, without changing where calls go.
-    pub(crate) fn prepare(&mut self, target: Target) -> Result<usize> {
+    /// Makes sure `target` has a slot, with room for one more entry. An
+    /// existing slot is unchanged; a new one's site jumps to a trampoline
+    /// that already points at `initial` (the original body, to change
+    /// nothing yet; a replacement, for a module whose code has not run).
+    pub(crate) fn prepare(&mut self, target: Target, initial: usize) -> Result<usize> {
         if let Some(idx) = self.find(target.start) {
             self.slots[idx].stack.reserve(1, GFP_KERNEL)?;
             return Ok(idx);
         }
-        let tramp = self.tramps.take(target.body).ok_or(ENOSPC)?;
+        // Room first: nothing may fail once the site is registered.
+        let mut stack = KVec::new();
+        stack.reserve(1, GFP_KERNEL)?;
+        self.slots.reserve(1, GFP_KERNEL)?;
+        let tramp = self.tramps.take(initial)?;
         let jmp = match KBox::pin_init(DirectJmp::new(target.start, trampoline::address(tramp)), GFP_KERNEL) {
             Ok(jmp) => jmp,
             Err(e) => {
@@ -99,9 +106,7 @@ impl Redirects {
                 return Err(e);
             }
         };
-        let mut stack = KVec::new();
-        stack.reserve(1, GFP_KERNEL)?;
-        self.slots.push(Slot { target, tramp, _jmp: jmp, stack }, GFP_KERNEL)?;
+        let _ = self.slots.push_within_capacity(Slot { target, tramp, _jmp: jmp, stack });
         Ok(self.slots.len() - 1)
     }
 

@@ -72,20 +72,8 @@ pub(crate) struct KmendFuncReq {
     pub(crate) fp: [u8; KMEND_FP_MAX],
 }
 
-/// Measures an empty stop_machine (the floor of any stop-the-world switch).
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct KmendBenchReq {
-    pub(crate) version: u32,
-    /// How many stop_machine calls to time.
-    pub(crate) iterations: u32,
-    /// Out: total nanoseconds.
-    pub(crate) total_ns: u64,
-}
-
 const _: () = assert!(core::mem::size_of::<KmendReq>() == 256);
 const _: () = assert!(core::mem::size_of::<KmendFuncReq>() == 80);
-const _: () = assert!(core::mem::size_of::<KmendBenchReq>() == 16);
 
 // SAFETY: integers and byte arrays only, no padding (sizes asserted above):
 // every bit pattern is valid and every byte is initialised.
@@ -94,16 +82,12 @@ unsafe impl FromBytes for KmendReq {}
 unsafe impl AsBytes for KmendReq {}
 // SAFETY: as above.
 unsafe impl FromBytes for KmendFuncReq {}
-// SAFETY: as above.
-unsafe impl FromBytes for KmendBenchReq {}
-// SAFETY: as above.
-unsafe impl AsBytes for KmendBenchReq {}
 
 /// Enable a registered patch: all its functions switch, or none does.
 pub(crate) const KMEND_IOC_ENABLE: u32 = _IOWR::<KmendReq>(KMEND_IOC_MAGIC, 2);
 /// Revert (disable) an enabled patch.
 pub(crate) const KMEND_IOC_REVERT: u32 = _IOWR::<KmendReq>(KMEND_IOC_MAGIC, 3);
-/// Time empty stop_machine calls (for `cargo xtask bench`).
-pub(crate) const KMEND_IOC_BENCH_STOP: u32 = _IOWR::<KmendBenchReq>(KMEND_IOC_MAGIC, 4);
+// Number 4 was a benchmark-only command (time empty stop_machine calls);
+// the test module does that now. Not to be reused.
 /// The ABI version, as a u32 (lets userspace check before anything else).
 pub(crate) const KMEND_IOC_VERSION: u32 = _IOR::<u32>(KMEND_IOC_MAGIC, 0);

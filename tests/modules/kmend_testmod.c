@@ -6,15 +6,27 @@
  *  /proc/kmend_testmod_hold   write 1: the "kmend-sleeper" kthread stays
  *                             inside kmend_testmod_sleepy(); write 2: it
  *                             sleeps DEEP_FRAMES calls below
- *                             kmend_testmod_deep(); write 0: it leaves
+ *                             kmend_testmod_deep(); write 3: it sleeps in
+ *                             usleep_range_state(), a vmlinux __sched
+ *                             function; write 0: it leaves
  *  /proc/kmend_bench          write N: call kmend_bench_target() N times;
  *                             read: nanoseconds the last run took
  *  kmend_bench_f0..f9         ten small functions for a 10-function patch
+ *  /proc/kmend_stop           write N: run N empty stop_machine calls on every
+ *                             online CPU; read: nanoseconds they took (the
+ *                             benchmark's floor for kmend's pause)
+ *  /proc/kmend_peek           write "<hex address> <length>", then read:
+ *                             that much live kernel memory, in hex (up to
+ *                             PEEK_MAX bytes; "fault" if unmapped), so the
+ *                             suite can disassemble what kmend wrote
  */
 #include <linux/delay.h>
 #include <linux/kthread.h>
 #include <linux/ktime.h>
 #include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/slab.h>
+#include <linux/stop_machine.h>
 #include <linux/proc_fs.h>
 #include <linux/seq_file.h>
 #include <linux/uaccess.h>
@@ -70,6 +82,9 @@ static int sleeper_fn(void *data)
 	while (!kthread_should_stop()) {
 		if (atomic_read(&hold) == 2)
 			kmend_testmod_deep();
+		else if (atomic_read(&hold) == 3)
+			while (atomic_read(&hold) == 3 && !kthread_should_stop())
+				usleep_range(20000, 25000);
 		else
 			kmend_testmod_sleepy();
 		msleep(20);
@@ -114,7 +129,7 @@ static ssize_t hold_write(struct file *f, const char __user *buf, size_t len, lo
 
 	if (err)
 		return err;
-	if (v < 0 || v > 2)
+	if (v < 0 || v > 3)
 		return -EINVAL;
 	atomic_set(&hold, v);
 	return len;
@@ -161,17 +176,127 @@ static const struct proc_ops bench_ops = {
 	.proc_release = single_release,
 };
 
+static u64 stop_ns;
+
+static int stop_nothing(void *data)
+{
+	return 0;
+}
+
+static ssize_t stop_write(struct file *f, const char __user *buf, size_t len, loff_t *off)
+{
+	unsigned int n, i;
+	u64 t0;
+	int err = kstrtouint_from_user(buf, len, 10, &n);
+
+	if (err)
+		return err;
+	if (n == 0 || n > 1000)
+		return -EINVAL;
+	t0 = ktime_get_ns();
+	for (i = 0; i < n; i++) {
+		err = stop_machine(stop_nothing, NULL, cpu_online_mask);
+		if (err)
+			return err;
+	}
+	stop_ns = ktime_get_ns() - t0;
+	return len;
+}
+
+static int stop_show(struct seq_file *m, void *v)
+{
+	seq_printf(m, "%llu\n", stop_ns);
+	return 0;
+}
+
+static int stop_open(struct inode *inode, struct file *file)
+{
+	return single_open(file, stop_show, NULL);
+}
+
+static const struct proc_ops stop_ops = {
+	.proc_open = stop_open,
+	.proc_read = seq_read,
+	.proc_write = stop_write,
+	.proc_lseek = seq_lseek,
+	.proc_release = single_release,
+};
+
+#define PEEK_MAX 4096
+
+static DEFINE_MUTEX(peek_lock);
+static unsigned long peek_addr;
+static size_t peek_len;
+
+static ssize_t peek_write(struct file *f, const char __user *ubuf, size_t len, loff_t *off)
+{
+	char buf[64];
+	unsigned long addr;
+	size_t n;
+
+	if (len >= sizeof(buf))
+		return -EINVAL;
+	if (copy_from_user(buf, ubuf, len))
+		return -EFAULT;
+	buf[len] = 0;
+	if (sscanf(buf, "%lx %zu", &addr, &n) != 2 || n == 0 || n > PEEK_MAX)
+		return -EINVAL;
+	mutex_lock(&peek_lock);
+	peek_addr = addr;
+	peek_len = n;
+	mutex_unlock(&peek_lock);
+	return len;
+}
+
+static int peek_show(struct seq_file *m, void *v)
+{
+	u8 *bytes;
+	size_t i;
+
+	bytes = kmalloc(PEEK_MAX, GFP_KERNEL);
+	if (!bytes)
+		return -ENOMEM;
+	mutex_lock(&peek_lock);
+	if (!peek_len || copy_from_kernel_nofault(bytes, (void *)peek_addr, peek_len)) {
+		seq_puts(m, "fault\n");
+	} else {
+		for (i = 0; i < peek_len; i++)
+			seq_printf(m, "%02x", bytes[i]);
+		seq_putc(m, '\n');
+	}
+	mutex_unlock(&peek_lock);
+	kfree(bytes);
+	return 0;
+}
+
+static int peek_open(struct inode *inode, struct file *file)
+{
+	return single_open_size(file, peek_show, NULL, 2 * PEEK_MAX + 16);
+}
+
+static const struct proc_ops peek_ops = {
+	.proc_open = peek_open,
+	.proc_read = seq_read,
+	.proc_write = peek_write,
+	.proc_lseek = seq_lseek,
+	.proc_release = single_release,
+};
+
 static int __init kmend_testmod_init(void)
 {
 	if (!proc_create("kmend_testmod", 0444, NULL, &show_ops) ||
 	    !proc_create("kmend_testmod_hold", 0200, NULL, &hold_ops) ||
-	    !proc_create("kmend_bench", 0600, NULL, &bench_ops))
+	    !proc_create("kmend_bench", 0600, NULL, &bench_ops) ||
+	    !proc_create("kmend_peek", 0600, NULL, &peek_ops) ||
+	    !proc_create("kmend_stop", 0600, NULL, &stop_ops))
 		goto fail;
 	sleeper = kthread_run(sleeper_fn, NULL, "kmend-sleeper");
 	if (IS_ERR(sleeper))
 		goto fail;
 	return 0;
 fail:
+	remove_proc_entry("kmend_stop", NULL);
+	remove_proc_entry("kmend_peek", NULL);
 	remove_proc_entry("kmend_bench", NULL);
 	remove_proc_entry("kmend_testmod_hold", NULL);
 	remove_proc_entry("kmend_testmod", NULL);
@@ -182,6 +307,8 @@ static void __exit kmend_testmod_exit(void)
 {
 	atomic_set(&hold, 0);
 	kthread_stop(sleeper);
+	remove_proc_entry("kmend_stop", NULL);
+	remove_proc_entry("kmend_peek", NULL);
 	remove_proc_entry("kmend_bench", NULL);
 	remove_proc_entry("kmend_testmod_hold", NULL);
 	remove_proc_entry("kmend_testmod", NULL);

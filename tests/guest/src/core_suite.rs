@@ -325,7 +325,8 @@ fn fuzz_control_interface() -> TestResult {
     use kmend_common::uapi::*;
     let dev = fs::OpenOptions::new().read(true).write(true).open(CONTROL).map_err(|e| format!("open: {e}"))?;
     let mut rng = Rng(0x6b6d_656e_6421);
-    let cmds = [KMEND_IOC_ENABLE, KMEND_IOC_REVERT, KMEND_IOC_BENCH_STOP, KMEND_IOC_VERSION];
+    // 4 was a benchmark-only command, now retired: it must be refused.
+    let cmds = [KMEND_IOC_ENABLE, KMEND_IOC_REVERT, (KMEND_IOC_ENABLE & !0xff) | 4, KMEND_IOC_VERSION];
     let mut buf = [0u8; 512];
     let (mut ok, mut refused) = (0u64, 0u64);
     for i in 0..INPUTS {
@@ -342,10 +343,6 @@ fn fuzz_control_interface() -> TestResult {
         };
         if r % 8 >= 3 {
             buf[..4].copy_from_slice(&KMEND_UAPI_VERSION.to_ne_bytes());
-        }
-        if cmd == KMEND_IOC_BENCH_STOP {
-            // Keep stop_machine calls cheap: at most 3 per request.
-            buf[4..8].copy_from_slice(&((rng.next() % 4) as u32).to_ne_bytes());
         }
         if cmd == KMEND_IOC_ENABLE || cmd == KMEND_IOC_REVERT {
             // Short timeouts; plausible or random function pointers.

@@ -11,6 +11,7 @@ mod core_suite;
 mod demo;
 mod harness;
 mod suite;
+mod switch_suite;
 
 /// Whether loopback was up when `kmend boot` ran on the second boot.
 pub static NETWORK_WAS_UP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -40,6 +40,7 @@ pub fn run() {
         Test { name: "control_rejects_bad_input", run: control_rejects_bad_input },
     ];
     tests.extend(crate::core_suite::tests());
+    tests.extend(crate::switch_suite::tests());
     tests.extend(crate::agent_suite::first_boot_tests());
     crate::harness::run_all(&tests);
 }

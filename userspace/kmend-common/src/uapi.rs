@@ -45,18 +45,8 @@ pub struct KmendFuncReq {
     pub fp: [u8; KMEND_FP_MAX],
 }
 
-/// Times empty stop_machine calls.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct KmendBenchReq {
-    pub version: u32,
-    pub iterations: u32,
-    pub total_ns: u64,
-}
-
 const _: () = assert!(core::mem::size_of::<KmendReq>() == 256);
 const _: () = assert!(core::mem::size_of::<KmendFuncReq>() == 80);
-const _: () = assert!(core::mem::size_of::<KmendBenchReq>() == 16);
 
 /// `_IOC(dir, type, nr, size)` as the kernel defines it on x86_64.
 const fn ioc(dir: u32, nr: u32, size: usize) -> u32 {
@@ -69,8 +59,7 @@ const WRITE: u32 = 1;
 pub const KMEND_IOC_ENABLE: u32 = ioc(READ | WRITE, 2, core::mem::size_of::<KmendReq>());
 /// Revert an enabled patch.
 pub const KMEND_IOC_REVERT: u32 = ioc(READ | WRITE, 3, core::mem::size_of::<KmendReq>());
-/// Time empty stop_machine calls.
-pub const KMEND_IOC_BENCH_STOP: u32 = ioc(READ | WRITE, 4, core::mem::size_of::<KmendBenchReq>());
+// Number 4 (a benchmark-only command) is retired; not to be reused.
 /// Read the ABI version (a u32).
 pub const KMEND_IOC_VERSION: u32 = ioc(READ, 0, 4);
 

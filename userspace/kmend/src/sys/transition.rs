@@ -18,11 +18,9 @@ use kmend_common::uapi::{
     KMEND_ERR_MAX,
     KMEND_FP_MAX,
     KMEND_ID_MAX,
-    KMEND_IOC_BENCH_STOP,
     KMEND_IOC_ENABLE,
     KMEND_IOC_REVERT,
     KMEND_UAPI_VERSION,
-    KmendBenchReq,
     KmendFuncReq,
     KmendReq, //
 };
@@ -192,18 +190,6 @@ pub fn apply(control: &Path, path: &Path, id: &str, manifest: &[Function]) -> Re
     }
 }
 
-/// Times `iterations` empty stop_machine calls in the kernel (for benchmarks).
-pub fn bench_stop_machine(control: &Path, iterations: u32) -> Result<u64, SysError> {
-    let dev = open_control(control)?;
-    let mut req = KmendBenchReq { version: KMEND_UAPI_VERSION, iterations, total_ns: 0 };
-    // SAFETY: `cmd` encodes the size of the `repr(C)` request, live for the call.
-    let ret = unsafe { libc::ioctl(dev.as_raw_fd(), KMEND_IOC_BENCH_STOP as _, &mut req as *mut KmendBenchReq) };
-    if ret != 0 {
-        let source = io::Error::last_os_error();
-        return Err(SysError::Io { op: "bench ioctl", path: control.to_owned(), source });
-    }
-    Ok(req.total_ns)
-}
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,127 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Functions in modules that come and go: a patch for a module that is not
+//! loaded stays pending, applies as the module loads, and goes back to
+//! pending when it unloads (docs/safety.md, "Module targets").
+
+use kernel::prelude::*;
+
+use crate::{
+    registry::{
+        Registry,
+        STATE,
+        cannot_redirect, //
+    },
+    module_notifier::{
+        ModuleEvent,
+        ModuleHandler,
+        ModuleRefRaw, //
+    },
+    redirect::{
+        Entry,
+        Target, //
+    },
+    refusal::{
+        refuse,
+        text, //
+    },
+};
+
+impl Registry {
+    /// A module is loading: apply the enabled patches' pending functions in
+    /// it. Its code has not run yet, so no stack check or stop is needed.
+    /// Every function is verified before any is redirected, and a failure
+    /// while redirecting undoes what was done: an error makes the module's
+    /// load fail, and the kernel sends no "going" event to the notifier
+    /// that failed it, so nothing may be left behind.
+    pub(crate) fn module_coming(&mut self, module: &ModuleRefRaw) -> Result {
+        let name = module.name();
+        self.gone.retain(|m| m.to_bytes() != name.to_bytes());
+        // 1. Verify, touching nothing: (patch, function, target, replacement end).
+        let mut plan = KVec::new();
+        for (pi, p) in self.patches.iter().enumerate().filter(|(_, p)| p.enabled()) {
+            let sid = text(&p.id);
+            for (fi, f) in p.funcs.iter().enumerate().filter(|(_, f)| f.target == 0 && f.object.to_bytes() == name.to_bytes()) {
+                let Some((addr, size)) = module.symbol(&f.name, f.sympos) else {
+                    let r = refuse(ENOENT, format_args!("patch '{sid}': '{}' has no function '{}'", text(name), text(&f.name)));
+                    return Err(r.errno);
+                };
+                let (target, new_end) = Self::verify_at(f, addr, size, f.fp_offset, &f.fp, sid).map_err(|r| r.errno)?;
+                plan.push((pi, fi, target, new_end), GFP_KERNEL)?;
+            }
+        }
+        // 2. Redirect. Each new site's trampoline points at the newest
+        // replacement before the site is registered (which synchronizes
+        // every CPU), so no trampoline is rewritten after its site is live.
+        for k in 0..plan.len() {
+            let (pi, fi, start) = (plan[k].0, plan[k].1, plan[k].2.start);
+            let newest = plan.iter().rev().find(|e| e.2.start == start).map_or(0, |e| self.patches[e.0].funcs[e.1].new_func);
+            let target = Target {
+                name: plan[k].2.name.to_cstring()?,
+                object: plan[k].2.object.to_cstring()?,
+                start,
+                end: plan[k].2.end,
+                body: plan[k].2.body,
+            };
+            let idx = match self.redirects.prepare(target, newest) {
+                Ok(idx) => idx,
+                Err(e) => {
+                    self.forget_module(name);
+                    let _ = cannot_redirect(text(&self.patches[pi].id), &self.patches[pi].funcs[fi].name, e);
+                    return Err(e);
+                }
+            };
+            let p = &mut self.patches[pi];
+            let f = &mut p.funcs[fi];
+            let _ = self.redirects.slots[idx].stack.push_within_capacity(Entry { patch: p.serial, start: f.new_func, end: plan[k].3 });
+            f.target = start;
+            pr_info!("patch '{}': '{}:{}' applied as the module loads\n", text(&p.id), text(name), text(&f.name));
+        }
+        Ok(())
+    }
+
+    /// Drops every redirection into module `name`; its functions of enabled
+    /// patches go back to pending, for when it loads again.
+    fn forget_module(&mut self, name: &CStr) {
+        for p in self.patches.iter_mut() {
+            for f in p.funcs.iter_mut().filter(|f| f.object.to_bytes() == name.to_bytes()) {
+                f.target = 0;
+            }
+        }
+        for slot in self.redirects.slots.iter_mut().filter(|s| s.target.object.to_bytes() == name.to_bytes()) {
+            slot.stack.clear();
+        }
+        self.redirects.drop_unused();
+    }
+
+    /// A module is going: drop its redirections, and refuse new ones into
+    /// it until it loads again.
+    pub(crate) fn module_going(&mut self, module: &ModuleRefRaw) {
+        let name = module.name();
+        if !self.is_gone(name) {
+            match name.to_cstring() {
+                Ok(n) => {
+                    let _ = self.gone.push(n, GFP_KERNEL);
+                }
+                Err(_) => pr_err!("module '{}': out of memory noting it gone\n", text(name)),
+            }
+        }
+        self.forget_module(name);
+    }
+}
+
+/// kmend's module notifier: see [`Registry::module_coming`] and
+/// [`Registry::module_going`].
+pub(crate) struct ModuleTargets;
+
+impl ModuleHandler for ModuleTargets {
+    fn on_event(event: ModuleEvent, module: &ModuleRefRaw) -> Result {
+        let mut state = STATE.lock();
+        match event {
+            ModuleEvent::Coming => state.module_coming(module),
+            ModuleEvent::Going => {
+                state.module_going(module);
+                Ok(())
+            }
+        }
+    }
+}

@@ -1,0 +1,541 @@
+//! The sound switch (issue #8): what the patched path is made of, whole and
+//! reliable stack checks, and module targets that come and go.
+
+use std::{
+    ffi::CString,
+    fs,
+    os::fd::AsRawFd,
+    path::Path,
+    thread,
+    time::Duration, //
+};
+
+use iced_x86::{
+    Decoder,
+    DecoderOptions,
+    FlowControl,
+    Instruction,
+    Mnemonic, //
+};
+use kmend::{
+    artifact::Artifact,
+    sys::transition,
+};
+
+use crate::harness::{
+    MODULE_DIR,
+    Test,
+    TestResult,
+    apply,
+    check,
+    insmod,
+    kmend,
+    module_loaded,
+    read,
+    revert,
+    rmmod, //
+};
+
+const CONTROL: &str = "/dev/kmend";
+const TESTMOD: &str = "/proc/kmend_testmod";
+
+pub fn tests() -> Vec<Test> {
+    vec![
+        Test { name: "patched_path_has_no_indirect_branch", run: patched_path_has_no_indirect_branch },
+        Test { name: "sched_sleeper_blocks_until_it_leaves", run: sched_sleeper_blocks_until_it_leaves },
+        Test { name: "module_load_refused_leaves_nothing_redirected", run: module_load_refused_leaves_nothing_redirected },
+        Test { name: "apply_racing_rmmod_of_its_target", run: apply_racing_rmmod_of_its_target },
+        Test { name: "retrying_apply_does_not_hold_up_others", run: retrying_apply_does_not_hold_up_others },
+        Test { name: "kprobe_on_a_patched_function_both_orders", run: kprobe_on_a_patched_function_both_orders },
+        Test { name: "livepatch_and_kmend_refuse_each_other_cleanly", run: livepatch_and_kmend_refuse_each_other_cleanly },
+    ]
+}
+
+fn with_testmod(f: impl FnOnce() -> TestResult) -> TestResult {
+    insmod("kmend_testmod.ko")?;
+    let result = f();
+    let unload = rmmod("kmend_testmod");
+    result.and(unload)
+}
+
+/// Address of function `name` in `module` (`None`: vmlinux), from /proc/kallsyms.
+fn symbol(name: &str, module: Option<&str>) -> Result<u64, String> {
+    let kallsyms = read("/proc/kallsyms")?;
+    let want = module.map(|m| format!("[{m}]"));
+    kallsyms
+        .lines()
+        .find_map(|l| {
+            let mut it = l.split_whitespace();
+            let (addr, _kind, sym, owner) = (it.next()?, it.next()?, it.next()?, it.next());
+            (sym == name && owner == want.as_deref()).then(|| u64::from_str_radix(addr, 16).ok()).flatten()
+        })
+        .filter(|&a| a != 0)
+        .ok_or_else(|| format!("{name} ({}) not in /proc/kallsyms", module.unwrap_or("vmlinux")))
+}
+
+/// Live kernel memory, read by the test module (`/proc/kmend_peek`).
+fn peek(addr: u64, len: usize) -> Result<Vec<u8>, String> {
+    fs::write("/proc/kmend_peek", format!("{addr:x} {len}")).map_err(|e| format!("peek {addr:#x}: {e}"))?;
+    let hex = read("/proc/kmend_peek")?;
+    let hex = hex.trim();
+    if hex == "fault" {
+        return Err(format!("peek {addr:#x}: not mapped"));
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|e| format!("peek: {e}")))
+        .collect()
+}
+
+/// Decodes the instructions of `bytes` at `addr`.
+fn decode(addr: u64, bytes: &[u8]) -> Vec<Instruction> {
+    let mut decoder = Decoder::with_ip(64, bytes, addr, DecoderOptions::NONE);
+    decoder.iter().collect()
+}
+
+/// An instruction for a message (the decoder has no formatter built in).
+fn show(insn: &Instruction) -> String {
+    format!("{:?}, {} bytes", insn.code(), insn.len())
+}
+
+/// Follows the path a call to `func` takes through its ftrace site and
+/// kmend's trampoline; returns (trampoline, where the trampoline jumps),
+/// failing on anything but direct jumps.
+fn follow(func: u64, table: u64) -> Result<(u64, u64), String> {
+    let head = decode(func, &peek(func, 16)?);
+    let site = head
+        .iter()
+        .find(|i| i.mnemonic() != Mnemonic::Endbr64)
+        .ok_or_else(|| format!("{func:#x}: nothing to decode"))?;
+    check(site.mnemonic() == Mnemonic::Jmp && site.flow_control() == FlowControl::UnconditionalBranch, || {
+        format!("ftrace site at {:#x} is `{}`, not a direct jmp", site.ip(), show(site))
+    })?;
+    let tramp = site.near_branch_target();
+    check((table..table + 4096).contains(&tramp), || {
+        format!("site at {:#x} jumps to {tramp:#x}, outside kmend's trampolines at {table:#x}", site.ip())
+    })?;
+    for insn in decode(tramp, &peek(tramp, 8)?) {
+        match insn.flow_control() {
+            FlowControl::Next => continue,
+            FlowControl::UnconditionalBranch if insn.mnemonic() == Mnemonic::Jmp => {
+                return Ok((tramp, insn.near_branch_target()));
+            }
+            _ => return Err(format!("trampoline {tramp:#x}: `{}` at {:#x} is not a direct jmp", show(&insn), insn.ip())),
+        }
+    }
+    Err(format!("trampoline {tramp:#x}: no jmp"))
+}
+
+/// Issue #8: on a CPU enforcing IBT an indirect branch into a body without
+/// ENDBR faults, and under retpolines a bare `jmp *mem` escapes the thunks.
+/// Disassembles the live code: every target's ftrace site is a direct jmp
+/// into kmend's table, each trampoline is a direct jmp to the replacement
+/// (after the revert: to the original body after the site), and the whole
+/// table holds no indirect branch, call or return.
+fn patched_path_has_no_indirect_branch() -> TestResult {
+    const PAIRS: [(&str, &str); 3] = [
+        ("cmdline_proc_show", "multi_cmdline_show"),
+        ("version_proc_show", "multi_version_show"),
+        ("loadavg_proc_show", "multi_loadavg_show"),
+    ];
+    with_testmod(|| {
+        let table = symbol("kmend_trampolines", Some("kmend"))?;
+        apply("kmend_multi.kmpatch")?;
+        let mut sites = Vec::new();
+        let mut result = (|| {
+            for (target, replacement) in PAIRS {
+                let func = symbol(target, None)?;
+                let (tramp, to) = follow(func, table)?;
+                let want = symbol(replacement, Some("kmend_multi"))?;
+                check(to == want, || format!("{target}: trampoline {tramp:#x} jumps to {to:#x}, not {replacement} at {want:#x}"))?;
+                sites.push((target, func, tramp));
+            }
+            let insns = decode(table, &peek(table, 4096)?);
+            let bad: Vec<String> = insns
+                .iter()
+                .filter(|i| {
+                    matches!(
+                        i.flow_control(),
+                        FlowControl::IndirectBranch | FlowControl::IndirectCall | FlowControl::Return | FlowControl::Call
+                    )
+                })
+                .map(|i| format!("{:#x}: {}", i.ip(), show(i)))
+                .collect();
+            check(bad.is_empty(), || format!("trampoline table holds {bad:?}"))?;
+            let jumps = insns.iter().filter(|i| i.mnemonic() == Mnemonic::Jmp).count();
+            check(jumps == 256, || format!("trampoline table holds {jumps} jmps, not 256"))
+        })();
+        // Reverted (the module still loaded): the same trampolines now jump
+        // to the original bodies, right after each ftrace site.
+        if result.is_ok() {
+            result = transition::revert(Path::new(CONTROL), "kmend_multi").map(drop).map_err(|e| format!("{e}"));
+        }
+        for &(target, func, tramp) in &sites {
+            if result.is_err() {
+                break;
+            }
+            result = follow(func, table).and_then(|(t, to)| {
+                let head = decode(func, &peek(func, 16)?);
+                let site = head.iter().find(|i| i.mnemonic() != Mnemonic::Endbr64).ok_or("no site")?;
+                check(t == tramp && to == site.next_ip(), || {
+                    format!("{target} reverted: trampoline {t:#x} jumps to {to:#x}, not the body at {:#x}", site.next_ip())
+                })
+            });
+        }
+        let undo = kmend(&["revert", "kmend_multi"]);
+        result?;
+        check(undo.0 == 0 && !module_loaded("kmend_multi"), || format!("revert: {undo:?}"))?;
+        // Unregistered: the sites are NOPs again.
+        for (target, func, _) in sites {
+            let head = decode(func, &peek(func, 16)?);
+            let site = head.iter().find(|i| i.mnemonic() != Mnemonic::Endbr64).ok_or("no site")?;
+            check(site.mnemonic() == Mnemonic::Nop && site.len() == 5, || {
+                format!("{target}: site after unload is `{}`, not a 5-byte NOP", show(site))
+            })?;
+        }
+        Ok(())
+    })
+}
+
+fn hold(v: u8) -> TestResult {
+    fs::write("/proc/kmend_testmod_hold", v.to_string()).map_err(|e| format!("hold: {e}"))
+}
+
+/// Issue #8: the kernel's exported stack walker leaves `__sched` functions
+/// out of a sleeping task's trace. The test kthread sleeps in
+/// `usleep_range_state` (vmlinux, `__sched`): a check built on that walker
+/// does not see it and switches under it.
+fn sched_sleeper_blocks_until_it_leaves() -> TestResult {
+    with_testmod(|| {
+        hold(3)?;
+        thread::sleep(Duration::from_millis(300));
+        let (code, out, err) = kmend(&["apply", &format!("{MODULE_DIR}/kmend_schedsleep.ko")]);
+        let released = hold(0);
+        if code == 0 {
+            let _ = kmend(&["revert", "kmend_schedsleep"]);
+        }
+        check(code == 4, || format!("apply while a thread sleeps in the __sched target: exit {code}: {out} {err}"))?;
+        check(err.contains("kmend-sleeper") && err.contains("usleep_range_state"), || {
+            format!("refusal does not name the task and function: {err}")
+        })?;
+        check(!module_loaded("kmend_schedsleep"), || "refused patch left its module loaded".into())?;
+        released?;
+        thread::sleep(Duration::from_millis(300));
+        apply("kmend_schedsleep.ko")?;
+        revert("kmend_schedsleep")
+    })
+}
+
+fn function_states(id: &str) -> Result<Vec<String>, String> {
+    let (_, status, _) = kmend(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status).map_err(|e| format!("{e}: {status}"))?;
+    let patch = v["patches"].as_array().into_iter().flatten().find(|p| p["id"] == id);
+    Ok(patch
+        .and_then(|p| p["functions"].as_array())
+        .into_iter()
+        .flatten()
+        .map(|f| f["state"].as_str().unwrap_or("?").to_owned())
+        .collect())
+}
+
+/// Issue #8: a patch for two functions of a module that is not loaded; the
+/// second's fingerprint does not match. Loading the module must fail, and
+/// fail whole: the first function, redirected as the module came, is
+/// undone (the kernel sends no "going" event to the notifier that failed).
+fn module_load_refused_leaves_nothing_redirected() -> TestResult {
+    check(!module_loaded("kmend_testmod"), || "kmend_testmod already loaded".into())?;
+    let good = Artifact::read(Path::new(&format!("{MODULE_DIR}/kmend_modpair.kmpatch"))).map_err(|e| format!("{e}"))?;
+    let mut manifest = good.manifest.clone();
+    let fp = &mut manifest.functions[1].fingerprint;
+    check(!fp.is_empty(), || "kmend_modpair has no fingerprint for its second function".into())?;
+    let flipped = if fp.ends_with('0') { "1" } else { "0" };
+    fp.replace_range(fp.len() - 1.., flipped);
+    let bad = Artifact::new(manifest, good.module.clone()).map_err(|e| format!("{e}"))?;
+    bad.write(Path::new("/tmp/modpair-bad.kmpatch")).map_err(|e| format!("{e}"))?;
+
+    let (code, out, err) = kmend(&["apply", "/tmp/modpair-bad.kmpatch"]);
+    check(code == 0, || format!("apply before the module loads: exit {code}: {out} {err}"))?;
+    let states = function_states("kmend_modpair")?;
+    check(states == ["pending", "pending"], || format!("before the module loads: {states:?}"))?;
+    let load = insmod("kmend_testmod.ko");
+    if load.is_ok() {
+        let _ = rmmod("kmend_testmod");
+    }
+    check(load.is_err(), || "the module loaded although its code differs from the fingerprint".into())?;
+    let states = function_states("kmend_modpair")?;
+    check(states == ["pending", "pending"], || format!("after the refused load: {states:?}"))?;
+    revert("kmend_modpair")?;
+    with_testmod(|| {
+        let got = read(TESTMOD)?;
+        check(got == "original\n", || format!("after the refused load and revert: {got:?}"))
+    })?;
+
+    // The good artifact: both functions applied as the module loads.
+    apply("kmend_modpair.kmpatch")?;
+    let loaded = with_testmod(|| {
+        let got = read(TESTMOD)?;
+        check(got == "modpair\n", || format!("module loaded under the patch: {got:?}"))?;
+        let states = function_states("kmend_modpair")?;
+        check(states == ["active", "active"], || format!("module loaded under the patch: {states:?}"))
+    });
+    let undo = revert("kmend_modpair");
+    loaded.and(undo)
+}
+
+fn finit_module(file: &str) -> Result<(), String> {
+    let f = fs::File::open(file).map_err(|e| format!("open {file}: {e}"))?;
+    // SAFETY: a plain syscall on an open fd with an empty parameter string.
+    let ret = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), c"".as_ptr(), 0) };
+    if ret == 0 { Ok(()) } else { Err(format!("finit_module {file}: {}", std::io::Error::last_os_error())) }
+}
+
+fn delete_module(name: &str) -> Result<(), String> {
+    let c = CString::new(name).map_err(|e| format!("{e}"))?;
+    // SAFETY: a plain syscall with a NUL-terminated name.
+    let ret = unsafe { libc::syscall(libc::SYS_delete_module, c.as_ptr(), libc::O_NONBLOCK) };
+    if ret == 0 { Ok(()) } else { Err(format!("delete_module {name}: {}", std::io::Error::last_os_error())) }
+}
+
+/// Issue #8: applying a patch to a module while that module is unloaded.
+/// Whatever the interleaving, the apply either takes the module before it
+/// goes (and its "going" event undoes it) or is refused: it must never
+/// redirect into a module that has already gone past its going event.
+fn apply_racing_rmmod_of_its_target() -> TestResult {
+    const ROUNDS: usize = 200;
+    check(!module_loaded("kmend_testmod"), || "kmend_testmod already loaded".into())?;
+    let manifest = Artifact::read(Path::new(&format!("{MODULE_DIR}/kmend_modtarget.kmpatch")))
+        .map_err(|e| format!("{e}"))?
+        .manifest
+        .functions;
+    apply("kmend_modtarget.kmpatch")?;
+    let control = Path::new(CONTROL);
+    let mut result = transition::revert(control, "kmend_modtarget").map(drop).map_err(|e| format!("{e}"));
+    let testmod = format!("{MODULE_DIR}/kmend_testmod.ko");
+    let (mut active, mut pending, mut refused) = (0, 0, 0);
+    for round in 0..ROUNDS {
+        if result.is_err() {
+            break;
+        }
+        result = (|| {
+            finit_module(&testmod)?;
+            let remover = thread::spawn(|| delete_module("kmend_testmod"));
+            // Sweep the apply across the unload: from before it starts to
+            // after the module is gone.
+            thread::sleep(Duration::from_micros((round % 25) as u64 * 200));
+            match transition::enable(control, "kmend_modtarget", &manifest) {
+                Ok(_) => {
+                    // Taken before the module went (then undone by its going
+                    // event), or after (pending until it loads again).
+                    let status = read(CONTROL)?;
+                    let func = status.lines().find(|l| l.starts_with("func kmend_modtarget ")).unwrap_or("");
+                    if func.contains(" pending ") {
+                        pending += 1;
+                    } else {
+                        active += 1;
+                    }
+                    transition::revert(control, "kmend_modtarget").map_err(|e| format!("revert: {e}"))?;
+                }
+                Err(_) => refused += 1,
+            }
+            remover.join().map_err(|_| "remover panicked".to_string())??;
+            check(!module_loaded("kmend_testmod"), || "kmend_testmod still loaded".into())
+        })()
+        .map_err(|e: String| format!("round {round}: {e}"));
+    }
+    println!("kmend-guest: rmmod race: {ROUNDS} rounds: {active} applied to the module, {pending} pending, {refused} refused");
+    // Nothing was left redirected into a module that went.
+    let after = with_testmod(|| {
+        let got = read(TESTMOD)?;
+        check(got == "original\n", || format!("after the race: {got:?}"))
+    });
+    let undo = revert("kmend_modtarget");
+    result.and(after).and(undo)
+}
+
+/// Issue #8: an apply that keeps retrying because a thread is in the way
+/// must not hold the registry across its waits: a status read and a module
+/// load (which registers a patch) complete while it is still retrying.
+/// (Ordering, not timing: both must return before the apply does.)
+fn retrying_apply_does_not_hold_up_others() -> TestResult {
+    with_testmod(|| {
+        hold(1)?;
+        thread::sleep(Duration::from_millis(300));
+        let apply = thread::spawn(|| kmend(&["apply", &format!("{MODULE_DIR}/kmend_sleepy.ko")]));
+        // Registered: the apply is past loading its module and into the
+        // enable, which keeps retrying (the kthread holds the target).
+        let mut registered = false;
+        for _ in 0..200 {
+            if read(CONTROL)?.contains("patch kmend_sleepy ") {
+                registered = true;
+                break;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+        thread::sleep(Duration::from_millis(500));
+        let status = read(CONTROL);
+        let load = insmod("kmend_stack_a.ko");
+        let apply_still_running = !apply.is_finished();
+        let released = hold(0);
+        let (code, out, err) = apply.join().map_err(|_| "apply thread panicked".to_string())?;
+        if code == 0 {
+            let _ = kmend(&["revert", "kmend_sleepy"]);
+        }
+        if load.is_ok() {
+            rmmod("kmend_stack_a")?;
+        }
+        released?;
+        check(registered, || "the apply never registered its patch".into())?;
+        status?;
+        load?;
+        check(apply_still_running, || {
+            format!("status read and module load returned only after the apply ended (exit {code}: {out} {err})")
+        })?;
+        // Released while it was retrying: it got through.
+        check(code == 0, || format!("apply, the kthread released while it retried: exit {code}: {out} {err}"))
+    })
+}
+
+const TRACING: &str = "/sys/kernel/tracing";
+
+/// Adds (and enables) a kprobe event `kmend_co` on `func`'s entry.
+fn kprobe_add(func: &str) -> TestResult {
+    use std::io::Write as _;
+    let mut events = fs::OpenOptions::new()
+        .append(true)
+        .open(format!("{TRACING}/kprobe_events"))
+        .map_err(|e| format!("open kprobe_events: {e}"))?;
+    writeln!(events, "p:kmend_co {func}").map_err(|e| format!("add kprobe on {func}: {e}"))?;
+    fs::write(format!("{TRACING}/events/kprobes/kmend_co/enable"), "1").map_err(|e| format!("enable kprobe: {e}"))
+}
+
+fn kprobe_remove() -> TestResult {
+    use std::io::Write as _;
+    fs::write(format!("{TRACING}/events/kprobes/kmend_co/enable"), "0").map_err(|e| format!("disable kprobe: {e}"))?;
+    let mut events = fs::OpenOptions::new()
+        .append(true)
+        .open(format!("{TRACING}/kprobe_events"))
+        .map_err(|e| format!("open kprobe_events: {e}"))?;
+    writeln!(events, "-:kmend_co").map_err(|e| format!("remove kprobe: {e}"))
+}
+
+/// Hits of the `kmend_co` kprobe so far.
+fn kprobe_hits() -> Result<u64, String> {
+    let profile = read(&format!("{TRACING}/kprobe_profile"))?;
+    profile
+        .lines()
+        .find_map(|l| {
+            let mut it = l.split_whitespace();
+            (it.next()? == "kmend_co").then(|| it.next()?.parse().ok()).flatten()
+        })
+        .ok_or_else(|| format!("kmend_co not in kprobe_profile: {profile:?}"))
+}
+
+/// Issue #8: a kprobe on the entry of a function kmend redirects (ftrace
+/// puts both on the function's one ftrace site), in both orders: the probe
+/// counts every call and the replacement is what runs; either can go first
+/// and leave the other working.
+fn kprobe_on_a_patched_function_both_orders() -> TestResult {
+    const PATCHED: &str = "kmend: this kernel is live patched\n";
+    let original = read("/proc/cmdline")?;
+    let calls = |want: &str| -> Result<u64, String> {
+        let before = kprobe_hits()?;
+        for _ in 0..5 {
+            let got = read("/proc/cmdline")?;
+            check(got == want, || format!("/proc/cmdline: {got:?}, want {want:?}"))?;
+        }
+        Ok(kprobe_hits()? - before)
+    };
+    // kmend first, then the kprobe.
+    apply("kmend_sample.kmpatch")?;
+    let first = kprobe_add("cmdline_proc_show").and_then(|()| {
+        let n = calls(PATCHED)?;
+        check(n == 5, || format!("kprobe added after the patch counted {n} of 5 calls"))?;
+        kprobe_remove()?;
+        let got = read("/proc/cmdline")?;
+        check(got == PATCHED, || format!("kprobe removed: /proc/cmdline {got:?}"))
+    });
+    let undo = revert("kmend_sample");
+    first.and(undo)?;
+    // The kprobe first, then kmend.
+    kprobe_add("cmdline_proc_show")?;
+    let second = (|| {
+        check(calls(&original)? == 5, || "kprobe alone missed calls".into())?;
+        apply("kmend_sample.kmpatch")?;
+        let n = calls(PATCHED)?;
+        check(n == 5, || format!("kprobe counted {n} of 5 calls once the patch applied"))?;
+        revert("kmend_sample")?;
+        let n = calls(&original)?;
+        check(n == 5, || format!("kprobe counted {n} of 5 calls after the revert"))
+    })();
+    let _ = kmend(&["revert", "kmend_sample"]);
+    let removed = kprobe_remove();
+    second.and(removed)
+}
+
+fn klp_enabled() -> bool {
+    read("/sys/kernel/livepatch/klp_bench/enabled").is_ok_and(|v| v.trim() == "1")
+}
+
+fn klp_settle() -> TestResult {
+    for _ in 0..500 {
+        if read("/sys/kernel/livepatch/klp_bench/transition").map_or(true, |t| t.trim() == "0") {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    Err("klp_bench transition did not finish".into())
+}
+
+fn klp_remove() -> TestResult {
+    if module_loaded("klp_bench") {
+        if klp_enabled() {
+            fs::write("/sys/kernel/livepatch/klp_bench/enabled", "0").map_err(|e| format!("klp disable: {e}"))?;
+            klp_settle()?;
+        }
+        for _ in 0..100 {
+            if rmmod("klp_bench").is_ok() {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        return Err("klp_bench would not unload".into());
+    }
+    Ok(())
+}
+
+/// Issue #8: the kernel's livepatch and kmend on the same function, in both
+/// orders. ftrace lets one user change where a function goes: the second
+/// one is refused with a clear error, and the first keeps working.
+fn livepatch_and_kmend_refuse_each_other_cleanly() -> TestResult {
+    with_testmod(|| {
+        // kmend first: the livepatch module's load fails.
+        apply("kmend_bench.ko")?;
+        let klp = insmod("klp_bench.ko");
+        let klp_took = klp.is_ok() && klp_enabled();
+        let cleanup = klp_remove();
+        let (_, status, _) = kmend(&["status", "--json"]);
+        let undo = revert("kmend_bench");
+        check(!klp_took, || "a livepatch was enabled on a function kmend redirects".into())?;
+        cleanup?;
+        check(status.contains("\"state\":\"active\""), || format!("kmend's patch after the refused livepatch: {status}"))?;
+        undo?;
+        // The livepatch first: kmend refuses, naming the conflict.
+        insmod("klp_bench.ko")?;
+        let result = (|| {
+            klp_settle()?;
+            check(klp_enabled(), || "klp_bench did not enable".into())?;
+            let (code, out, err) = kmend(&["apply", &format!("{MODULE_DIR}/kmend_bench.ko")]);
+            if code == 0 {
+                let _ = kmend(&["revert", "kmend_bench"]);
+            }
+            check(code == 4, || format!("apply over a livepatch: exit {code}: {out} {err}"))?;
+            check(err.contains("kmend_bench_target") && err.contains("another ftrace user"), || {
+                format!("refusal does not say what is in the way: {err}")
+            })?;
+            check(!module_loaded("kmend_bench"), || "refused patch left its module loaded".into())?;
+            check(klp_enabled(), || "the livepatch was disabled by kmend's refused apply".into())
+        })();
+        let cleanup = klp_remove();
+        result.and(cleanup)
+    })
+}
