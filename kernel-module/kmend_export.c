@@ -76,7 +76,11 @@ void kmend_unregister_patch(const struct kmend_patch *patch)
 }
 EXPORT_SYMBOL_GPL(kmend_unregister_patch);
 
-/* Stops at the first non-zero return of @fn and returns it. */
+/*
+ * Stops at the first non-zero return of @fn and returns it. (A `break` in
+ * for_each_process_thread() leaves only the inner loop, over one process's
+ * threads: the walk would go on with the next process.)
+ */
 int kmend_helper_for_each_task(int (*fn)(struct task_struct *, void *), void *data)
 {
 	struct task_struct *g, *t;
@@ -86,8 +90,9 @@ int kmend_helper_for_each_task(int (*fn)(struct task_struct *, void *), void *da
 	for_each_process_thread(g, t) {
 		ret = fn(t, data);
 		if (ret)
-			break;
+			goto out;
 	}
+out:
 	rcu_read_unlock();
 	return ret;
 }
@@ -167,10 +172,11 @@ void kmend_helper_module_text(struct module *mod, unsigned long *start, unsigned
  * has no stack any more (it has exited).
  *
  * @task must not change stacks under the walk: it is current, or it is
- * off-CPU (the caller checks, or the machine is stopped). The caller holds
- * the RCU read lock (kmend_helper_for_each_task): task stacks are freed
- * after a grace period, so a stack seen here stays readable for the walk
- * without a reference (put_task_stack() is not exported).
+ * off-CPU (the caller checks, or the machine is stopped), and alive (the
+ * task list's RCU, or a reference). Task stacks are freed after an RCU
+ * grace period, so under the RCU read lock taken here a stack seen here
+ * stays readable for the walk without a reference on it (put_task_stack()
+ * is not exported).
  */
 int kmend_helper_stack_walk(struct task_struct *task, unsigned long *buf, unsigned int size)
 {
@@ -180,9 +186,11 @@ int kmend_helper_stack_walk(struct task_struct *task, unsigned long *buf, unsign
 	unsigned int n = 0;
 	int ret = 0;
 
-	RCU_LOCKDEP_WARN(!rcu_read_lock_held(), "kmend: stack walk outside RCU");
-	if (!refcount_read(&task->stack_refcount) || !task_stack_page(task))
+	rcu_read_lock();
+	if (!refcount_read(&task->stack_refcount) || !task_stack_page(task)) {
+		rcu_read_unlock();
 		return -ESRCH;
+	}
 	for (unwind_start(&state, task, NULL, NULL);
 	     !unwind_done(&state) && !unwind_error(&state);
 	     unwind_next_frame(&state)) {
@@ -202,6 +210,7 @@ int kmend_helper_stack_walk(struct task_struct *task, unsigned long *buf, unsign
 	}
 	if (!ret && unwind_error(&state))
 		ret = -EINVAL;
+	rcu_read_unlock();
 	return ret ? ret : n;
 }
 

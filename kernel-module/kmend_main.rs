@@ -31,6 +31,7 @@ mod patch;
 mod redirect;
 mod refusal;
 mod registry;
+mod sched_watch;
 mod status;
 mod stop;
 mod task;
@@ -61,6 +62,7 @@ impl kernel::InPlaceModule for KmendModule {
         unsafe { registry::STATE.init() };
         // SAFETY: as above, before `/dev/kmend` exists.
         unsafe { registry::SWITCHING.init() };
+        registry::STATE.lock().start();
         pr_info!("loaded (control abi {})\n", uapi::KMEND_UAPI_VERSION);
         try_pin_init!(Self {
             _modules <- module_notifier::ModuleNotifier::new::<module_targets::ModuleTargets>(),
@@ -73,7 +75,9 @@ impl kernel::InPlaceModule for KmendModule {
 impl PinnedDrop for KmendModule {
     fn drop(self: Pin<&mut Self>) {
         // Patch modules depend on kmend, so none is registered any more and
-        // every redirection is gone.
+        // every redirection is gone. What the registry still owns (it lives
+        // in a static, which is not dropped) is freed here.
+        registry::STATE.lock().release();
         pr_info!("unloaded\n");
     }
 }

@@ -45,6 +45,7 @@ use crate::{
         refuse,
         text, //
     },
+    sched_watch::SchedWatch,
     transition::{
         self,
         Busy,
@@ -75,13 +76,17 @@ kernel::sync::global_lock! {
 /// status reads do not wait for the retries.
 pub(crate) fn enable(id: &[u8], reqs: &[KmendFuncReq], timeout_ms: u32) -> Result<u64, Refusal> {
     let _one_switch = SWITCHING.lock();
-    transition::retry(timeout_ms, |last| STATE.lock().try_enable(id, reqs, timeout_ms, last))
+    let result = transition::retry(timeout_ms, |last| STATE.lock().try_enable(id, reqs, timeout_ms, last));
+    STATE.lock().watch.disarm();
+    result
 }
 
 /// Reverts enabled patch `id`, retrying as [`enable`] does.
 pub(crate) fn revert(id: &[u8], timeout_ms: u32) -> Result<u64, Refusal> {
     let _one_switch = SWITCHING.lock();
-    transition::retry(timeout_ms, |last| STATE.lock().try_revert(id, timeout_ms, last))
+    let result = transition::retry(timeout_ms, |last| STATE.lock().try_revert(id, timeout_ms, last));
+    STATE.lock().watch.disarm();
+    result
 }
 
 /// All registered patches and the redirections they make.
@@ -94,6 +99,8 @@ pub(crate) struct Registry {
     /// nothing may be redirected into them (the going notification that
     /// would drop it has already run).
     pub(crate) gone: KVec<CString>,
+    /// Who ran during a switch attempt (`sched_watch.rs`).
+    pub(crate) watch: SchedWatch,
 }
 
 impl Registry {
@@ -103,7 +110,23 @@ impl Registry {
             redirects: Redirects::new(),
             next_serial: 1,
             gone: KVec::new(),
+            watch: SchedWatch::new(),
         }
+    }
+
+    /// Starts what the registry needs running, at module load.
+    pub(crate) fn start(&mut self) {
+        if let Err(e) = self.watch.start() {
+            pr_warn!("sched_switch watch unavailable ({}): a switch's stopped check walks every thread\n", e.to_errno());
+        }
+    }
+
+    /// Frees what the registry owns, at module exit.
+    pub(crate) fn release(&mut self) {
+        self.watch.free();
+        self.gone = KVec::new();
+        self.patches = KVec::new();
+        self.redirects.drop_unused();
     }
 
     fn position(&self, id: &[u8]) -> Option<usize> {
@@ -197,11 +220,11 @@ impl Registry {
     /// Tries a switch once: `Some(pause)` when done, `None` when a thread
     /// is in the way; on the `last` try that is a refusal naming the thread
     /// and the function.
-    fn run_switch(ranges: &[Busy], names: &[CString], stores: &[Store], timeout: u32, id: &str, last: bool) -> Result<Option<u64>, Refusal> {
-        match transition::attempt(ranges, stores)? {
+    fn run_switch(watch: &mut SchedWatch, ranges: &[Busy], names: &[CString], stores: &[Store], timeout: u32, id: &str, last: bool) -> Result<Option<u64>, Refusal> {
+        match transition::attempt(ranges, stores, watch)? {
             Switched::Done(p) => {
-                pr_info!("patch '{}': switched: pause {} ns (check and switch {} ns, {} of {} tasks re-checked stopped)\n",
-                    id, p.total_ns, p.work_ns, p.rechecked, p.tasks);
+                pr_info!("patch '{}': switched: pause {} ns (check and switch {} ns, {} {} re-checked stopped, {} checked before)\n",
+                    id, p.total_ns, p.work_ns, p.rechecked, if p.watched { "threads that ran" } else { "threads" }, p.tasks);
                 Ok(Some(p.total_ns))
             }
             Switched::Blocked(_) if !last => Ok(None),
@@ -311,7 +334,7 @@ impl Registry {
         }
 
         // 4. Switch.
-        let pause = match Self::run_switch(&ranges, &names, &stores, timeout, sid, last) {
+        let pause = match Self::run_switch(&mut self.watch, &ranges, &names, &stores, timeout, sid, last) {
             Ok(Some(pause)) => pause,
             Ok(None) => return Ok(None),
             Err(r) => {
@@ -370,7 +393,7 @@ impl Registry {
                 stores.push(Store { tramp: slot.trampoline(), target: slot.effective_of(below) }, GFP_KERNEL)?;
             }
         }
-        let Some(pause) = Self::run_switch(&ranges, &names, &stores, timeout, sid, last)? else {
+        let Some(pause) = Self::run_switch(&mut self.watch, &ranges, &names, &stores, timeout, sid, last)? else {
             return Ok(None);
         };
         for slot in self.redirects.slots.iter_mut() {

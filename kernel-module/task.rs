@@ -42,6 +42,15 @@ pub(crate) struct TaskRef {
 }
 
 impl TaskRef {
+    /// A thread the caller holds a reference on.
+    ///
+    /// # Safety
+    ///
+    /// `task` is a live task, and stays so while the result is used.
+    pub(crate) unsafe fn from_raw(task: *mut bindings::task_struct) -> Self {
+        Self { task }
+    }
+
     /// The thread id.
     pub(crate) fn pid(&self) -> i32 {
         // SAFETY: `task` is valid during the iteration (see `for_each_task`).

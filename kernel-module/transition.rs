@@ -18,10 +18,20 @@ use kernel::{
     prelude::*, //
 };
 
+use kernel::bindings;
+
 use crate::{
     kapi,
+    sched_watch::{
+        self,
+        Ran,
+        SchedWatch, //
+    },
     stop,
-    task,
+    task::{
+        self,
+        TaskRef, //
+    },
     trampoline, //
 };
 
@@ -78,54 +88,110 @@ enum Walk<'a> {
     /// saves a stop) but their stacks are moving, so they never count as
     /// clean, and an unreliable walk of one is not held against it.
     Pre(&'a mut Clean),
-    /// With the machine stopped: every task is off-CPU except the stoppers
-    /// (one per CPU, running only stop_machine and kmend), which are
-    /// skipped; so is every task the pre-check found clean that has not run
-    /// since.
+    /// With the machine stopped, every thread: all are off-CPU except the
+    /// stoppers (one per CPU, running only stop_machine and kmend), which
+    /// are skipped; so is every thread the pre-check found clean that has
+    /// not run since.
     Stopped(&'a Clean),
+    /// With the machine stopped, only the threads switched out since the
+    /// pre-check began (`sched_watch.rs`; sorted, repeats adjacent, each
+    /// entry referenced): no other thread has run since, so no other stack
+    /// has changed.
+    Ran(&'a [*mut bindings::task_struct]),
+}
+
+/// Checks one thread's stack against `ranges`.
+fn visit(task: &TaskRef, ranges: &[Busy], buf: &mut [c_ulong], walk: &mut Walk<'_>, walked: &mut usize) -> Option<Blocker> {
+    let (switches, on_cpu) = task.switches();
+    match walk {
+        Walk::Stopped(clean) => {
+            if on_cpu {
+                return None;
+            }
+            if let Ok(i) = clean.binary_search_by_key(&task.key(), |&(k, _)| k) {
+                if clean[i].1 == switches {
+                    return None;
+                }
+            }
+        }
+        Walk::Ran(_) if on_cpu => return None,
+        _ => {}
+    }
+    *walked += 1;
+    let blocker = |name| Some(Blocker { pid: task.pid(), comm: task.comm(), name });
+    let stack = match task.stack(buf) {
+        Ok(stack) => stack,
+        // Exited: it runs nothing any more.
+        Err(e) if e == ESRCH => return None,
+        Err(_) if on_cpu && matches!(walk, Walk::Pre(_)) => return None,
+        Err(e) => return blocker(if e == ENOSPC { TRUNCATED } else { UNRELIABLE }),
+    };
+    for &addr in stack {
+        let addr = addr as usize;
+        if let Some(r) = ranges.iter().find(|r| addr >= r.start && addr < r.end) {
+            return blocker(r.name);
+        }
+    }
+    if let (Walk::Pre(clean), false) = (walk, on_cpu) {
+        // Out of memory only means this task is walked again later.
+        let _ = clean.push((task.key(), switches), GFP_ATOMIC);
+    }
+    None
+}
+
+/// Sorts `v` by `key` in place: a heapsort, no allocation, O(n log n).
+/// (core's sorts end in a panic helper objtool does not know returns
+/// never, and it then cannot follow the code: it warns when kmend.ko builds.)
+fn sort_by_key<T>(v: &mut [T], key: impl Fn(&T) -> usize) {
+    let sift = |v: &mut [T], mut root: usize, end: usize| loop {
+        let mut child = 2 * root + 1;
+        if child >= end {
+            break;
+        }
+        if child + 1 < end && key(&v[child]) < key(&v[child + 1]) {
+            child += 1;
+        }
+        if key(&v[root]) >= key(&v[child]) {
+            break;
+        }
+        v.swap(root, child);
+        root = child;
+    };
+    let n = v.len();
+    for start in (0..n / 2).rev() {
+        sift(v, start, n);
+    }
+    for end in (1..n).rev() {
+        v.swap(0, end);
+        sift(v, 0, end);
+    }
 }
 
 fn find_blocker(ranges: &[Busy], buf: &mut [c_ulong], mut walk: Walk<'_>, walked: &mut usize) -> Option<Blocker> {
     let mut found = None;
-    let _ = task::for_each_task(|task| {
-        let (switches, on_cpu) = task.switches();
-        if let Walk::Stopped(clean) = &walk {
-            if on_cpu {
-                return Ok(());
+    if let Walk::Ran(list) = walk {
+        for (i, &t) in list.iter().enumerate() {
+            if i > 0 && list[i - 1] == t {
+                continue;
             }
-            if let Ok(i) = clean.binary_search_by_key(&task.key(), |&(k, _)| k) {
-                if clean[i].1 == switches {
-                    return Ok(());
-                }
-            }
-        }
-        *walked += 1;
-        let blocker = |name| Some(Blocker { pid: task.pid(), comm: task.comm(), name });
-        let stack = match task.stack(buf) {
-            Ok(stack) => stack,
-            // Exited: it runs nothing any more.
-            Err(e) if e == ESRCH => return Ok(()),
-            Err(_) if on_cpu && matches!(walk, Walk::Pre(_)) => return Ok(()),
-            Err(e) => {
-                found = blocker(if e == ENOSPC { TRUNCATED } else { UNRELIABLE });
-                return Err(EBUSY);
-            }
-        };
-        for &addr in stack {
-            let addr = addr as usize;
-            if let Some(r) = ranges.iter().find(|r| addr >= r.start && addr < r.end) {
-                found = blocker(r.name);
-                return Err(EBUSY);
+            // SAFETY: each entry holds a reference (`sched_watch.rs`).
+            let task = unsafe { TaskRef::from_raw(t) };
+            found = visit(&task, ranges, buf, &mut walk, walked);
+            if found.is_some() {
+                break;
             }
         }
-        if let (Walk::Pre(clean), false) = (&mut walk, on_cpu) {
-            // Out of memory only means this task is walked again later.
-            let _ = clean.push((task.key(), switches), GFP_ATOMIC);
+        return found;
+    }
+    let _ = task::for_each_task(|task| match visit(task, ranges, buf, &mut walk, walked) {
+        Some(b) => {
+            found = Some(b);
+            Err(EBUSY)
         }
-        Ok(())
+        None => Ok(()),
     });
     if let Walk::Pre(clean) = walk {
-        clean.sort_unstable_by_key(|&(k, _)| k);
+        sort_by_key(clean, |&(k, _)| k);
     }
     found
 }
@@ -139,6 +205,9 @@ pub(crate) struct Pause {
     /// Tasks re-walked with the world stopped, of those pre-checked.
     pub(crate) rechecked: usize,
     pub(crate) tasks: usize,
+    /// Whether the stopped check walked only the threads that ran since the
+    /// pre-check (else every thread).
+    pub(crate) watched: bool,
 }
 
 /// Outcome of one [`attempt`].
@@ -154,13 +223,17 @@ pub(crate) enum Switched {
 /// finds no thread in the way, the check again and the stores with the
 /// machine stopped. One try: callers retry a blocked switch (`core.rs`,
 /// without holding the registry between tries).
-pub(crate) fn attempt(ranges: &[Busy], stores: &[Store]) -> Result<Switched> {
+pub(crate) fn attempt(ranges: &[Busy], stores: &[Store], watch: &mut SchedWatch) -> Result<Switched> {
     // Nothing may fail once the first store is made: check every jump first.
     if stores.iter().any(|s| !trampoline::reaches(s.tramp, s.target)) {
         return Err(ERANGE);
     }
     let writer = trampoline::Writer::new()?;
     let mut buf = KVec::from_elem(0 as c_ulong, STACK_DEPTH, GFP_KERNEL)?;
+    // Record who runs from now on; without the record, the stopped check
+    // walks every thread.
+    let _ = watch.arm();
+    let mut ran = KVec::with_capacity(watch.capacity(), GFP_KERNEL)?;
     // Look first without stopping anyone: most blocked attempts end here,
     // and the stop only re-walks the tasks that ran since.
     let mut clean = KVec::with_capacity(512, GFP_KERNEL)?;
@@ -171,10 +244,22 @@ pub(crate) fn attempt(ranges: &[Busy], stores: &[Store]) -> Result<Switched> {
     let mut walked = 0;
     let mut blocked = None;
     let mut work_ns = 0;
+    let mut watched = false;
     let t0 = kapi::now_ns();
-    stop::stop_the_world(|| {
+    let stopped = stop::stop_the_world(|| {
         let w0 = kapi::now_ns();
-        if let Some(b) = find_blocker(ranges, &mut buf, Walk::Stopped(&clean), &mut walked) {
+        let found = match watch.take(&mut ran) {
+            Ran::Threads(list) => {
+                watched = true;
+                // Sorted, so that a thread switched out several times is
+                // walked once. (Only reordered: every entry holds a
+                // reference that `release` drops.)
+                sort_by_key(list, |&t| t as usize);
+                find_blocker(ranges, &mut buf, Walk::Ran(list), &mut walked)
+            }
+            Ran::Unknown => find_blocker(ranges, &mut buf, Walk::Stopped(&clean), &mut walked),
+        };
+        if let Some(b) = found {
             blocked = Some(b);
             return Err(EBUSY);
         }
@@ -184,17 +269,20 @@ pub(crate) fn attempt(ranges: &[Busy], stores: &[Store]) -> Result<Switched> {
         }
         work_ns = kapi::now_ns() - w0;
         Ok(())
-    })
-    .or_else(|e| if blocked.is_some() { Ok(()) } else { Err(e) })?;
+    });
+    let pause = (kapi::now_ns() - t0).max(0) as u64;
+    sched_watch::release(&mut ran);
     if let Some(b) = blocked {
         return Ok(Switched::Blocked(b));
     }
+    stopped?;
     // The pause as every CPU sees it: stopping, checking, switching.
     Ok(Switched::Done(Pause {
-        total_ns: (kapi::now_ns() - t0).max(0) as u64,
+        total_ns: pause,
         work_ns: work_ns.max(0) as u64,
         rechecked: walked,
         tasks: prewalked,
+        watched,
     }))
 }
 

@@ -4,8 +4,8 @@
 //! Per-call cost of one function (`kmend_bench_target` in the test module,
 //! called in a loop in the kernel): unpatched, patched by kmend, patched by
 //! the kernel's livepatch (klp_bench.ko). Stop-the-world pause of applying
-//! a 10-function patch with 200 extra threads alive, next to an empty
-//! stop_machine. TCG emulates the CPU, so only ratios mean anything.
+//! a 10-function patch with 200, 2,000 and 10,000 threads alive, each next
+//! to an empty stop_machine. TCG emulates the CPU, so only ratios mean anything.
 
 use std::{
     fs,
@@ -28,6 +28,8 @@ use crate::harness::{
 const CALLS: u32 = 5_000_000;
 const ROUNDS: usize = 7;
 const CONTROL: &str = "/dev/kmend";
+/// Threads parked in the kernel while the pause is measured.
+const THREADS: [usize; 3] = [200, 2_000, 10_000];
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
@@ -100,30 +102,44 @@ fn run_bench() -> Result<(), String> {
     thread::sleep(Duration::from_millis(200));
     rmmod("klp_bench")?;
 
-    // 200 more threads, parked in the kernel, for the stack check to walk.
-    let parked: Vec<_> = (0..200).map(|_| thread::spawn(|| thread::sleep(Duration::from_secs(120)))).collect();
-    let threads = fs::read_dir("/proc/self/task").map(|d| d.count()).unwrap_or(0);
-    let tasks = fs::read_dir("/proc").map(|d| d.filter(|e| e.as_ref().is_ok_and(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())).count()).unwrap_or(0);
-    println!("kmend-bench: threads_alive {}", threads + tasks);
-
+    // The pause at 200, 2,000 and 10,000 threads parked in the kernel (the
+    // stack check walks them all before stopping; with the machine stopped
+    // it walks only those that ran since), next to an empty stop_machine
+    // at the same moment.
     let control = Path::new(CONTROL);
     let ten = format!("{MODULE_DIR}/kmend_bench10.ko");
-    let mut pauses = Vec::new();
     transition::apply(control, Path::new(&ten), "kmend_bench10", &[]).map_err(|e| e.to_string())?;
-    for _ in 0..ROUNDS {
-        transition::revert(control, "kmend_bench10").map_err(|e| e.to_string())?;
-        pauses.push(transition::enable(control, "kmend_bench10", &[]).map_err(|e| e.to_string())? as f64);
+    let mut parked = Vec::new();
+    for target in THREADS {
+        while parked.len() < target {
+            let t = thread::Builder::new()
+                .stack_size(32 * 1024)
+                .spawn(|| thread::sleep(Duration::from_secs(600)))
+                .map_err(|e| format!("spawning thread {}: {e}", parked.len()))?;
+            parked.push(t);
+        }
+        let alive = fs::read_dir("/proc")
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                    .map(|e| fs::read_dir(e.path().join("task")).map(|t| t.count()).unwrap_or(1))
+                    .sum::<usize>()
+            })
+            .unwrap_or(0);
+        let (mut pauses, mut empty) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            transition::revert(control, "kmend_bench10").map_err(|e| e.to_string())?;
+            pauses.push(transition::enable(control, "kmend_bench10", &[]).map_err(|e| e.to_string())? as f64);
+            empty.push(empty_stop_machine_ns()? as f64);
+        }
+        println!("kmend-bench: threads_alive@{target} {alive}");
+        println!("kmend-bench: pause_10fn_ns@{target} {:.0}", median(pauses));
+        println!("kmend-bench: empty_stop_machine_ns@{target} {:.0}", median(empty));
     }
     transition::revert(control, "kmend_bench10").map_err(|e| e.to_string())?;
     let _ = kmend(&["revert", "kmend_bench10"]);
-    println!("kmend-bench: pause_10fn_ns {:.0}", median(pauses));
-
-    let mut empty = Vec::new();
-    for _ in 0..ROUNDS {
-        empty.push(empty_stop_machine_ns()? as f64);
-    }
-    println!("kmend-bench: empty_stop_machine_ns {:.0}", median(empty));
-    drop(parked);
+    // The parked threads sleep on; the VM powers off at the end.
+    std::mem::forget(parked);
 
     // `kmend apply` of a local 2-function artifact, process start to
     // switched (identity check, module load, target resolution, switch).

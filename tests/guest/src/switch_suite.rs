@@ -404,7 +404,8 @@ fn kprobe_add(func: &str) -> TestResult {
         .append(true)
         .open(format!("{TRACING}/kprobe_events"))
         .map_err(|e| format!("open kprobe_events: {e}"))?;
-    writeln!(events, "p:kmend_co {func}").map_err(|e| format!("add kprobe on {func}: {e}"))?;
+    // One write per command: tracefs parses each write() as whole lines.
+    events.write_all(format!("p:kmend_co {func}\n").as_bytes()).map_err(|e| format!("add kprobe on {func}: {e}"))?;
     fs::write(format!("{TRACING}/events/kprobes/kmend_co/enable"), "1").map_err(|e| format!("enable kprobe: {e}"))
 }
 
@@ -415,7 +416,7 @@ fn kprobe_remove() -> TestResult {
         .append(true)
         .open(format!("{TRACING}/kprobe_events"))
         .map_err(|e| format!("open kprobe_events: {e}"))?;
-    writeln!(events, "-:kmend_co").map_err(|e| format!("remove kprobe: {e}"))
+    events.write_all(b"-:kmend_co\n").map_err(|e| format!("remove kprobe: {e}"))
 }
 
 /// Hits of the `kmend_co` kprobe so far.
