@@ -109,6 +109,8 @@ fn run_bench() -> Result<(), String> {
     let control = Path::new(CONTROL);
     let ten = format!("{MODULE_DIR}/kmend_bench10.ko");
     transition::apply(control, Path::new(&ten), "kmend_bench10", &[]).map_err(|e| e.to_string())?;
+    // The default limit is sized by RAM (8,192 threads for the guest's 1 GiB).
+    fs::write("/proc/sys/kernel/threads-max", "16384").map_err(|e| format!("threads-max: {e}"))?;
     let mut parked = Vec::new();
     for target in THREADS {
         while parked.len() < target {
