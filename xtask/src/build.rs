@@ -36,6 +36,7 @@ const PATCH_DIRS: &[&str] = &[
     "tests/patches/sleepy",
     "tests/patches/deep",
     "tests/patches/schedsleep",
+    "tests/patches/tailcall",
     "tests/patches/foreign",
     "tests/patches/hammer",
     "tests/bench/patches/single",

@@ -46,6 +46,7 @@ pub fn tests() -> Vec<Test> {
         Test { name: "module_load_refused_leaves_nothing_redirected", run: module_load_refused_leaves_nothing_redirected },
         Test { name: "apply_racing_rmmod_of_its_target", run: apply_racing_rmmod_of_its_target },
         Test { name: "retrying_apply_does_not_hold_up_others", run: retrying_apply_does_not_hold_up_others },
+        Test { name: "revert_waits_for_threads_anywhere_in_the_patch_module", run: revert_waits_for_threads_anywhere_in_the_patch_module },
         Test { name: "kprobe_on_a_patched_function_both_orders", run: kprobe_on_a_patched_function_both_orders },
         Test { name: "livepatch_and_kmend_refuse_each_other_cleanly", run: livepatch_and_kmend_refuse_each_other_cleanly },
     ]
@@ -539,4 +540,67 @@ fn livepatch_and_kmend_refuse_each_other_cleanly() -> TestResult {
         let cleanup = klp_remove();
         result.and(cleanup)
     })
+}
+
+/// Reverts `id` through `/dev/kmend` with a short retry window; returns the
+/// kernel's refusal text on failure.
+fn revert_within(id: &str, timeout_ms: u32) -> Result<(), String> {
+    use kmend_common::uapi::*;
+    let dev = fs::OpenOptions::new().read(true).write(true).open(CONTROL).map_err(|e| format!("open: {e}"))?;
+    let mut req = KmendReq {
+        version: KMEND_UAPI_VERSION,
+        flags: 0,
+        id: [0; KMEND_ID_MAX],
+        timeout_ms,
+        nfuncs: 0,
+        funcs: 0,
+        pause_ns: 0,
+        error: [0; KMEND_ERR_MAX],
+    };
+    req.id[..id.len()].copy_from_slice(id.as_bytes());
+    // SAFETY: the request is a live `repr(C)` struct of the size the command encodes.
+    let ret = unsafe { libc::ioctl(dev.as_raw_fd(), KMEND_IOC_REVERT as _, &mut req as *mut KmendReq) };
+    if ret == 0 {
+        return Ok(());
+    }
+    let len = req.error.iter().position(|&b| b == 0).unwrap_or(req.error.len());
+    Err(String::from_utf8_lossy(&req.error[..len]).into_owned())
+}
+
+/// Issue #8: a revert releases the patch module, so no thread may be
+/// anywhere in its code, not only in the replacements. Here the replacement
+/// tail-calls a helper of its module that keeps the test kthread until the
+/// test module unloads: the kthread has no frame of the replacement on its
+/// stack, only of the helper. A revert is refused naming the module; once
+/// the kthread has left (the test module unloads), it goes through.
+fn revert_waits_for_threads_anywhere_in_the_patch_module() -> TestResult {
+    check(!module_loaded("kmend_testmod"), || "kmend_testmod already loaded".into())?;
+    insmod("kmend_testmod.ko")?;
+    let held = (|| {
+        apply("kmend_tailcall.ko")?;
+        // The premise: the replacement reaches the helper by a jump, not a call.
+        let repl = symbol("tailcall_sleepy", Some("kmend_tailcall"))?;
+        let helper = symbol("tailcall_wait", Some("kmend_tailcall"))?;
+        let insns = decode(repl, &peek(repl, 64)?);
+        let exit = insns
+            .iter()
+            .find(|i| i.flow_control() != FlowControl::Next)
+            .ok_or("no branch in the replacement's first 64 bytes")?;
+        check(exit.mnemonic() == Mnemonic::Jmp && exit.near_branch_target() == helper, || {
+            format!("the replacement does not tail-call its helper (first branch: `{}` at {:#x})", show(exit), exit.ip())
+        })?;
+        // The kthread calls the target every 20 ms; from then on it stays in the helper.
+        thread::sleep(Duration::from_millis(300));
+        let refusal = match revert_within("kmend_tailcall", 300) {
+            Ok(()) => return Err("revert went through while the kthread was in the patch module's helper".into()),
+            Err(e) => e,
+        };
+        check(refusal.contains("kmend-sleeper") && refusal.contains("code of module kmend_tailcall"), || {
+            format!("refusal does not name the thread and the module: {refusal}")
+        })
+    })();
+    // Unloading the test module stops its kthread, which leaves the helper.
+    let unload = rmmod("kmend_testmod");
+    let undo = revert("kmend_tailcall");
+    held.and(unload).and(undo)
 }

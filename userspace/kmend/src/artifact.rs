@@ -56,33 +56,7 @@ pub struct Manifest {
     pub module_sha256: String,
 }
 
-/// One function a patch replaces.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Function {
-    /// `vmlinux`, or the name of the module holding the function.
-    pub object: String,
-    pub name: String,
-    /// Position among same-named symbols (0: unique).
-    #[serde(default)]
-    pub sympos: u64,
-    /// Symbol of the replacement in the patch module.
-    pub replacement: String,
-    /// The old function's code: `<offset>:<hex bytes>` (offset from the
-    /// function's start; empty: not checked). See docs/patch-format.md.
-    #[serde(default)]
-    pub fingerprint: String,
-    /// Where the function lies, as built, so that apply need not read all
-    /// of `/proc/kallsyms`: for `vmlinux`, its distance from `_text` (KASLR
-    /// moves the image as one); for a module, its offset in [`Self::section`]
-    /// (whose address a loaded module shows in `/sys/module/<name>/sections/`).
-    /// kmend.ko still checks the name at the address this gives.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text_offset: Option<u64>,
-    /// For a module function: the ELF section holding it, e.g. `.text`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub section: Option<String>,
-}
+pub use crate::target::Function;
 
 /// An artifact in memory: the checked manifest and the module image.
 #[derive(Clone, Debug)]
@@ -129,7 +103,7 @@ impl Manifest {
         if self.format != FORMAT {
             return Err(ArtifactError::Format(self.format));
         }
-        if crate::sys::check_id(&self.id).is_err() {
+        if !crate::target::is_patch_id(&self.id) {
             return bad(format!("id '{}' is not 1 to 63 characters of [A-Za-z0-9_.-]", self.id));
         }
         if self.kernel.release.is_empty() || self.kernel.release.contains(char::is_whitespace) {
@@ -146,7 +120,7 @@ impl Manifest {
             if !word(&f.object) || !word(&f.name) || !word(&f.replacement) {
                 return bad(format!("function '{}': object, name and replacement must be single words", f.name));
             }
-            if let Err(e) = crate::sys::transition::parse_fingerprint(&f.fingerprint) {
+            if let Err(e) = crate::target::parse_fingerprint(&f.fingerprint) {
                 return bad(format!("function '{}': fingerprint: {e}", f.name));
             }
         }

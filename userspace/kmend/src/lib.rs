@@ -10,6 +10,8 @@
 //! - [`paths`]: every file kmend uses, under one root (`KMEND_ROOT`).
 //! - [`identity`]: the running kernel's release and build id.
 //! - [`artifact`]: the `.kmpatch` patch artifact.
+//! - [`target`]: what a patch targets (function, fingerprint, patch id),
+//!   below both [`artifact`] and [`sys`].
 //! - [`feed`]: signed patch feeds (index, signature, building, serving).
 //! - [`policy`]: which feed patches this machine should run.
 //! - [`config`], [`state`], [`journal`]: settings, remembered state, audit log.
@@ -37,5 +39,6 @@ pub mod report;
 pub mod state;
 pub mod status;
 pub mod sys;
+pub mod target;
 pub mod timestamp;
 pub mod verify;

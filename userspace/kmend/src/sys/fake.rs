@@ -33,7 +33,7 @@ use super::{
     errno_hint, //
 };
 use crate::{
-    artifact::Function,
+    target::Function,
     paths::Paths,
 };
 

@@ -24,10 +24,9 @@ use std::{
     },
 };
 
-use kmend_common::uapi::KMEND_ID_MAX;
 
 use crate::{
-    artifact::Function,
+    target::Function,
     paths::Paths,
     status::KernelStatus, //
 };
@@ -83,10 +82,7 @@ pub(crate) fn errno_hint(err: &io::Error) -> &'static str {
 
 /// Checks a patch id the way the kernel does.
 pub fn check_id(id: &str) -> Result<(), SysError> {
-    let ok = !id.is_empty()
-        && id.len() < KMEND_ID_MAX
-        && id.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'));
-    if ok { Ok(()) } else { Err(SysError::BadId(id.to_owned())) }
+    if crate::target::is_patch_id(id) { Ok(()) } else { Err(SysError::BadId(id.to_owned())) }
 }
 
 /// Environment variable that selects the test-double kernel (with `KMEND_ROOT`).

@@ -31,7 +31,10 @@ use super::{
     open_control, //
 };
 use crate::{
-    artifact::Function,
+    target::{
+        Function,
+        parse_fingerprint, //
+    },
     kallsyms,
     status::KernelStatus, //
 };
@@ -39,23 +42,6 @@ use crate::{
 /// How long the kernel may retry while a task runs code being switched.
 pub const SWITCH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Parses a manifest fingerprint, `<offset>:<hex bytes>` (offset from the
-/// function's start, decimal); empty means "no fingerprint".
-pub fn parse_fingerprint(fp: &str) -> Result<Option<(u32, Vec<u8>)>, String> {
-    if fp.is_empty() {
-        return Ok(None);
-    }
-    let (off, hex) = fp.split_once(':').ok_or("expected <offset>:<hex bytes>")?;
-    let off: u32 = off.parse().map_err(|_| format!("bad offset '{off}'"))?;
-    if hex.len() % 2 != 0 || hex.len() / 2 > KMEND_FP_MAX {
-        return Err(format!("at most {KMEND_FP_MAX} bytes of hex"));
-    }
-    let bytes = (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).map_err(|_| format!("bad hex '{hex}'")))
-        .collect::<Result<Vec<u8>, String>>()?;
-    Ok(Some((off, bytes)))
-}
 
 fn request(id: &str) -> KmendReq {
     let mut req = KmendReq {
@@ -187,22 +173,5 @@ pub fn apply(control: &Path, path: &Path, id: &str, manifest: &[Function]) -> Re
             let _ = super::unload_module(id);
             Err(e)
         }
-    }
-}
-
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_fingerprints() {
-        assert_eq!(parse_fingerprint("").unwrap(), None);
-        assert_eq!(parse_fingerprint("9:4889e5").unwrap(), Some((9, vec![0x48, 0x89, 0xe5])));
-        assert!(parse_fingerprint("9").is_err());
-        assert!(parse_fingerprint("x:00").is_err());
-        assert!(parse_fingerprint("9:0").is_err());
-        assert!(parse_fingerprint("9:zz").is_err());
-        assert!(parse_fingerprint(&format!("0:{}", "00".repeat(65))).is_err());
     }
 }
