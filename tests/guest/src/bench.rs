@@ -102,46 +102,7 @@ fn run_bench() -> Result<(), String> {
     thread::sleep(Duration::from_millis(200));
     rmmod("klp_bench")?;
 
-    // The pause at 200, 2,000 and 10,000 threads parked in the kernel (the
-    // stack check walks them all before stopping; with the machine stopped
-    // it walks only those that ran since), next to an empty stop_machine
-    // at the same moment.
     let control = Path::new(CONTROL);
-    let ten = format!("{MODULE_DIR}/kmend_bench10.ko");
-    transition::apply(control, Path::new(&ten), "kmend_bench10", &[]).map_err(|e| e.to_string())?;
-    // The default limit is sized by RAM (8,192 threads for the guest's 1 GiB).
-    fs::write("/proc/sys/kernel/threads-max", "16384").map_err(|e| format!("threads-max: {e}"))?;
-    let mut parked = Vec::new();
-    for target in THREADS {
-        while parked.len() < target {
-            let t = thread::Builder::new()
-                .stack_size(32 * 1024)
-                .spawn(|| thread::sleep(Duration::from_secs(600)))
-                .map_err(|e| format!("spawning thread {}: {e}", parked.len()))?;
-            parked.push(t);
-        }
-        let alive = fs::read_dir("/proc")
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-                    .map(|e| fs::read_dir(e.path().join("task")).map(|t| t.count()).unwrap_or(1))
-                    .sum::<usize>()
-            })
-            .unwrap_or(0);
-        let (mut pauses, mut empty) = (Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
-            transition::revert(control, "kmend_bench10").map_err(|e| e.to_string())?;
-            pauses.push(transition::enable(control, "kmend_bench10", &[]).map_err(|e| e.to_string())? as f64);
-            empty.push(empty_stop_machine_ns()? as f64);
-        }
-        println!("kmend-bench: threads_alive@{target} {alive}");
-        println!("kmend-bench: pause_10fn_ns@{target} {:.0}", median(pauses));
-        println!("kmend-bench: empty_stop_machine_ns@{target} {:.0}", median(empty));
-    }
-    transition::revert(control, "kmend_bench10").map_err(|e| e.to_string())?;
-    let _ = kmend(&["revert", "kmend_bench10"]);
-    // The parked threads sleep on; the VM powers off at the end.
-    std::mem::forget(parked);
 
     // `kmend apply` of a local 2-function artifact, process start to
     // switched (identity check, module load, target resolution, switch).
@@ -195,6 +156,47 @@ fn run_bench() -> Result<(), String> {
     }
     println!("kmend-bench: cli_start_ns {:.0}", median(starts));
     println!("kmend-bench: enable_loaded_ns {:.0}", median(enables));
+
+    // The pause at 200, 2,000 and 10,000 threads parked in the kernel (the
+    // stack check walks them all before stopping; with the machine stopped
+    // it walks only those that ran since), next to an empty stop_machine
+    // at the same moment.
+    let ten = format!("{MODULE_DIR}/kmend_bench10.ko");
+    transition::apply(control, Path::new(&ten), "kmend_bench10", &[]).map_err(|e| e.to_string())?;
+    // The default limit is sized by RAM (8,192 threads for the guest's 1 GiB).
+    fs::write("/proc/sys/kernel/threads-max", "16384").map_err(|e| format!("threads-max: {e}"))?;
+    let mut parked = Vec::new();
+    for target in THREADS {
+        while parked.len() < target {
+            let t = thread::Builder::new()
+                .stack_size(32 * 1024)
+                .spawn(|| thread::sleep(Duration::from_secs(600)))
+                .map_err(|e| format!("spawning thread {}: {e}", parked.len()))?;
+            parked.push(t);
+        }
+        let alive = fs::read_dir("/proc")
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+                    .map(|e| fs::read_dir(e.path().join("task")).map(|t| t.count()).unwrap_or(1))
+                    .sum::<usize>()
+            })
+            .unwrap_or(0);
+        let (mut pauses, mut empty) = (Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            transition::revert(control, "kmend_bench10").map_err(|e| e.to_string())?;
+            pauses.push(transition::enable(control, "kmend_bench10", &[]).map_err(|e| e.to_string())? as f64);
+            empty.push(empty_stop_machine_ns()? as f64);
+        }
+        println!("kmend-bench: threads_alive@{target} {alive}");
+        println!("kmend-bench: pause_10fn_ns@{target} {:.0}", median(pauses));
+        println!("kmend-bench: empty_stop_machine_ns@{target} {:.0}", median(empty));
+    }
+    transition::revert(control, "kmend_bench10").map_err(|e| e.to_string())?;
+    let _ = kmend(&["revert", "kmend_bench10"]);
+    // The parked threads sleep on (last measurement: everything above ran
+    // without them); the VM powers off at the end.
+    std::mem::forget(parked);
     Ok(())
 }
 
