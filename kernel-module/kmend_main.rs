@@ -53,6 +53,9 @@ struct KmendModule {
     _modules: module_notifier::ModuleNotifier,
     #[pin]
     _control: MiscDeviceRegistration<control::ControlFile>,
+    /// What the registry keeps running (the `sched_switch` probe); dropped
+    /// last, after `/dev/kmend` and the module notifier are gone.
+    _running: registry::Running,
 }
 
 impl kernel::InPlaceModule for KmendModule {
@@ -62,11 +65,12 @@ impl kernel::InPlaceModule for KmendModule {
         unsafe { registry::STATE.init() };
         // SAFETY: as above, before `/dev/kmend` exists.
         unsafe { registry::SWITCHING.init() };
-        registry::STATE.lock().start();
         pr_info!("loaded (control abi {})\n", uapi::KMEND_UAPI_VERSION);
         try_pin_init!(Self {
             _modules <- module_notifier::ModuleNotifier::new::<module_targets::ModuleTargets>(),
             _control <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"kmend" }),
+            // Last: if anything above fails, nothing is left registered.
+            _running: registry::Running::start(),
         })
     }
 }
@@ -75,9 +79,8 @@ impl kernel::InPlaceModule for KmendModule {
 impl PinnedDrop for KmendModule {
     fn drop(self: Pin<&mut Self>) {
         // Patch modules depend on kmend, so none is registered any more and
-        // every redirection is gone. What the registry still owns (it lives
-        // in a static, which is not dropped) is freed here.
-        registry::STATE.lock().release();
+        // every redirection is gone; `_running` frees what the registry
+        // still owns when it drops, after this.
         pr_info!("unloaded\n");
     }
 }

@@ -77,7 +77,12 @@ kernel::sync::global_lock! {
 pub(crate) fn enable(id: &[u8], reqs: &[KmendFuncReq], timeout_ms: u32) -> Result<u64, Refusal> {
     let _one_switch = SWITCHING.lock();
     let result = transition::retry(timeout_ms, |last| STATE.lock().try_enable(id, reqs, timeout_ms, last));
-    STATE.lock().watch.disarm();
+    let mut state = STATE.lock();
+    state.watch.disarm();
+    if result.is_err() {
+        // Sites prepared by an earlier try and left by a later one's error.
+        state.redirects.drop_unused();
+    }
     result
 }
 
@@ -114,15 +119,8 @@ impl Registry {
         }
     }
 
-    /// Starts what the registry needs running, at module load.
-    pub(crate) fn start(&mut self) {
-        if let Err(e) = self.watch.start() {
-            pr_warn!("sched_switch watch unavailable ({}): a switch's stopped check walks every thread\n", e.to_errno());
-        }
-    }
-
     /// Frees what the registry owns, at module exit.
-    pub(crate) fn release(&mut self) {
+    fn release(&mut self) {
         self.watch.free();
         self.gone = KVec::new();
         self.patches = KVec::new();
@@ -410,6 +408,28 @@ impl Registry {
         }
         pr_info!("patch '{}': reverted\n", sid);
         Ok(Some(pause))
+    }
+}
+
+/// What the registry keeps running while kmend.ko is loaded (the
+/// `sched_switch` watch); dropping it frees everything the registry still
+/// owns (the registry lives in a static, which is never dropped).
+pub(crate) struct Running(());
+
+impl Running {
+    /// Starts the watch. Never fails: without the watch, a switch's stopped
+    /// check walks every thread.
+    pub(crate) fn start() -> Self {
+        if let Err(e) = STATE.lock().watch.start() {
+            pr_warn!("sched_switch watch unavailable ({}): a switch's stopped check walks every thread\n", e.to_errno());
+        }
+        Running(())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        STATE.lock().release();
     }
 }
 

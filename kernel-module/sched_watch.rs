@@ -163,19 +163,31 @@ impl SchedWatch {
         Ok(())
     }
 
-    /// Starts recording. Call before the check without stopping begins.
+    /// Starts recording. Call before the check without stopping begins:
+    /// the full fence orders the store before the check's reads of the
+    /// threads' `on_cpu` (a thread switched out before it could be recorded
+    /// is still seen on its CPU by the check, which holds it; see
+    /// `transition.rs`).
     pub(crate) fn arm(&mut self) -> Result {
         if self.tp.is_null() {
             return Err(ENOENT);
         }
-        ARMED.store(true, Ordering::Release);
+        ARMED.store(true, Ordering::SeqCst);
+        core::sync::atomic::fence(Ordering::SeqCst);
         Ok(())
+    }
+
+    /// Stops recording without dropping what was recorded (an attempt that
+    /// ended before stopping the machine; the next one arms again, and the
+    /// records stay until a stop takes them or [`Self::disarm`] drops them).
+    pub(crate) fn pause(&self) {
+        ARMED.store(false, Ordering::Release);
     }
 
     /// With the machine stopped: stops recording and moves what was
     /// recorded into `out` (whose references the caller drops with
     /// [`release`] once the machine runs). The next attempt arms again.
-    pub(crate) fn take<'a>(&self, out: &'a mut KVec<*mut bindings::task_struct>) -> Ran<'a> {
+    pub(crate) fn take<'a>(&self, out: &'a mut Held) -> Ran<'a> {
         if self.tp.is_null() {
             return Ran::Unknown;
         }
@@ -183,19 +195,14 @@ impl SchedWatch {
         for log in self.logs.iter() {
             let n = log.len.load(Ordering::Relaxed);
             for t in &log.tasks[..n] {
-                // `out` has room for every record (reserved by the caller).
-                let _ = out.push_within_capacity(t.load(Ordering::Relaxed));
+                // `out` has room for every record (`Held::for_watch`).
+                let _ = out.0.push_within_capacity(t.load(Ordering::Relaxed));
             }
             log.len.store(0, Ordering::Relaxed);
             overflow |= log.overflow.swap(false, Ordering::Relaxed);
         }
         ARMED.store(false, Ordering::Relaxed);
-        if overflow { Ran::Unknown } else { Ran::Threads(out) }
-    }
-
-    /// Room `take` needs.
-    pub(crate) fn capacity(&self) -> usize {
-        self.logs.len() * PER_CPU
+        if overflow { Ran::Unknown } else { Ran::Threads(&mut out.0) }
     }
 
     /// Stops recording. Records left behind (an attempt that ended without
@@ -243,11 +250,50 @@ impl SchedWatch {
     }
 }
 
-/// Drops the references [`SchedWatch::take`] handed out. Process context.
-pub(crate) fn release(tasks: &mut KVec<*mut bindings::task_struct>) {
-    for &t in tasks.iter() {
-        // SAFETY: each entry holds a reference the probe took.
-        unsafe { bindings::put_task_struct(t) };
+/// Threads held by reference, each entry one reference (repeats allowed);
+/// dropping it drops them, so it must drop in process context.
+pub(crate) struct Held(KVVec<*mut bindings::task_struct>);
+
+impl Held {
+    /// Room for everything [`SchedWatch::take`] can move out.
+    pub(crate) fn for_watch(watch: &SchedWatch) -> Result<Self> {
+        Ok(Self(KVVec::with_capacity(watch.logs.len() * PER_CPU, GFP_KERNEL)?))
     }
-    tasks.clear();
+
+    /// Room for `n` threads.
+    pub(crate) fn with_capacity(n: usize) -> Result<Self> {
+        Ok(Self(KVVec::with_capacity(n, GFP_KERNEL)?))
+    }
+
+    /// Takes a reference on `task` and keeps it; false (and nothing taken)
+    /// if there is no room. Callable with interrupts off.
+    ///
+    /// # Safety
+    ///
+    /// `task` is a live task.
+    pub(crate) unsafe fn hold(&mut self, task: *mut bindings::task_struct) -> bool {
+        if self.0.len() == self.0.capacity() {
+            return false;
+        }
+        // SAFETY: `task` is live (caller); the reference is dropped in `drop`.
+        unsafe { bindings::get_task_struct(task) };
+        let _ = self.0.push_within_capacity(task);
+        true
+    }
+
+    /// The threads, sorted so that repeats are adjacent.
+    pub(crate) fn sorted(&mut self, sort: impl FnOnce(&mut [*mut bindings::task_struct])) -> &[*mut bindings::task_struct] {
+        sort(&mut self.0);
+        &self.0
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for &t in self.0.iter() {
+            // SAFETY: each entry holds a reference (`hold`, or the probe's,
+            // moved here by `SchedWatch::take`).
+            unsafe { bindings::put_task_struct(t) };
+        }
+    }
 }

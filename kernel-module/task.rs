@@ -51,6 +51,11 @@ impl TaskRef {
         Self { task }
     }
 
+    /// The task, for taking a reference on it.
+    pub(crate) fn as_ptr(&self) -> *mut bindings::task_struct {
+        self.task
+    }
+
     /// The thread id.
     pub(crate) fn pid(&self) -> i32 {
         // SAFETY: `task` is valid during the iteration (see `for_each_task`).

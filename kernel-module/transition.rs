@@ -23,7 +23,7 @@ use kernel::bindings;
 use crate::{
     kapi,
     sched_watch::{
-        self,
+        Held,
         Ran,
         SchedWatch, //
     },
@@ -82,12 +82,25 @@ const MAX_RETRY_DELAY_MS: u32 = 8;
 /// by the stopper, so its count has changed.)
 type Clean = KVec<(usize, u64)>;
 
+/// What the check without stopping learns for the stopped one.
+struct PreCheck {
+    /// Threads found clean while off-CPU (for the full stopped walk).
+    clean: Clean,
+    /// Threads seen on a CPU, held: their stacks were moving, so the stopped
+    /// check walks them whatever the watch recorded (a thread switched out
+    /// just before the watch was armed is still on its CPU for a moment).
+    running: Held,
+    /// A running thread could not be held (no room): the stopped check
+    /// walks every thread.
+    incomplete: bool,
+}
+
 /// Which walk [`find_blocker`] makes.
 enum Walk<'a> {
     /// Without stopping anyone: tasks on a CPU are walked too (a busy one
     /// saves a stop) but their stacks are moving, so they never count as
     /// clean, and an unreliable walk of one is not held against it.
-    Pre(&'a mut Clean),
+    Pre(&'a mut PreCheck),
     /// With the machine stopped, every thread: all are off-CPU except the
     /// stoppers (one per CPU, running only stop_machine and kmend), which
     /// are skipped; so is every thread the pre-check found clean that has
@@ -115,6 +128,12 @@ fn visit(task: &TaskRef, ranges: &[Busy], buf: &mut [c_ulong], walk: &mut Walk<'
             }
         }
         Walk::Ran(_) if on_cpu => return None,
+        Walk::Pre(pre) if on_cpu => {
+            // SAFETY: the task is live during the iteration.
+            if !unsafe { pre.running.hold(task.as_ptr()) } {
+                pre.incomplete = true;
+            }
+        }
         _ => {}
     }
     *walked += 1;
@@ -132,9 +151,9 @@ fn visit(task: &TaskRef, ranges: &[Busy], buf: &mut [c_ulong], walk: &mut Walk<'
             return blocker(r.name);
         }
     }
-    if let (Walk::Pre(clean), false) = (walk, on_cpu) {
+    if let (Walk::Pre(pre), false) = (walk, on_cpu) {
         // Out of memory only means this task is walked again later.
-        let _ = clean.push((task.key(), switches), GFP_ATOMIC);
+        let _ = pre.clean.push((task.key(), switches), GFP_ATOMIC);
     }
     None
 }
@@ -190,8 +209,8 @@ fn find_blocker(ranges: &[Busy], buf: &mut [c_ulong], mut walk: Walk<'_>, walked
         }
         None => Ok(()),
     });
-    if let Walk::Pre(clean) = walk {
-        sort_by_key(clean, |&(k, _)| k);
+    if let Walk::Pre(pre) = walk {
+        sort_by_key(&mut pre.clean, |&(k, _)| k);
     }
     found
 }
@@ -230,15 +249,24 @@ pub(crate) fn attempt(ranges: &[Busy], stores: &[Store], watch: &mut SchedWatch)
     }
     let writer = trampoline::Writer::new()?;
     let mut buf = KVec::from_elem(0 as c_ulong, STACK_DEPTH, GFP_KERNEL)?;
+    // Dropped (references and all) at the end of the attempt, in process
+    // context.
+    let mut ran = Held::for_watch(watch)?;
+    let mut pre = PreCheck {
+        clean: KVec::with_capacity(512, GFP_KERNEL)?,
+        // Threads seen running during the walk: a few per CPU (more makes
+        // the stopped check walk every thread).
+        running: Held::with_capacity(4 * kernel::cpu::nr_cpu_ids() as usize + 16)?,
+        incomplete: false,
+    };
     // Record who runs from now on; without the record, the stopped check
     // walks every thread.
     let _ = watch.arm();
-    let mut ran = KVec::with_capacity(watch.capacity(), GFP_KERNEL)?;
     // Look first without stopping anyone: most blocked attempts end here,
     // and the stop only re-walks the tasks that ran since.
-    let mut clean = KVec::with_capacity(512, GFP_KERNEL)?;
     let mut prewalked = 0;
-    if let Some(b) = find_blocker(ranges, &mut buf, Walk::Pre(&mut clean), &mut prewalked) {
+    if let Some(b) = find_blocker(ranges, &mut buf, Walk::Pre(&mut pre), &mut prewalked) {
+        watch.pause();
         return Ok(Switched::Blocked(b));
     }
     let mut walked = 0;
@@ -249,15 +277,17 @@ pub(crate) fn attempt(ranges: &[Busy], stores: &[Store], watch: &mut SchedWatch)
     let stopped = stop::stop_the_world(|| {
         let w0 = kapi::now_ns();
         let found = match watch.take(&mut ran) {
-            Ran::Threads(list) => {
+            Ran::Threads(list) if !pre.incomplete => {
                 watched = true;
                 // Sorted, so that a thread switched out several times is
                 // walked once. (Only reordered: every entry holds a
-                // reference that `release` drops.)
+                // reference that dropping `ran` drops.)
                 sort_by_key(list, |&t| t as usize);
+                let running = pre.running.sorted(|l| sort_by_key(l, |&t| t as usize));
                 find_blocker(ranges, &mut buf, Walk::Ran(list), &mut walked)
+                    .or_else(|| find_blocker(ranges, &mut buf, Walk::Ran(running), &mut walked))
             }
-            Ran::Unknown => find_blocker(ranges, &mut buf, Walk::Stopped(&clean), &mut walked),
+            _ => find_blocker(ranges, &mut buf, Walk::Stopped(&pre.clean), &mut walked),
         };
         if let Some(b) = found {
             blocked = Some(b);
@@ -271,7 +301,6 @@ pub(crate) fn attempt(ranges: &[Busy], stores: &[Store], watch: &mut SchedWatch)
         Ok(())
     });
     let pause = (kapi::now_ns() - t0).max(0) as u64;
-    sched_watch::release(&mut ran);
     if let Some(b) = blocked {
         return Ok(Switched::Blocked(b));
     }
