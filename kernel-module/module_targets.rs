@@ -16,10 +16,7 @@ use crate::{
         ModuleHandler,
         ModuleRefRaw, //
     },
-    redirect::{
-        Entry,
-        Target, //
-    },
+    redirect::Entry,
     refusal::{
         refuse,
         text, //
@@ -36,9 +33,24 @@ impl Registry {
     pub(crate) fn module_coming(&mut self, module: &ModuleRefRaw) -> Result {
         let name = module.name();
         self.gone.retain(|m| m.to_bytes() != name.to_bytes());
-        // 1. Verify, touching nothing: (patch, function, target, replacement end).
-        let mut plan = KVec::new();
+        // 1. Verify, touching nothing: (patch, function, target, replacement
+        // end), in the order the patches were enabled, the order their
+        // replacements stack in everywhere else.
+        let mut order = KVec::with_capacity(self.patches.len(), GFP_KERNEL)?;
         for (pi, p) in self.patches.iter().enumerate().filter(|(_, p)| p.enabled()) {
+            order.push((p.enabled_at, pi), GFP_KERNEL)?;
+        }
+        // A handful of patches: insertion sort (core's sorts make objtool warn).
+        for i in 1..order.len() {
+            let mut j = i;
+            while j > 0 && order[j - 1].0 > order[j].0 {
+                order.swap(j - 1, j);
+                j -= 1;
+            }
+        }
+        let mut plan = KVec::new();
+        for &(_, pi) in order.iter() {
+            let p = &self.patches[pi];
             let sid = text(&p.id);
             for (fi, f) in p.funcs.iter().enumerate().filter(|(_, f)| f.target == 0 && f.object.to_bytes() == name.to_bytes()) {
                 let Some((addr, size)) = module.symbol(&f.name, f.sympos) else {
@@ -52,16 +64,14 @@ impl Registry {
         // 2. Redirect. Each new site's trampoline points at the newest
         // replacement before the site is registered (which synchronizes
         // every CPU), so no trampoline is rewritten after its site is live.
-        for k in 0..plan.len() {
-            let (pi, fi, start) = (plan[k].0, plan[k].1, plan[k].2.start);
-            let newest = plan.iter().rev().find(|e| e.2.start == start).map_or(0, |e| self.patches[e.0].funcs[e.1].new_func);
-            let target = Target {
-                name: plan[k].2.name.to_cstring()?,
-                object: plan[k].2.object.to_cstring()?,
-                start,
-                end: plan[k].2.end,
-                body: plan[k].2.body,
-            };
+        let mut newest = KVec::with_capacity(plan.len(), GFP_KERNEL)?;
+        for (_, _, target, _) in plan.iter() {
+            let top = plan.iter().rev().find(|e| e.2.start == target.start);
+            let _ = newest.push_within_capacity(top.map_or(0, |e| self.patches[e.0].funcs[e.1].new_func));
+        }
+        // Nothing below fails but the redirection itself, which undoes all.
+        for ((pi, fi, target, new_end), newest) in plan.into_iter().zip(newest) {
+            let start = target.start;
             let idx = match self.redirects.prepare(target, newest) {
                 Ok(idx) => idx,
                 Err(e) => {
@@ -72,7 +82,7 @@ impl Registry {
             };
             let p = &mut self.patches[pi];
             let f = &mut p.funcs[fi];
-            let _ = self.redirects.slots[idx].stack.push_within_capacity(Entry { patch: p.serial, start: f.new_func, end: plan[k].3 });
+            let _ = self.redirects.slots[idx].stack.push_within_capacity(Entry { patch: p.serial, start: f.new_func, end: new_end });
             f.target = start;
             pr_info!("patch '{}': '{}:{}' applied as the module loads\n", text(&p.id), text(name), text(&f.name));
         }

@@ -56,6 +56,9 @@ pub(crate) enum State {
 /// A registered patch.
 pub(crate) struct Patch {
     pub(crate) serial: u64,
+    /// When it was last enabled (registry-wide order): the order its
+    /// replacements stack in, also for functions of modules that load later.
+    pub(crate) enabled_at: u64,
     pub(crate) id: CString,
     pub(crate) replace: bool,
     pub(crate) cves: CString,
@@ -172,6 +175,7 @@ pub(crate) unsafe fn patch_from_abi(desc: *const abi::KmendPatch) -> Result<Patc
     }
     Ok(Patch {
         serial: 0,
+        enabled_at: 0,
         id: id.to_cstring()?,
         replace: desc.flags & abi::KMEND_PATCH_REPLACE != 0,
         cves,

@@ -362,6 +362,8 @@ impl Registry {
             self.redirects.drop_unused();
         }
         self.patches[pos].state = State::Enabled { _pin: pin, pause_ns: pause };
+        self.patches[pos].enabled_at = self.next_serial;
+        self.next_serial += 1;
         pr_info!("patch '{}': enabled ({} functions)\n", sid, slots.len());
         Ok(Some(pause))
     }

@@ -45,6 +45,7 @@ pub fn tests() -> Vec<Test> {
         Test { name: "sched_sleeper_blocks_until_it_leaves", run: sched_sleeper_blocks_until_it_leaves },
         Test { name: "module_load_refused_leaves_nothing_redirected", run: module_load_refused_leaves_nothing_redirected },
         Test { name: "apply_racing_rmmod_of_its_target", run: apply_racing_rmmod_of_its_target },
+        Test { name: "pending_patches_stack_in_enable_order", run: pending_patches_stack_in_enable_order },
         Test { name: "retrying_apply_does_not_hold_up_others", run: retrying_apply_does_not_hold_up_others },
         Test { name: "revert_waits_for_threads_anywhere_in_the_patch_module", run: revert_waits_for_threads_anywhere_in_the_patch_module },
         Test { name: "kprobe_on_a_patched_function_both_orders", run: kprobe_on_a_patched_function_both_orders },
@@ -603,4 +604,24 @@ fn revert_waits_for_threads_anywhere_in_the_patch_module() -> TestResult {
     let unload = rmmod("kmend_testmod");
     let undo = revert("kmend_tailcall");
     held.and(unload).and(undo)
+}
+
+/// Issue #8 (found by review): two patches for a function of a module that
+/// is not loaded, registered a then b but enabled b then a. When the module
+/// loads, a (enabled last) must run, as it would for a loaded function.
+/// The first version stacked them in registration order.
+fn pending_patches_stack_in_enable_order() -> TestResult {
+    check(!module_loaded("kmend_testmod"), || "kmend_testmod already loaded".into())?;
+    insmod("kmend_stack_a.ko")?;
+    let result = (|| {
+        apply("kmend_stack_b.ko")?;
+        transition::enable(Path::new(CONTROL), "kmend_stack_a", &[]).map_err(|e| format!("enable kmend_stack_a: {e}"))?;
+        with_testmod(|| {
+            let got = read(TESTMOD)?;
+            check(got == "stack-a\n", || format!("module loaded under b then a: {got:?}, want the last enabled (stack-a)"))
+        })
+    })();
+    let undo_a = revert("kmend_stack_a");
+    let undo_b = revert("kmend_stack_b");
+    result.and(undo_a).and(undo_b)
 }
