@@ -29,12 +29,14 @@ use crate::harness::{
     TestResult,
     apply,
     check,
+    hold,
     insmod,
     kmend,
     module_loaded,
     read,
     revert,
-    rmmod, //
+    rmmod,
+    with_testmod, //
 };
 
 const CONTROL: &str = "/dev/kmend";
@@ -60,12 +62,6 @@ fn testmod_says(want: &str) -> TestResult {
     check(got == format!("{want}\n"), || format!("{TESTMOD}: {got:?}, want {want:?}"))
 }
 
-fn with_testmod(f: impl FnOnce() -> TestResult) -> TestResult {
-    insmod("kmend_testmod.ko")?;
-    let result = f();
-    let unload = rmmod("kmend_testmod");
-    result.and(unload)
-}
 
 fn vmlinux_outputs() -> Result<[String; 3], String> {
     Ok([read("/proc/cmdline")?, read("/proc/version")?, read("/proc/loadavg")?])
@@ -166,9 +162,6 @@ fn patch_for_module_loaded_later() -> TestResult {
     with_testmod(|| testmod_says("original"))
 }
 
-fn hold(on: bool) -> TestResult {
-    fs::write("/proc/kmend_testmod_hold", if on { "1" } else { "0" }).map_err(|e| format!("hold: {e}"))
-}
 
 /// Issue #8: the stack check must see the whole stack. The kthread sleeps
 /// 80 calls below `kmend_testmod_deep`, deeper than the 64 entries the
@@ -179,7 +172,7 @@ fn deep_sleeper_blocks_until_it_leaves() -> TestResult {
         fs::write("/proc/kmend_testmod_hold", "2").map_err(|e| format!("hold: {e}"))?;
         thread::sleep(Duration::from_millis(300));
         let (code, out, err) = kmend(&["apply", &format!("{MODULE_DIR}/kmend_deep.ko")]);
-        let released = hold(false);
+        let released = hold(0);
         check(code == 4, || format!("apply while a thread sleeps far below the target: exit {code}: {out} {err}"))?;
         check(err.contains("kmend-sleeper") && err.contains("kmend_testmod_deep"), || {
             format!("refusal does not name the task and function: {err}")
@@ -194,7 +187,7 @@ fn deep_sleeper_blocks_until_it_leaves() -> TestResult {
 
 fn busy_kthread_blocks_until_it_leaves() -> TestResult {
     with_testmod(|| {
-        hold(true)?;
+        hold(1)?;
         thread::sleep(Duration::from_millis(300));
         let (code, _, err) = kmend(&["apply", &format!("{MODULE_DIR}/kmend_sleepy.ko")]);
         check(code == 4, || format!("apply while busy: exit {code}: {err}"))?;
@@ -206,7 +199,7 @@ fn busy_kthread_blocks_until_it_leaves() -> TestResult {
         // Now let the thread go while kmend is retrying: the apply succeeds.
         let releaser = thread::spawn(|| {
             thread::sleep(Duration::from_millis(1500));
-            hold(false)
+            hold(0)
         });
         let (code, out, err) = kmend(&["apply", &format!("{MODULE_DIR}/kmend_sleepy.ko")]);
         releaser.join().map_err(|_| "releaser panicked".to_string())??;

@@ -119,6 +119,22 @@ pub fn rmmod(name: &str) -> TestResult {
     must("/bin/rmmod", &[name])
 }
 
+/// Runs `f` with the test module (`kmend_testmod.ko`) loaded, and unloads
+/// it afterwards whatever `f` returned.
+pub fn with_testmod(f: impl FnOnce() -> TestResult) -> TestResult {
+    insmod("kmend_testmod.ko")?;
+    let result = f();
+    let unload = rmmod("kmend_testmod");
+    result.and(unload)
+}
+
+/// Where the test module's kthread waits (`/proc/kmend_testmod_hold`): 0
+/// nowhere, 1 in `kmend_testmod_sleepy`, 2 deep below `kmend_testmod_deep`,
+/// 3 in `usleep_range_state`.
+pub fn hold(v: u8) -> TestResult {
+    std::fs::write("/proc/kmend_testmod_hold", v.to_string()).map_err(|e| format!("hold: {e}"))
+}
+
 /// Syncs and reboots; QEMU runs with -no-reboot, so this ends the VM.
 pub fn power_off() -> ! {
     let _ = std::io::stdout().flush();

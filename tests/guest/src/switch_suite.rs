@@ -28,12 +28,14 @@ use crate::harness::{
     TestResult,
     apply,
     check,
+    hold,
     insmod,
     kmend,
     module_loaded,
     read,
     revert,
-    rmmod, //
+    rmmod,
+    with_testmod, //
 };
 
 const CONTROL: &str = "/dev/kmend";
@@ -53,12 +55,6 @@ pub fn tests() -> Vec<Test> {
     ]
 }
 
-fn with_testmod(f: impl FnOnce() -> TestResult) -> TestResult {
-    insmod("kmend_testmod.ko")?;
-    let result = f();
-    let unload = rmmod("kmend_testmod");
-    result.and(unload)
-}
 
 /// Address of function `name` in `module` (`None`: vmlinux), from /proc/kallsyms.
 fn symbol(name: &str, module: Option<&str>) -> Result<u64, String> {
@@ -199,9 +195,6 @@ fn patched_path_has_no_indirect_branch() -> TestResult {
     })
 }
 
-fn hold(v: u8) -> TestResult {
-    fs::write("/proc/kmend_testmod_hold", v.to_string()).map_err(|e| format!("hold: {e}"))
-}
 
 /// Issue #8: the kernel's exported stack walker leaves `__sched` functions
 /// out of a sleeping task's trace. The test kthread sleeps in
