@@ -32,7 +32,6 @@ impl Registry {
     /// that failed it, so nothing may be left behind.
     pub(crate) fn module_coming(&mut self, module: &ModuleRefRaw) -> Result {
         let name = module.name();
-        self.gone.retain(|m| m.to_bytes() != name.to_bytes());
         // 1. Verify, touching nothing: (patch, function, target, replacement
         // end), in the order the patches were enabled, the order their
         // replacements stack in everywhere else.
@@ -86,6 +85,8 @@ impl Registry {
             f.target = start;
             pr_info!("patch '{}': '{}:{}' applied as the module loads\n", text(&p.id), text(name), text(&f.name));
         }
+        // Loaded: patchable again. (Only now: a refused load leaves it gone.)
+        self.gone.retain(|m| m.to_bytes() != name.to_bytes());
         Ok(())
     }
 

@@ -413,17 +413,28 @@ impl Registry {
     }
 }
 
+/// Whether kmend.ko registers the `sched_switch` watch (`sched_watch.rs`).
+/// Off: registering the probe enables the tracepoint's jump label in
+/// `__schedule`, and twice in the suite's runs under QEMU TCG a CPU then
+/// took an unhandled `int3` at that site ("Oops: int3" in `__schedule`),
+/// once on the stock kernel right after kmend.ko loaded. Not understood
+/// yet; until it is, the stopped check uses the walk that needs no probe.
+const SCHED_WATCH: bool = false;
+
 /// What the registry keeps running while kmend.ko is loaded (the
 /// `sched_switch` watch); dropping it frees everything the registry still
 /// owns (the registry lives in a static, which is never dropped).
 pub(crate) struct Running(());
 
 impl Running {
-    /// Starts the watch. Never fails: without the watch, a switch's stopped
-    /// check walks every thread.
+    /// Starts the watch if it is on ([`SCHED_WATCH`]). Never fails: without
+    /// the watch, a switch's stopped check walks every thread whose
+    /// context-switch count changed since the pre-check.
     pub(crate) fn start() -> Self {
-        if let Err(e) = STATE.lock().watch.start() {
-            pr_warn!("sched_switch watch unavailable ({}): a switch's stopped check walks every thread\n", e.to_errno());
+        if SCHED_WATCH {
+            if let Err(e) = STATE.lock().watch.start() {
+                pr_warn!("sched_switch watch unavailable ({}): a switch's stopped check walks every thread\n", e.to_errno());
+            }
         }
         Running(())
     }
