@@ -92,6 +92,8 @@ fn state_on_persistent_disk() -> TestResult {
 fn daemon_applies_from_feed_within_one_interval() -> TestResult {
     let (code, _, err) = kmend(&["feed", "keygen", "--out", "/tmp/feedkey"]);
     check(code == 0, || format!("keygen: {err}"))?;
+    let (code, _, err) = kmend(&["feed", "init", "--dir", "/tmp/feed", "--root-key", "/tmp/feedkey.key"]);
+    check(code == 0, || format!("feed init: {err}"))?;
     let (code, _, err) = kmend(&[
         "feed", "build", "--dir", "/tmp/feed", "--channel", "stable", "--released", "2026-01-01T00:00:00Z",
         &format!("{MODULE_DIR}/kmend_sample.kmpatch"),
@@ -111,7 +113,7 @@ fn daemon_applies_from_feed_within_one_interval() -> TestResult {
         fs::write(
             "/etc/kmend/kmend.toml",
             format!(
-                "feed_url = \"http://{addr}/\"\nchannel = \"stable\"\ninterval = \"{INTERVAL_S}s\"\njitter = \"0s\"\ntrusted_keys = [\"/tmp/feedkey.pub\"]\nauto_update = true\n"
+                "feed_url = \"http://{addr}/\"\nchannel = \"stable\"\ninterval = \"{INTERVAL_S}s\"\njitter = \"0s\"\nroot = \"/tmp/feed/metadata/1.root.json\"\nauto_update = true\n"
             ),
         )
         .map_err(|e| format!("write config: {e}"))?;

@@ -46,9 +46,9 @@ use crate::{
             IndexError,
             PatchEntry, //
         },
-        sign::{
-            self,
-            SignError, //
+        trusted::{
+            TrustError,
+            TrustedFeed, //
         },
     },
     fetch::{
@@ -67,6 +67,7 @@ use crate::{
         self,
         Entry, //
     },
+    proxy,
     paths::Paths,
     policy::{
         self,
@@ -89,10 +90,6 @@ use crate::{
     timestamp::Timestamp,
 };
 
-/// Largest index.json accepted.
-const MAX_INDEX: u64 = 16 << 20;
-/// Largest signature file accepted.
-const MAX_SIGNATURE: u64 = 4096;
 
 /// Why an agent job failed.
 #[derive(Debug, thiserror::Error)]
@@ -104,10 +101,10 @@ pub enum AgentError {
     #[error("{0}")]
     Fetch(#[from] FetchError),
     #[error("feed '{url}': {source}")]
-    Signature {
+    Trust {
         url: String,
         #[source]
-        source: SignError,
+        source: TrustError,
     },
     #[error("feed '{url}': {source}")]
     Index {
@@ -201,7 +198,7 @@ impl Agent {
             functions: m.map(|m| m.functions.iter().map(|f| format!("{}:{}", f.object, f.name)).collect()).unwrap_or_default(),
             cves: m.map(|m| m.cves.clone()).unwrap_or_default(),
             result: if result.is_ok() { "ok" } else { "error" }.to_owned(),
-            error: result.err(),
+            error: result.err().map(|e| proxy::redact_text(&e)),
         };
         // The journal must not turn a done change into a reported failure:
         // say it loudly instead.
@@ -250,34 +247,45 @@ impl Agent {
         Ok(())
     }
 
-    fn fetcher(&self) -> Result<(Fetcher, String), AgentError> {
-        let url = self.config.feed_url.clone().ok_or_else(|| AgentError::NoFeed(self.paths.config_file()))?;
-        Ok((Fetcher::new(&url, self.config.proxy.as_deref(), self.config.timeout)?, url))
+    /// Refuses feed jobs on a machine with no feed before anything is
+    /// written (no lock file, no state).
+    fn require_feed(&self) -> Result<(), AgentError> {
+        match self.config.feed_url {
+            Some(_) => Ok(()),
+            None => Err(AgentError::NoFeed(self.paths.config_file())),
+        }
     }
 
-    /// Fetches index.json and its signature and checks both.
-    pub fn fetch_index(&self, fetcher: &Fetcher, url: &str) -> Result<Index, AgentError> {
-        let bytes = fetcher.get(feed::INDEX, MAX_INDEX)?;
-        let sig = fetcher.get(feed::SIGNATURE, MAX_SIGNATURE)?;
-        let sig = String::from_utf8_lossy(&sig);
-        let keys = self
-            .config
-            .trusted_keys
-            .iter()
-            .map(|k| sign::trusted_key(k, |p| self.paths.at(p)))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| AgentError::Signature { url: url.to_owned(), source })?;
-        sign::verify(&bytes, &sig, &keys).map_err(|source| AgentError::Signature { url: url.to_owned(), source })?;
-        Index::parse(&bytes).map_err(|source| AgentError::Index { url: url.to_owned(), source })
+    /// Loads the configured feed's signed metadata (TUF), checked against
+    /// the trusted root and the versions this machine has seen.
+    /// The URL returned is for messages: credentials hidden.
+    pub fn trusted_feed(&self) -> Result<(TrustedFeed, String), AgentError> {
+        let secret_url = self.config.feed_url.clone().ok_or_else(|| AgentError::NoFeed(self.paths.config_file()))?;
+        let fetcher = Fetcher::new(&secret_url, self.config.proxy.as_deref(), self.config.timeout)?;
+        let url = proxy::redact(&secret_url);
+        let root = self.paths.at(&self.config.root);
+        let trust = |source| AgentError::Trust { url: url.clone(), source };
+        let shipped = TrustedFeed::read_root(&root).map_err(trust)?;
+        let seen = self.paths.tuf_dir(&shipped);
+        let feed = TrustedFeed::load(fetcher, &root, shipped, &seen).map_err(trust)?;
+        Ok((feed, url))
     }
 
-    fn check_locked(&self, state: &mut State, force: bool) -> Result<(CheckReport, Fetcher), AgentError> {
+    /// Fetches the feed's signed metadata, then index.json through it.
+    pub fn fetch_index(&self) -> Result<(Index, TrustedFeed, String), AgentError> {
+        let (feed, url) = self.trusted_feed()?;
+        let bytes = feed.read(feed::INDEX).map_err(|source| AgentError::Trust { url: url.clone(), source })?;
+        let index = Index::parse(&bytes).map_err(|source| AgentError::Index { url: url.clone(), source })?;
+        Ok((index, feed, url))
+    }
+
+    fn check_locked(&self, state: &mut State, force: bool) -> Result<(CheckReport, TrustedFeed), AgentError> {
         let time = Timestamp::now();
-        let feed_url = self.config.feed_url.clone().unwrap_or_default();
+        // Stored and shown: never with its credentials.
+        let feed_url = proxy::redact(self.config.feed_url.as_deref().unwrap_or_default());
         let result = (|| {
             let kernel = self.identity()?;
-            let (fetcher, url) = self.fetcher()?;
-            let index = self.fetch_index(&fetcher, &url)?;
+            let (index, fetcher, url) = self.fetch_index()?;
             let applied = self.applied_refs(state)?;
             let plan = policy::plan(&index, &kernel, &self.config.policy, time, &applied, &state.blocked_refs(), force)?;
             let channel = self.config.policy.channel.clone();
@@ -290,7 +298,7 @@ impl Agent {
                 feed: feed_url,
                 supported: matches!(e, AgentError::Policy(PolicyError::Unsupported { .. })).then_some(false),
                 target: Vec::new(),
-                error: Some(e.to_string()),
+                error: Some(proxy::redact_text(&e.to_string())),
             },
         });
         state.save(&self.paths)?;
@@ -306,6 +314,7 @@ impl Agent {
 
     /// Checks the feed (no change to the kernel); records the result.
     pub fn check(&self, force: bool) -> Result<CheckReport, AgentError> {
+        self.require_feed()?;
         let _lock = self.lock()?;
         let mut state = State::load(&self.paths)?;
         self.recover(&mut state)?;
@@ -315,6 +324,7 @@ impl Agent {
     /// Checks the feed, downloads what the policy selects and applies it.
     /// Nothing is applied unless every download is complete and verified.
     pub fn update(&self, force: bool) -> Result<UpdateReport, AgentError> {
+        self.require_feed()?;
         let _lock = self.lock()?;
         let mut state = State::load(&self.paths)?;
         self.recover(&mut state)?;
@@ -323,9 +333,22 @@ impl Agent {
         for entry in &check.plan.apply {
             ready.push((self.download(&fetcher, entry, &check.kernel)?, entry.released));
         }
-        let mut applied = Vec::new();
+        // All or nothing: if one load fails, the patches this update
+        // already applied are reverted (newest first) before the error is
+        // returned, so the machine stays at the level it had.
+        let mut applied: Vec<AppliedPatch> = Vec::new();
         for (artifact, released) in ready {
-            applied.push(self.install(&mut state, &artifact, Some(released), "apply")?);
+            match self.install(&mut state, &artifact, Some(released), "apply") {
+                Ok(record) => applied.push(record),
+                Err(e) => {
+                    for done in applied.iter().rev() {
+                        if let Err(undo) = self.revert_locked(&mut state, &done.id, "rollback") {
+                            tracing::error!("patch '{}' stays applied: rollback failed: {undo}", done.id);
+                        }
+                    }
+                    return Err(e);
+                }
+            }
         }
         let mut superseded = Vec::new();
         if check.plan.target.first().is_some_and(|p| p.replace) {
@@ -342,13 +365,12 @@ impl Agent {
 
     /// Downloads one patch (to a temporary file in the cache directory) and
     /// verifies it against the index entry and the running kernel.
-    fn download(&self, fetcher: &Fetcher, entry: &PatchEntry, kernel: &KernelIdentity) -> Result<Artifact, AgentError> {
-        let cache = self.paths.cache_dir();
-        let url = fetcher.url_of(&entry.url);
-        let mut tmp = fsutil::temp_in(&cache).map_err(fsutil::at("create temporary file in", &cache))?;
-        fetcher.download(&entry.url, entry.size, tmp.as_file_mut())?;
-        tmp.as_file_mut().flush().map_err(fsutil::at("write", tmp.path()))?;
-        let bytes = fs::read(tmp.path()).map_err(fsutil::at("read", tmp.path()))?;
+    fn download(&self, feed: &TrustedFeed, entry: &PatchEntry, kernel: &KernelIdentity) -> Result<Artifact, AgentError> {
+        let url = entry.url.clone();
+        let name = entry.url.strip_prefix(&format!("{}/", feed::PATCH_DIR)).unwrap_or(&entry.url);
+        // The signed targets role fixes the artifact's length and hash;
+        // index.json's own sha256 is checked too (they must agree).
+        let bytes = feed.read(name).map_err(|source| AgentError::Trust { url: url.clone(), source })?;
         let actual = sha256_hex(&bytes);
         if actual != entry.sha256 {
             return Err(AgentError::HashMismatch { label: entry.label(), url, expected: entry.sha256.clone(), actual });

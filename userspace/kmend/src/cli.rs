@@ -139,7 +139,7 @@ pub enum FeedCommand {
         #[arg(long)]
         dir: PathBuf,
         /// `stable` or `test`.
-        #[arg(long)]
+        #[arg(long, value_parser = ["stable", "test"])]
         channel: String,
         /// Release time of these patches (RFC 3339; default now).
         #[arg(long)]
@@ -148,23 +148,68 @@ pub enum FeedCommand {
         #[arg(required = true)]
         artifacts: Vec<PathBuf>,
     },
-    /// Sign index.json with a secret key (writes index.json.sig).
+    /// Create a feed's signed root (metadata/1.root.json): the trust
+    /// anchor every machine is given as /etc/kmend/root.json.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Secret key of the root role (repeat for several).
+        #[arg(long = "root-key", required = true)]
+        root_keys: Vec<PathBuf>,
+        /// How many root keys must sign a new root.
+        #[arg(long, default_value_t = 1)]
+        threshold: u64,
+        /// Public key that signs publishes (targets, snapshot, timestamp;
+        /// repeatable). Default: the root keys.
+        #[arg(long = "key")]
+        keys: Vec<PathBuf>,
+        /// How long the root stays valid.
+        #[arg(long, default_value = "365d", value_parser = parse_duration)]
+        expires: Duration,
+    },
+    /// Publish: sign the staged index.json and artifacts (TUF targets,
+    /// snapshot, timestamp). Run after every build, and daily from cron:
+    /// machines refuse a feed whose metadata expired.
     Sign {
         #[arg(long)]
         dir: PathBuf,
-        /// Secret key file from `kmend feed keygen`.
-        #[arg(long)]
-        key: PathBuf,
+        /// Secret key(s) of the feed's publishing role.
+        #[arg(long = "key", required = true)]
+        keys: Vec<PathBuf>,
+        /// How long this publish stays valid.
+        #[arg(long, default_value = "7d", value_parser = parse_duration)]
+        expires: Duration,
     },
-    /// Check the signature and every artifact of a feed directory.
+    /// Change the feed's keys: root N+1, signed by the current root keys
+    /// and the new ones. Machines follow it on their next check.
+    RotateRoot {
+        #[arg(long)]
+        dir: PathBuf,
+        /// Secret key(s) of the current root (its threshold of them).
+        #[arg(long = "old-root-key", required = true)]
+        old_root_keys: Vec<PathBuf>,
+        /// Secret key(s) of the new root role.
+        #[arg(long = "root-key", required = true)]
+        root_keys: Vec<PathBuf>,
+        #[arg(long, default_value_t = 1)]
+        threshold: u64,
+        /// Public key(s) that sign publishes from now on. Default: the new
+        /// root keys.
+        #[arg(long = "key")]
+        keys: Vec<PathBuf>,
+        #[arg(long, default_value = "365d", value_parser = parse_duration)]
+        expires: Duration,
+    },
+    /// Check a feed directory as a machine would: metadata, index, every artifact.
     Verify {
         #[arg(long)]
         dir: PathBuf,
-        /// Public key (file, or the base64 key itself).
+        /// The trusted root (e.g. the feed's metadata/1.root.json).
         #[arg(long)]
-        key: String,
+        root: PathBuf,
     },
-    /// Create a signing key pair: `<prefix>.key` (secret) and `<prefix>.pub`.
+    /// Create a signing key pair: `<prefix>.key` (secret, PEM, 0600) and
+    /// `<prefix>.pub` (public, TUF key JSON). Never overwrites.
     Keygen {
         #[arg(long)]
         out: PathBuf,

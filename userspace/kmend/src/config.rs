@@ -22,6 +22,9 @@ use crate::{
     },
 };
 
+/// Where the feed's trusted root metadata is by default.
+pub const DEFAULT_ROOT: &str = "/etc/kmend/root.json";
+
 /// The settings, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -32,8 +35,8 @@ pub struct Config {
     pub interval: Duration,
     /// Random extra wait, up to this, added to each interval.
     pub jitter: Duration,
-    /// Public keys (base64, or files holding one) that may sign the feed.
-    pub trusted_keys: Vec<String>,
+    /// The feed's trusted TUF root metadata (`root.json`), the trust anchor.
+    pub root: String,
     /// Proxy for feed requests; overrides `https_proxy`/`http_proxy`.
     pub proxy: Option<String>,
     /// Re-apply the cached patches at boot (`kmend boot`).
@@ -51,7 +54,7 @@ impl Default for Config {
             policy: Policy { channel: "stable".into(), delay: Duration::ZERO, sticky: None },
             interval: Duration::from_secs(4 * 3600),
             jitter: Duration::from_secs(15 * 60),
-            trusted_keys: Vec::new(),
+            root: DEFAULT_ROOT.to_owned(),
             proxy: None,
             install_on_reboot: true,
             auto_update: true,
@@ -69,7 +72,8 @@ struct Raw {
     sticky: Option<Spanned<String>>,
     interval: Option<Spanned<String>>,
     jitter: Option<Spanned<String>>,
-    trusted_keys: Option<Vec<Spanned<String>>>,
+    trusted_keys: Option<Spanned<toml::Value>>,
+    root: Option<Spanned<String>>,
     proxy: Option<Spanned<String>>,
     install_on_reboot: Option<bool>,
     auto_update: Option<bool>,
@@ -154,8 +158,24 @@ impl Config {
         }
         c.jitter = dur("jitter", &raw.jitter, c.jitter, true)?;
         c.timeout = dur("timeout", &raw.timeout, c.timeout, false)?;
-        if let Some(keys) = raw.trusted_keys {
-            c.trusted_keys = keys.into_iter().map(Spanned::into_inner).collect();
+        if let Some(v) = raw.timeout.as_ref().filter(|_| c.timeout < Duration::from_secs(1)) {
+            return Err(value_err("timeout", v, "must be at least 1s (a request cannot finish in no time)".into()));
+        }
+        if let Some(keys) = &raw.trusted_keys {
+            return Err(ConfigError::Value {
+                path: path.to_owned(),
+                line: line_of(keys.span()),
+                key: "trusted_keys",
+                message: "replaced by `root` (the feed's TUF root.json, which names its keys): \
+                          see docs/feed-format.md"
+                    .into(),
+            });
+        }
+        if let Some(root) = &raw.root {
+            if !root.get_ref().starts_with('/') {
+                return Err(value_err("root", root, format!("'{}' is not an absolute path", root.get_ref())));
+            }
+            c.root = root.get_ref().clone();
         }
         c.proxy = raw.proxy.map(Spanned::into_inner).filter(|p| !p.is_empty());
         c.install_on_reboot = raw.install_on_reboot.unwrap_or(c.install_on_reboot);
@@ -182,7 +202,7 @@ delay = "24h"
 sticky = "2026-05-01"
 interval = "30m"
 jitter = "0"
-trusted_keys = ["/etc/kmend/feed.pub"]
+root = "/etc/kmend/feed-root.json"
 proxy = "http://proxy:3128"
 install_on_reboot = false
 auto_update = false
@@ -195,7 +215,7 @@ timeout = "10s"
         assert_eq!(c.policy.delay, Duration::from_secs(86400));
         assert_eq!(c.policy.sticky, Some(Sticky::Date("2026-05-01".into())));
         assert_eq!((c.interval, c.jitter, c.timeout), (Duration::from_secs(1800), Duration::ZERO, Duration::from_secs(10)));
-        assert_eq!(c.trusted_keys, ["/etc/kmend/feed.pub"]);
+        assert_eq!(c.root, "/etc/kmend/feed-root.json");
         assert_eq!(c.proxy.as_deref(), Some("http://proxy:3128"));
         assert!(!c.install_on_reboot && !c.auto_update);
     }
@@ -207,6 +227,18 @@ timeout = "10s"
         assert_eq!(c.interval, Duration::from_secs(4 * 3600));
         assert!(c.install_on_reboot && c.auto_update);
         assert_eq!(c.policy.channel, "stable");
+    }
+
+    #[test]
+    fn bad_values_are_refused_at_load_not_later() {
+        let err = parse("timeout = \"0s\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 1: timeout: must be at least 1s"), "{err}");
+        let err = parse("sticky = \"2026-1-5\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 1: sticky") && err.contains("YYYY-MM-DD"), "{err}");
+        let err = parse("trusted_keys = [\"/etc/kmend/feed.pub\"]\n").unwrap_err().to_string();
+        assert!(err.contains("line 1: trusted_keys: replaced by `root`"), "{err}");
+        let err = parse("root = \"root.json\"\n").unwrap_err().to_string();
+        assert!(err.contains("line 1: root"), "{err}");
     }
 
     #[test]

@@ -134,23 +134,33 @@ impl Fetcher {
         }
     }
 
+    /// Where the feed is.
+    pub fn source(&self) -> &Source {
+        &self.source
+    }
+
     /// Reads `rel` whole; refuses more than `limit` bytes.
     pub fn get(&self, rel: &str, limit: u64) -> Result<Vec<u8>, FetchError> {
+        self.get_location(&self.url_of(rel), limit)
+    }
+
+    /// Reads a full URL (HTTP feeds) or path (directory feeds) whole, as
+    /// [`Fetcher::url_of`] names them; refuses more than `limit` bytes.
+    pub fn get_location(&self, location: &str, limit: u64) -> Result<Vec<u8>, FetchError> {
         let mut out = Vec::new();
-        self.copy(rel, None, limit, &mut out)?;
+        self.copy(location.to_owned(), None, limit, &mut out)?;
         Ok(out)
     }
 
     /// Streams `rel`, which must be exactly `size` bytes, into `out`.
     pub fn download(&self, rel: &str, size: u64, out: &mut dyn Write) -> Result<(), FetchError> {
-        self.copy(rel, Some(size), size, out).map(|_| ())
+        self.copy(self.url_of(rel), Some(size), size, out).map(|_| ())
     }
 
-    fn copy(&self, rel: &str, expected: Option<u64>, limit: u64, out: &mut dyn Write) -> Result<u64, FetchError> {
-        let url = self.url_of(rel);
+    fn copy(&self, url: String, expected: Option<u64>, limit: u64, out: &mut dyn Write) -> Result<u64, FetchError> {
         let (mut reader, length): (Box<dyn io::Read>, Option<u64>) = match (&self.source, &self.agent) {
-            (Source::Dir(dir), _) => {
-                let path = dir.join(rel);
+            (Source::Dir(_), _) => {
+                let path = PathBuf::from(&url);
                 let file = fs::File::open(&path).map_err(|source| FetchError::File { path: path.clone(), source })?;
                 let len = file.metadata().ok().map(|m| m.len());
                 (Box::new(file), len)

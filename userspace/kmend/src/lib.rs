@@ -12,13 +12,13 @@
 //! - [`artifact`]: the `.kmpatch` patch artifact.
 //! - [`target`]: what a patch targets (function, fingerprint, patch id),
 //!   below both [`artifact`] and [`sys`].
-//! - [`feed`]: signed patch feeds (index, signature, building, serving).
+//! - [`feed`]: signed patch feeds (index, keys, TUF metadata, building, serving).
 //! - [`policy`]: which feed patches this machine should run.
 //! - [`config`], [`state`], [`journal`]: settings, remembered state, audit log.
 //! - [`fetch`], [`proxy`]: getting feed files over HTTP(S) or from a directory.
 //! - [`agent`]: the jobs (check, update, apply, revert, boot re-apply).
 //! - [`report`]: the effective version, CVEs and status views.
-//! - [`timestamp`], [`duration`], [`fsutil`]: small shared helpers.
+//! - [`timestamp`], [`duration`], [`fsutil`], [`runtime`]: small shared helpers.
 
 pub mod agent;
 pub mod artifact;
@@ -36,6 +36,7 @@ pub mod paths;
 pub mod policy;
 pub mod proxy;
 pub mod report;
+pub mod runtime;
 pub mod state;
 pub mod status;
 pub mod sys;

@@ -35,6 +35,14 @@ fn init_logging(command: &cli::Command) {
 }
 
 fn main() -> ExitCode {
+    // Die quietly of SIGPIPE, as every Unix filter does, when stdout is a
+    // pipe that closed (`kmend check | head -1`), instead of panicking in
+    // println!.
+    // SAFETY: setting a signal's disposition to SIG_DFL before any other
+    // thread exists; no handler runs our code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = match cli::Args::try_parse() {
         Ok(args) => args,
         Err(e) => {
@@ -44,10 +52,18 @@ fn main() -> ExitCode {
         }
     };
     init_logging(&args.command);
+    let json = args.json;
     match cmd::run(args) {
         Ok(code) => code.into(),
         Err(e) => {
-            eprintln!("kmend: {}", one_line(&e));
+            // Messages may quote a feed URL: never its credentials.
+            let message = kmend::proxy::redact_text(&one_line(&e));
+            eprintln!("kmend: {message}");
+            if json {
+                // A script reading stdout gets an answer too.
+                let code = Exit::Failure;
+                println!("{}", serde_json::json!({ "error": message, "exit_code": code as u8 }));
+            }
             Exit::Failure.into()
         }
     }

@@ -106,6 +106,14 @@ impl Paths {
         self.state_dir().join("journal.jsonl")
     }
 
+    /// The TUF metadata last trusted from the feed whose trust anchor is
+    /// `root` (the bytes of the root.json the machine was given): rollback,
+    /// freeze and revocation memory, shared by every mirror of that feed.
+    pub fn tuf_dir(&self, root: &[u8]) -> PathBuf {
+        let key = crate::artifact::sha256_hex(root);
+        self.state_dir().join("tuf").join(&key[..16])
+    }
+
     /// Held (flock) by every command that changes what is applied.
     pub fn lock_file(&self) -> PathBuf {
         self.state_dir().join("lock")

@@ -38,8 +38,13 @@ pub enum Sticky {
 impl Sticky {
     /// A date when it looks like `YYYY-MM-DD`, else a patch id.
     pub fn parse(s: &str) -> Result<Self, String> {
-        let looks_like_date = s.len() == 10 && s.as_bytes()[4] == b'-' && s.as_bytes()[7] == b'-';
+        // Four digits and a dash start a date, well formed or not: a patch
+        // id of that shape would be too easy to mistake for one.
+        let looks_like_date = s.len() > 5 && s.as_bytes()[..4].iter().all(u8::is_ascii_digit) && s.as_bytes()[4] == b'-';
         if looks_like_date {
+            if s.len() != 10 || s.as_bytes()[7] != b'-' {
+                return Err(format!("'{s}' looks like a date but is not YYYY-MM-DD (e.g. 2026-01-05)"));
+            }
             Timestamp::end_of_day(s).map_err(|e| e.to_string())?;
             Ok(Self::Date(s.to_owned()))
         } else if crate::sys::check_id(s).is_ok() {
@@ -144,11 +149,12 @@ pub fn plan(
     };
     let newest_allowed = now.saturating_sub(policy.delay);
     for p in offered {
-        let held = if let Some(pin) = pin {
-            (key(p) > pin).then_some(HeldBack::Sticky)
-        } else if day_end.is_some_and(|end| p.released > end) {
+        // The crash-loop guard applies whatever the pin: a pinned patch
+        // that brought the machine down is not re-applied either.
+        let after_pin = pin.is_some_and(|pin| key(p) > pin);
+        let held = if after_pin || day_end.is_some_and(|end| p.released > end) {
             Some(HeldBack::Sticky)
-        } else if p.released > newest_allowed {
+        } else if pin.is_none() && p.released > newest_allowed {
             Some(HeldBack::Delay { eligible_at: p.released.saturating_add(policy.delay) })
         } else if !force && blocked.iter().any(|b| b.id == p.id && b.version == p.version) {
             Some(HeldBack::Blocked)
@@ -298,6 +304,18 @@ mod tests {
     }
 
     #[test]
+    fn sticky_patch_does_not_bypass_the_crash_loop_guard() {
+        // Pinned to p3, and p3 brought the machine down: it must be held
+        // back as blocked, not re-applied on every boot.
+        let blocked = [PatchRef { id: "p3".into(), version: 1 }];
+        let plan1 = plan(&feed(), &kernel(), &policy("stable", 0, Some("p3")), t(NOW), &[], &blocked, false).unwrap();
+        assert_eq!(ids(&plan1.apply), ["c2"]);
+        assert!(plan1.held_back.iter().any(|(p, h)| p.id == "p3" && *h == HeldBack::Blocked));
+        let by_date = plan(&feed(), &kernel(), &policy("stable", 0, Some("2026-05-25")), t(NOW), &[], &blocked, false).unwrap();
+        assert_eq!(ids(&by_date.apply), ["c2"]);
+    }
+
+    #[test]
     fn unknown_kernel_is_unsupported() {
         let other = KernelIdentity { release: "7.2.13".into(), build_id: "cd".repeat(20) };
         let err = plan(&feed(), &other, &policy("stable", 0, None), t(NOW), &[], &[], false).unwrap_err();
@@ -311,5 +329,6 @@ mod tests {
         assert_eq!(Sticky::parse("kp_fix.3").unwrap(), Sticky::Patch("kp_fix.3".into()));
         assert!(Sticky::parse("2026-13-45").is_err());
         assert!(Sticky::parse("not an id").is_err());
+        assert!(Sticky::parse("2026-1-5").unwrap_err().contains("YYYY-MM-DD"));
     }
 }

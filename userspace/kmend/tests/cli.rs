@@ -166,3 +166,60 @@ fn a_bad_config_names_file_key_and_line() {
     assert_eq!(r.code, 4, "{r}");
     assert!(r.stderr.contains("no feed configured: set feed_url in"), "{r}");
 }
+
+#[test]
+fn check_without_a_feed_writes_nothing() {
+    let root = Root::new();
+    for verb in ["check", "update"] {
+        let r = root.run(&[verb]);
+        assert_eq!(r.code, 4, "{r}");
+        assert!(r.stderr.contains("no feed configured"), "{r}");
+    }
+    assert!(!root.path("var/lib/kmend").exists(), "a read-only verb created state: {:?}", fs::read_dir(root.path("var/lib/kmend")).map(|d| d.count()));
+}
+
+#[test]
+fn uname_without_the_core_module_is_the_plain_release() {
+    let root = Root::new();
+    fs::remove_file(root.path("dev/kmend")).unwrap();
+    let r = root.run(&["uname", "-r"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.stdout.trim(), RELEASE);
+}
+
+#[test]
+fn json_failures_answer_on_stdout_too() {
+    let root = Root::new();
+    root.config("channel = \"stable\"\n");
+    let r = root.run(&["check", "--json"]);
+    assert_eq!(r.code, 4, "{r}");
+    let v = r.json();
+    assert_eq!(v["exit_code"], 4, "{r}");
+    assert!(v["error"].as_str().unwrap().contains("no feed configured"), "{r}");
+}
+
+#[test]
+fn a_closed_pipe_ends_kmend_quietly() {
+    let root = Root::new();
+    // stdout closed before kmend writes: no panic message, no exit 101.
+    let mut c = root.cmd(&["cves"]);
+    let work = tempfile::tempdir().unwrap();
+    let a = artifact(work.path(), &Patch { cves: &["CVE-2026-1", "CVE-2026-2"], ..Patch::new("kp_a", 1) });
+    assert_eq!(root.run(&["apply", a.to_str().unwrap()]).code, 0);
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = c.stdout(writer).stderr(std::process::Stdio::piped()).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+}
+
+#[test]
+fn a_bad_channel_is_a_usage_error() {
+    let work = tempfile::tempdir().unwrap();
+    let a = artifact(work.path(), &Patch::new("kp_a", 1));
+    let dir = work.path().join("feed");
+    let r = kmend([Path::new("feed"), Path::new("build"), Path::new("--dir"), &dir, Path::new("--channel"), Path::new("nightly"), &a]);
+    assert_eq!(r.code, 64, "{r}");
+    assert!(r.stderr.contains("nightly"), "{r}");
+}

@@ -174,13 +174,15 @@ fn a_feed_signed_by_another_key_is_refused() {
     let stranger = Feed::new();
     let server = Server::start(&feed.root());
     root.config(&stranger.config(&server.url, ""));
-    assert_refused(&root, "bad signature: index.json is not signed by any trusted key");
-    // Changing one byte of a correctly signed index is refused the same way.
+    assert_refused(&root, "the feed's signed metadata does not verify (timestamp role)");
+    // Changing one byte of the published index is refused by its signed hash.
+    let root = Root::new();
     root.config(&feed.config(&server.url, ""));
-    let index = feed.root().join("index.json");
-    let text = fs::read_to_string(&index).unwrap();
-    fs::write(&index, text + " ").unwrap();
-    assert_refused(&root, "bad signature");
+    for index in feed.published("index.json") {
+        let text = fs::read_to_string(&index).unwrap();
+        fs::write(&index, text + " ").unwrap();
+    }
+    assert_refused(&root, "'index.json': does not match its signed length and hash");
     let status = root.run(&["status"]);
     assert!(status.stdout.contains("last check:") && status.stdout.contains("failed: feed"), "{status}");
 }
@@ -194,7 +196,7 @@ fn a_tampered_artifact_is_refused_and_nothing_is_applied() {
     let b = artifact(work.path(), &Patch { function: "meminfo_proc_show", ..Patch::new("kp_b", 1) });
     feed.publish("stable", &time_from_now(-86400), &[a, b]);
     // Same size, one byte changed: only the hash can tell.
-    let victim = feed.root().join("patches/kp_b-1.kmpatch");
+    let victim = feed.published("kp_b-1.kmpatch").pop().unwrap();
     let mut bytes = fs::read(&victim).unwrap();
     let last = bytes.len() - 600;
     bytes[last] ^= 0xff;
@@ -202,8 +204,7 @@ fn a_tampered_artifact_is_refused_and_nothing_is_applied() {
     let server = Server::start(&feed.root());
     root.config(&feed.config(&server.url, ""));
     // kp_a downloads fine but must not be applied either: all or nothing.
-    assert_refused(&root, "patch 'kp_b' version 1: 'http://");
-    assert_refused(&root, "hash mismatch: index.json says sha256");
+    assert_refused(&root, "'kp_b-1.kmpatch': does not match its signed length and hash");
 }
 
 #[test]
@@ -259,7 +260,33 @@ fn a_feed_in_a_plain_directory_works_too() {
     let r = root.run(&["update"]);
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(root.applied(), ["kp_c2"]);
-    let verify = kmend([std::path::Path::new("feed"), "verify".as_ref(), "--dir".as_ref(), &feed.root(), "--key".as_ref(), &feed.public]);
+    let verify = kmend([std::path::Path::new("feed"), "verify".as_ref(), "--dir".as_ref(), &feed.root(), "--root".as_ref(), &feed.trusted_root()]);
     assert_eq!(verify.code, 0, "{verify}");
     assert!(verify.stdout.contains("5 patch(es) verified"), "{verify}");
+}
+
+#[test]
+fn an_update_is_all_or_nothing_when_a_later_load_fails() {
+    let root = Root::new();
+    let work = tempfile::tempdir().unwrap();
+    let feed = Feed::new();
+    let a = artifact(work.path(), &Patch::new("kp_a", 1));
+    let b = artifact(work.path(), &Patch { function: "meminfo_proc_show", ..Patch::new("kp_b", 1) });
+    feed.publish("stable", &time_from_now(-2 * 86400), &[a]);
+    feed.publish("stable", &time_from_now(-86400), &[b]);
+    let server = Server::start(&feed.root());
+    root.config(&feed.config(&server.url, ""));
+    // The kernel refuses the second module: the first must not stay.
+    let r = run({
+        let mut c = root.cmd(&["update"]);
+        c.env("KMEND_FAKE_LOAD_FAIL", "kp_b");
+        c
+    });
+    assert_eq!(r.code, 4, "{r}");
+    assert!(root.applied().is_empty(), "kp_a left applied by a failed update: {:?}", root.applied());
+    let journal = root.journal();
+    assert!(journal.iter().any(|e| e["action"] == "rollback" && e["patch"] == "kp_a"), "{journal:?}");
+    let r = root.run(&["update"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(root.applied(), ["kp_a", "kp_b"]);
 }

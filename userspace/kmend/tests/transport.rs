@@ -35,7 +35,7 @@ fn update_with(timeout: &str, bad_path: &'static str, misbehave: fn(&mut std::ne
     let (feed, _work) = one_patch_feed();
     let dir = feed.root();
     let server = RawServer::start(Arc::new(move |path: &str, stream: &mut std::net::TcpStream| {
-        if path == bad_path {
+        if path.ends_with(bad_path) {
             let body = fs::read(dir.join(path.trim_start_matches('/'))).unwrap_or_default();
             misbehave(stream, &body);
         } else {
@@ -53,45 +53,40 @@ fn update_with(timeout: &str, bad_path: &'static str, misbehave: fn(&mut std::ne
 
 #[test]
 fn server_error_is_reported_as_such() {
-    let err = update_with("20s", "/index.json", |s, _| {
+    let err = update_with("20s", ".index.json", |s, _| {
         let _ = s.write_all(b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\nConnection: close\r\n\r\noops");
     });
-    assert!(err.contains("/index.json': server answered HTTP 500"), "{err}");
+    assert!(err.contains(".index.json': server answered HTTP 500"), "{err}");
 }
 
 #[test]
 fn a_server_that_never_answers_times_out() {
-    let err = update_with("2s", "/index.json", |_s, _| thread::sleep(Duration::from_secs(30)));
-    assert!(err.contains("/index.json': timed out after 2s"), "{err}");
+    let err = update_with("2s", ".index.json", |_s, _| thread::sleep(Duration::from_secs(30)));
+    assert!(err.contains(".index.json': timed out after 2s"), "{err}");
 }
 
 #[test]
 fn a_short_body_is_truncated_not_accepted() {
     // The right Content-Length, then the connection drops after 100 bytes.
-    let err = update_with("20s", "/patches/kp_a-1.kmpatch", |s, body| {
+    let err = update_with("20s", ".kp_a-1.kmpatch", |s, body| {
         let _ = write!(s, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
         let _ = s.write_all(&body[..100]);
     });
-    assert!(err.contains("/patches/kp_a-1.kmpatch': truncated: got 100 of "), "{err}");
+    assert!(err.contains(".kp_a-1.kmpatch': truncated: got 100 of "), "{err}");
 }
 
 #[test]
 fn a_page_that_is_not_a_feed_is_refused() {
-    // A captive portal answers with HTML; even correctly signed, it is not
-    // an index.
+    // A captive portal answers every request with the same HTML page.
     let root = Root::new();
     let (feed, _work) = one_patch_feed();
-    fs::write(feed.root().join("index.json"), "<html>log in to continue</html>\n").unwrap();
-    feed.sign_raw();
-    let server = Server::start(&feed.root());
+    let server = RawServer::start(Arc::new(|_: &str, stream: &mut std::net::TcpStream| {
+        respond(stream, b"<html>log in to continue</html>\n");
+    }));
     root.config(&feed.config(&server.url, ""));
     let r = root.run(&["update"]);
     assert_eq!(r.code, 4, "{r}");
-    assert!(r.stderr.contains("index.json is not valid JSON for feed format 1"), "{r}");
-    // And unsigned HTML is refused for its signature first.
-    fs::write(feed.root().join("index.json"), "<html>other</html>\n").unwrap();
-    let r = root.run(&["update"]);
-    assert!(r.stderr.contains("bad signature"), "{r}");
+    assert!(r.stderr.contains("feed metadata: Failed to parse root metadata"), "{r}");
     assert!(root.applied().is_empty());
 }
 
@@ -104,7 +99,7 @@ fn a_missing_feed_is_a_network_error() {
     root.config(&feed.config(&format!("http://127.0.0.1:{port}"), ""));
     let r = root.run(&["update"]);
     assert_eq!(r.code, 4, "{r}");
-    assert!(r.stderr.contains(&format!("'http://127.0.0.1:{port}/index.json': request failed")), "{r}");
+    assert!(r.stderr.contains(&format!("'http://127.0.0.1:{port}/metadata/timestamp.json': request failed")), "{r}");
 }
 
 /// tinyproxy on a free loopback port, logging to a file; killed on drop.
@@ -167,9 +162,10 @@ fn feed_requests_go_through_the_proxy() {
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(root.applied(), ["kp_a"]);
     // ureq tunnels every request (CONNECT), also for http:// targets:
-    // index.json, its signature and the artifact make three.
+    // 2.root.json (absent), timestamp, snapshot, targets, index.json and
+    // the artifact make six.
     let log = proxy.log();
-    assert_eq!(log.matches(&tunnel).count(), 3, "requests not seen by tinyproxy ({tunnel}):\n{log}");
+    assert_eq!(log.matches(&tunnel).count(), 6, "requests not seen by tinyproxy ({tunnel}):\n{log}");
 
     // From the config, with no_proxy not matching.
     let root2 = Root::new();
@@ -181,7 +177,7 @@ fn feed_requests_go_through_the_proxy() {
         c
     });
     assert_eq!(r.code, 1, "{r}");
-    assert_eq!(proxy.log().matches(&tunnel).count(), before + 2, "config proxy not used");
+    assert_eq!(proxy.log().matches(&tunnel).count(), before + 5, "config proxy not used (root, timestamp, snapshot, targets, index)");
 
     // no_proxy naming the feed host bypasses the proxy.
     let r = run({
@@ -190,5 +186,5 @@ fn feed_requests_go_through_the_proxy() {
         c
     });
     assert_eq!(r.code, 1, "{r}");
-    assert_eq!(proxy.log().matches(&tunnel).count(), before + 2, "no_proxy ignored");
+    assert_eq!(proxy.log().matches(&tunnel).count(), before + 5, "no_proxy ignored");
 }

@@ -38,7 +38,7 @@ fn cycle() -> Cycle {
     let agent = match Agent::new(Paths::from_env(), "daemon".into()) {
         Ok(a) => a,
         Err(e) => {
-            tracing::error!("{e}");
+            tracing::error!("{}", kmend::proxy::redact_text(&e.to_string()));
             let d = kmend::config::Config::default();
             return Cycle { interval: d.interval, jitter: d.jitter, ok: false };
         }
@@ -62,7 +62,7 @@ fn cycle() -> Cycle {
             true
         }
         Err(e) => {
-            tracing::error!("update failed: {e}");
+            tracing::error!("update failed: {}", kmend::proxy::redact_text(&e.to_string()));
             false
         }
     };

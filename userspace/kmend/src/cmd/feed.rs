@@ -1,4 +1,5 @@
-//! `kmend feed build|sign|verify|keygen|serve`: the publisher's side.
+//! `kmend feed keygen|init|build|sign|rotate-root|verify|serve`: the
+//! publisher's side.
 
 use std::{
     io::Write as _,
@@ -10,10 +11,13 @@ use kmend::{
     exit::Exit,
     feed::{
         build,
-        serve,
-        sign, //
+        keys::{
+            self,
+            SecretKey, //
+        },
+        repo,
+        serve, //
     },
-    fsutil,
     timestamp::Timestamp,
 };
 use serde_json::json;
@@ -31,39 +35,60 @@ pub fn run(command: FeedCommand, json: bool) -> anyhow::Result<Exit> {
                 println!("{}: channel '{channel}' lists {} patch(es); sign it with `kmend feed sign`", dir.display(), listed.len());
             }
         }
-        FeedCommand::Sign { dir, key } => {
-            let sig = build::sign_dir(&dir, &key)?;
+        FeedCommand::Init { dir, root_keys, threshold, keys: online, expires } => {
+            let root_keys = secret_keys(&root_keys)?;
+            let online = public_keys(&online)?;
+            let path = repo::init(&dir, &root_keys, threshold, &online, expires)?;
             if json {
-                super::print_json(&json!({ "signature": sig }))?;
+                super::print_json(&json!({ "root": path }))?;
             } else {
-                println!("{}: signed", sig.display());
+                println!("{}: feed root written; install it on every machine as /etc/kmend/root.json", path.display());
             }
         }
-        FeedCommand::Verify { dir, key } => {
-            let key = sign::trusted_key(&key, |p: &str| PathBuf::from(p))?;
-            let n = build::verify_dir(&dir, &[key])?;
+        FeedCommand::Sign { dir, keys: key_files, expires } => {
+            let published = repo::sign(&dir, &secret_keys(&key_files)?, expires)?;
+            if json {
+                super::print_json(&published)?;
+            } else {
+                println!(
+                    "{}: published version {} ({} target(s)), valid until {}: sign again before then",
+                    dir.display(),
+                    published.version,
+                    published.targets.len(),
+                    published.expires
+                );
+            }
+        }
+        FeedCommand::RotateRoot { dir, old_root_keys, root_keys, threshold, keys: online, expires } => {
+            let path = repo::rotate_root(
+                &dir,
+                &secret_keys(&old_root_keys)?,
+                &secret_keys(&root_keys)?,
+                threshold,
+                &public_keys(&online)?,
+                expires,
+            )?;
+            if json {
+                super::print_json(&json!({ "root": path }))?;
+            } else {
+                println!("{}: new root written; sign the feed with its keys (`kmend feed sign`)", path.display());
+            }
+        }
+        FeedCommand::Verify { dir, root } => {
+            let n = build::verify_dir(&dir, &root)?;
             if json {
                 super::print_json(&json!({ "dir": dir, "verified": true, "patches": n }))?;
             } else {
-                println!("{}: signature good, {n} patch(es) verified", dir.display());
+                println!("{}: signed metadata good, {n} patch(es) verified", dir.display());
             }
         }
         FeedCommand::Keygen { out } => {
-            let (secret, public) = sign::generate();
-            let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let key = out.with_file_name(format!("{name}.key"));
-            let pubf = out.with_file_name(format!("{name}.pub"));
-            fsutil::write_atomic(&key, format!("{secret}\n").as_bytes())
-                .with_context(|| format!("'{}': write failed", key.display()))?;
-            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-                .with_context(|| format!("'{}': chmod failed", key.display()))?;
-            fsutil::write_atomic(&pubf, format!("{public}\n").as_bytes())
-                .with_context(|| format!("'{}': write failed", pubf.display()))?;
+            let (secret, public, id) = keys::generate(&out)?;
             if json {
-                super::print_json(&json!({ "secret_key": key, "public_key": pubf, "public": public }))?;
+                super::print_json(&json!({ "secret_key": secret, "public_key": public, "key_id": id }))?;
             } else {
-                println!("secret key: {} (keep it off the machines that apply patches)", key.display());
-                println!("public key: {} ({public})", pubf.display());
+                println!("secret key: {} (keep it off the machines that apply patches)", secret.display());
+                println!("public key: {} (key id {id})", public.display());
             }
         }
         FeedCommand::Serve { dir, listen } => {
@@ -89,4 +114,12 @@ pub fn run(command: FeedCommand, json: bool) -> anyhow::Result<Exit> {
         }
     }
     Ok(Exit::Ok)
+}
+
+fn secret_keys(paths: &[PathBuf]) -> anyhow::Result<Vec<SecretKey>> {
+    Ok(paths.iter().map(|p| SecretKey::read(p)).collect::<Result<_, _>>()?)
+}
+
+fn public_keys(paths: &[PathBuf]) -> anyhow::Result<Vec<tough::schema::key::Key>> {
+    Ok(paths.iter().map(|p| keys::read_public(p)).collect::<Result<_, _>>()?)
 }

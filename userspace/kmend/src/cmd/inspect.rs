@@ -108,14 +108,21 @@ pub fn info(id: &str, json: bool) -> anyhow::Result<Exit> {
 }
 
 pub fn uname(all: bool, json: bool) -> anyhow::Result<Exit> {
-    let o = overview()?;
+    // Scanners call this on every machine: without kmend.ko nothing is
+    // patched, and the answer is the plain release, not an error.
+    let paths = Paths::from_env();
+    let effective_version = match Overview::gather(&paths, &Kernel::from_env(&paths)) {
+        Ok(o) => o.effective_version,
+        Err(kmend::agent::AgentError::Sys(kmend::sys::SysError::CoreNotLoaded(_))) => kmend::identity::release(&paths)?,
+        Err(e) => return Err(e.into()),
+    };
     let u = Uname::get();
     if json {
-        super::print_json(&json!({ "effective_version": o.effective_version, "uname": u }))?;
+        super::print_json(&json!({ "effective_version": effective_version, "uname": u }))?;
     } else if all {
-        println!("{} {} {} {} {} GNU/Linux", u.sysname, u.nodename, o.effective_version, u.version, u.machine);
+        println!("{} {} {} {} {} GNU/Linux", u.sysname, u.nodename, effective_version, u.version, u.machine);
     } else {
-        println!("{}", o.effective_version);
+        println!("{effective_version}");
     }
     Ok(Exit::Ok)
 }

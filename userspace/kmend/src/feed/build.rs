@@ -1,4 +1,5 @@
-//! Writing a feed directory: add artifacts to a channel, sign, verify.
+//! Staging a feed directory (add artifacts to a channel) and verifying it
+//! as an agent would. Signing is [`super::repo`].
 
 use std::{
     fs,
@@ -12,16 +13,15 @@ use std::{
 use super::{
     INDEX,
     PATCH_DIR,
-    SIGNATURE,
     index::{
         CHANNELS,
         Index,
         IndexError,
         PatchEntry, //
     },
-    sign::{
-        self,
-        SignError, //
+    trusted::{
+        TrustError,
+        TrustedFeed, //
     },
 };
 use crate::{
@@ -57,9 +57,20 @@ pub enum BuildError {
     #[error("unknown channel '{0}' (known: stable, test)")]
     Channel(String),
     #[error("{0}")]
-    Sign(#[from] SignError),
+    Trust(#[from] TrustError),
+    #[error("{0}")]
+    Fetch(#[from] crate::fetch::FetchError),
     #[error("patch {label}: '{path}' {problem}")]
     Patch { label: String, path: PathBuf, problem: String },
+}
+
+/// Writes a feed file world-readable (0644), so that a web server running
+/// as another user can serve it.
+fn write_public(path: &Path, data: &[u8]) -> Result<(), BuildError> {
+    fsutil::write_atomic(path, data).map_err(fsutil::at("write", path))?;
+    use std::os::unix::fs::PermissionsExt as _;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644)).map_err(fsutil::at("chmod", path))?;
+    Ok(())
 }
 
 /// Reads `<dir>/index.json`, or starts a new index when there is none.
@@ -74,7 +85,7 @@ pub fn load_index(dir: &Path) -> Result<Index, BuildError> {
 
 /// Adds artifacts to `channel` of the feed in `dir` (created if needed):
 /// copies each into `patches/`, lists it as released at `released`, and
-/// rewrites index.json. The old signature is removed: sign again.
+/// rewrites index.json. Nothing is published until `kmend feed sign`.
 pub fn add(dir: &Path, channel: &str, released: Timestamp, artifacts: &[PathBuf]) -> Result<Vec<PatchEntry>, BuildError> {
     if !CHANNELS.contains(&channel) {
         return Err(BuildError::Channel(channel.to_owned()));
@@ -88,46 +99,35 @@ pub fn add(dir: &Path, channel: &str, released: Timestamp, artifacts: &[PathBuf]
             Artifact::from_bytes(&bytes).map_err(|source| BuildError::Artifact { path: path.clone(), source })?;
         let name = artifact.file_name();
         let dest = patch_dir.join(&name);
-        fsutil::write_atomic(&dest, &bytes).map_err(fsutil::at("write", &dest))?;
+        write_public(&dest, &bytes)?;
         let url = format!("{PATCH_DIR}/{name}");
         index.add(channel, &artifact, released, url, bytes.len() as u64, sha256_hex(&bytes));
     }
     index.generated = Timestamp::now();
     let path = dir.join(INDEX);
-    fsutil::write_atomic(&path, &index.to_bytes()).map_err(fsutil::at("write", &path))?;
-    let sig = dir.join(SIGNATURE);
-    fsutil::remove_durably(&sig).map_err(fsutil::at("remove", &sig))?;
+    write_public(&path, &index.to_bytes())?;
     let kernels = index.channels.get(channel).map(|c| c.kernels.as_slice()).unwrap_or_default();
     Ok(kernels.iter().flat_map(|k| k.patches.iter().cloned()).collect())
 }
 
-/// Signs `<dir>/index.json` with the secret key in `key_file`.
-pub fn sign_dir(dir: &Path, key_file: &Path) -> Result<PathBuf, BuildError> {
-    let key = sign::secret_key(&sign::read_key_file(key_file)?, &format!("secret key '{}'", key_file.display()))?;
+/// Checks a feed directory the way an agent would, from the trusted root
+/// `root` with nothing seen before: the TUF metadata, index.json, then
+/// every listed artifact's size, hash and manifest.
+pub fn verify_dir(dir: &Path, root: &Path) -> Result<usize, BuildError> {
+    let dir = fs::canonicalize(dir).map_err(fsutil::at("open", dir))?;
+    let fetcher = crate::fetch::Fetcher::new(&dir.display().to_string(), None, std::time::Duration::from_secs(60))?;
+    let seen = tempfile::tempdir().map_err(fsutil::at("create temporary directory", Path::new("/tmp")))?;
+    let feed = TrustedFeed::load(fetcher, root, TrustedFeed::read_root(root)?, seen.path())?;
     let path = dir.join(INDEX);
-    let bytes = fs::read(&path).map_err(fsutil::at("read", &path))?;
-    Index::parse(&bytes).map_err(|source| BuildError::Index { path: path.clone(), source })?;
-    let sig_path = dir.join(SIGNATURE);
-    fsutil::write_atomic(&sig_path, sign::sign(&bytes, &key).as_bytes()).map_err(fsutil::at("write", &sig_path))?;
-    Ok(sig_path)
-}
-
-/// Checks a feed directory the way an agent would: the signature with
-/// `keys`, then every listed artifact's size, hash and manifest.
-pub fn verify_dir(dir: &Path, keys: &[ed25519_dalek::VerifyingKey]) -> Result<usize, BuildError> {
-    let path = dir.join(INDEX);
-    let bytes = fs::read(&path).map_err(fsutil::at("read", &path))?;
-    let sig_path = dir.join(SIGNATURE);
-    let sig = fs::read_to_string(&sig_path).map_err(fsutil::at("read", &sig_path))?;
-    sign::verify(&bytes, &sig, keys)?;
-    let index = Index::parse(&bytes).map_err(|source| BuildError::Index { path, source })?;
+    let index = Index::parse(&feed.read(INDEX)?).map_err(|source| BuildError::Index { path, source })?;
     let mut checked = 0;
     for channel in index.channels.values() {
         for kernel in &channel.kernels {
             for p in &kernel.patches {
                 let file = dir.join(&p.url);
                 let problem = |problem: String| BuildError::Patch { label: p.label(), path: file.clone(), problem };
-                let data = fs::read(&file).map_err(|e| problem(format!("read failed: {e}")))?;
+                let name = p.url.strip_prefix(&format!("{PATCH_DIR}/")).unwrap_or(&p.url);
+                let data = feed.read(name).map_err(|e| problem(e.to_string()))?;
                 if data.len() as u64 != p.size || sha256_hex(&data) != p.sha256 {
                     return Err(problem("does not match its size and sha256 in index.json".into()));
                 }

@@ -1,19 +1,21 @@
 //! Patch feeds: static files that any web server, object store or plain
-//! directory can serve (format: docs/feed-format.md).
+//! directory can serve (format and threat model: docs/feed-format.md).
 //!
 //! - [`index`]: `index.json`, the list of patches per channel and kernel.
-//! - [`sign`]: the ed25519 signature `index.json.sig`.
-//! - [`build`]: writing a feed directory from artifacts (the publisher side).
+//! - [`keys`]: signing keys (secret PEM, public TUF key with its id).
+//! - [`repo`]: the publisher's TUF metadata (init, sign, rotate the root).
+//! - [`trusted`]: the agent's TUF client (verify, remember versions).
+//! - [`build`]: staging artifacts in a feed directory; verifying it.
 //! - [`serve`]: a small static HTTP server for tests and air-gapped sites.
 
 pub mod build;
 pub mod index;
+pub mod keys;
+pub mod repo;
 pub mod serve;
-pub mod sign;
+pub mod trusted;
 
-/// Name of the index file at the feed's root.
+/// Name of the index file (a signed target of the feed).
 pub const INDEX: &str = "index.json";
-/// Name of the detached signature of the index.
-pub const SIGNATURE: &str = "index.json.sig";
-/// Directory of the artifacts, relative to the feed's root.
+/// Directory of the staged artifacts, relative to the feed's root.
 pub const PATCH_DIR: &str = "patches";

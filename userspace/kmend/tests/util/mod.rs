@@ -107,7 +107,13 @@ impl Root {
         fs::write(p, data).unwrap();
     }
 
+    /// Writes the config; a `# trusted root: <path>` line (from
+    /// [`Feed::config`]) installs that file as /etc/kmend/root.json, as a
+    /// sysadmin would.
     pub fn config(&self, text: &str) {
+        if let Some(path) = text.lines().find_map(|l| l.strip_prefix("# trusted root: ")) {
+            self.write("etc/kmend/root.json", &fs::read(path.trim()).unwrap());
+        }
         self.write("etc/kmend/kmend.toml", text.as_bytes());
     }
 
@@ -227,17 +233,26 @@ pub struct Feed {
 }
 
 impl Feed {
+    /// Keys from `kmend feed keygen` and a root from `kmend feed init`.
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let prefix = dir.path().join("keys/feed");
         fs::create_dir_all(prefix.parent().unwrap()).unwrap();
         let r = kmend([Path::new("feed"), Path::new("keygen"), Path::new("--out"), &prefix]);
         assert_eq!(r.code, 0, "keygen: {r}");
-        Self { key: prefix.with_extension("key"), public: prefix.with_extension("pub"), dir }
+        let feed = Self { key: prefix.with_extension("key"), public: prefix.with_extension("pub"), dir };
+        let r = kmend([Path::new("feed"), Path::new("init"), Path::new("--dir"), &feed.root(), Path::new("--root-key"), &feed.key]);
+        assert_eq!(r.code, 0, "feed init: {r}");
+        feed
     }
 
     pub fn root(&self) -> PathBuf {
         self.dir.path().join("feed")
+    }
+
+    /// The trust anchor machines are given.
+    pub fn trusted_root(&self) -> PathBuf {
+        self.root().join("metadata/1.root.json")
     }
 
     /// `kmend feed build` then `kmend feed sign`.
@@ -250,25 +265,50 @@ impl Feed {
         self.sign();
     }
 
-    /// Signs index.json whatever it holds (`feed sign` checks it first).
-    pub fn sign_raw(&self) {
-        let key = fs::read_to_string(&self.key).unwrap();
-        let seed: [u8; 32] = base64_decode(key.trim()).try_into().unwrap();
-        let sk = ed25519_dalek::SigningKey::from_bytes(&seed);
-        let data = fs::read(self.root().join("index.json")).unwrap();
-        let sig = ed25519_dalek::Signer::sign(&sk, &data);
-        fs::write(self.root().join("index.json.sig"), base64_encode(&sig.to_bytes())).unwrap();
+    pub fn sign(&self) {
+        self.sign_with(&["--key".as_ref(), self.key.as_ref()]);
     }
 
-    pub fn sign(&self) {
-        let r = kmend([Path::new("feed"), Path::new("sign"), Path::new("--dir"), &self.root(), Path::new("--key"), &self.key]);
+    /// `kmend feed sign --dir <feed>` with `args`.
+    pub fn sign_with(&self, args: &[&std::ffi::OsStr]) {
+        let dir = self.root();
+        let mut all: Vec<&std::ffi::OsStr> = vec!["feed".as_ref(), "sign".as_ref(), "--dir".as_ref(), dir.as_os_str()];
+        all.extend_from_slice(args);
+        let r = kmend(all);
         assert_eq!(r.code, 0, "feed sign: {r}");
     }
 
-    /// A config using this feed at `url`, trusting its key (inline).
+    /// The published copies of target `name` (`targets/<sha256>.<name>`).
+    pub fn published(&self, name: &str) -> Vec<PathBuf> {
+        let suffix = format!(".{name}");
+        let mut v: Vec<PathBuf> = fs::read_dir(self.root().join("targets"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().ends_with(&suffix))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Copies of every metadata file as published now, to replay later.
+    pub fn snapshot_metadata(&self) -> Vec<(PathBuf, Vec<u8>)> {
+        fs::read_dir(self.root().join("metadata"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .map(|p| {
+                let b = fs::read(&p).unwrap();
+                (p, b)
+            })
+            .collect()
+    }
+
+    /// A config using this feed at `url`. The trusted root is installed by
+    /// [`Root::config`], which reads the `# trusted root:` line.
     pub fn config(&self, url: &str, extra: &str) -> String {
-        let key = fs::read_to_string(&self.public).unwrap();
-        format!("feed_url = \"{url}\"\ntrusted_keys = [\"{}\"]\ntimeout = \"20s\"\n{extra}\n", key.trim())
+        format!(
+            "# trusted root: {}\nfeed_url = \"{url}\"\nroot = \"/etc/kmend/root.json\"\ntimeout = \"20s\"\n{extra}\n",
+            self.trusted_root().display()
+        )
     }
 }
 
@@ -378,12 +418,4 @@ pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
 pub fn time_from_now(secs: i64) -> String {
     let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
     t.format(&time::format_description::well_known::Rfc3339).unwrap()
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    base64::Engine::decode(&base64::engine::general_purpose::STANDARD, s).unwrap()
-}
-
-fn base64_encode(b: &[u8]) -> String {
-    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, b)
 }
