@@ -35,6 +35,7 @@ const APT_PACKAGES: &[&str] = &[
     "rsync",
     "musl-tools", // C code in static (musl) userspace crates
     "tinyproxy",  // a real HTTP proxy for the agent's proxy tests
+    "openssl",    // a real TLS server and CA for the agent's TLS tests
 ];
 
 /// Tools installed with `cargo install`, pinned.

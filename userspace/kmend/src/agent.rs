@@ -120,7 +120,7 @@ pub enum AgentError {
         #[source]
         source: ArtifactError,
     },
-    #[error("patch {label}: '{url}': hash mismatch: index.json says sha256 {expected}, the download is {actual}")]
+    #[error("patch {label}: '{url}': hash mismatch: expected sha256 {expected} (signed index or the apply record), the file is {actual}")]
     HashMismatch { label: String, url: String, expected: String, actual: String },
     #[error("patch {label}: identity mismatch: {what}")]
     IdentityMismatch { label: String, what: String },
@@ -199,6 +199,7 @@ impl Agent {
             cves: m.map(|m| m.cves.clone()).unwrap_or_default(),
             result: if result.is_ok() { "ok" } else { "error" }.to_owned(),
             error: result.err().map(|e| proxy::redact_text(&e)),
+            prev: String::new(),
         };
         // The journal must not turn a done change into a reported failure:
         // say it loudly instead.
@@ -261,7 +262,8 @@ impl Agent {
     /// The URL returned is for messages: credentials hidden.
     pub fn trusted_feed(&self) -> Result<(TrustedFeed, String), AgentError> {
         let secret_url = self.config.feed_url.clone().ok_or_else(|| AgentError::NoFeed(self.paths.config_file()))?;
-        let fetcher = Fetcher::new(&secret_url, self.config.proxy.as_deref(), self.config.timeout)?;
+        let ca = self.config.ca_certs.as_deref().map(|p| self.paths.at(p));
+        let fetcher = Fetcher::new(&secret_url, self.config.proxy.as_deref(), self.config.timeout, ca.as_deref())?;
         let url = proxy::redact(&secret_url);
         let root = self.paths.at(&self.config.root);
         let trust = |source| AgentError::Trust { url: url.clone(), source };
@@ -508,6 +510,23 @@ impl Agent {
         Ok(done)
     }
 
+    /// A cached artifact, refused unless its bytes are the ones verified
+    /// when it was applied (`sha256` recorded then): a file changed in the
+    /// cache since is never loaded.
+    fn read_cached(&self, path: &Path, sha256: &str) -> Result<Artifact, AgentError> {
+        let bytes = fs::read(path).map_err(fsutil::at("read", path))?;
+        let actual = sha256_hex(&bytes);
+        if actual != sha256 {
+            return Err(AgentError::HashMismatch {
+                label: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+                url: path.display().to_string(),
+                expected: sha256.to_owned(),
+                actual,
+            });
+        }
+        Artifact::from_bytes(&bytes).map_err(|source| AgentError::Artifact { what: format!("'{}'", path.display()), source })
+    }
+
     /// Why the boot-time re-apply is off, if it is.
     pub fn boot_disabled(&self) -> Option<String> {
         if !self.config.install_on_reboot {
@@ -545,8 +564,8 @@ impl Agent {
                 continue;
             }
             let path = self.paths.cache_dir().join(&record.file);
-            let result = Artifact::read(&path)
-                .map_err(|source| AgentError::Artifact { what: format!("'{}'", path.display()), source })
+            let result = self
+                .read_cached(&path, &record.sha256)
                 .and_then(|a| if a.manifest.kernel == kernel { Ok(Some(a)) } else { Ok(None) });
             match result {
                 Ok(Some(a)) => match self.install(&mut state, &a, record.released, "reapply") {

@@ -81,6 +81,9 @@ pub enum Command {
         /// Output format.
         #[arg(long, value_enum, default_value_t = ReportFormat::Json)]
         format: ReportFormat,
+        /// Only check the journal's hash chain (exit 0 intact, 4 broken).
+        #[arg(long)]
+        verify: bool,
     },
     /// Diagnostic bundle: versions, config (secrets redacted), kernel and
     /// agent state, recent journal, kernel log.

@@ -39,6 +39,9 @@ pub struct Config {
     pub root: String,
     /// Proxy for feed requests; overrides `https_proxy`/`http_proxy`.
     pub proxy: Option<String>,
+    /// PEM file of the CA certificates trusted for https feeds (replaces
+    /// the bundled web PKI roots).
+    pub ca_certs: Option<String>,
     /// Re-apply the cached patches at boot (`kmend boot`).
     pub install_on_reboot: bool,
     /// The daemon applies what the feed offers (else it only checks).
@@ -56,6 +59,7 @@ impl Default for Config {
             jitter: Duration::from_secs(15 * 60),
             root: DEFAULT_ROOT.to_owned(),
             proxy: None,
+            ca_certs: None,
             install_on_reboot: true,
             auto_update: true,
             timeout: Duration::from_secs(60),
@@ -75,6 +79,7 @@ struct Raw {
     trusted_keys: Option<Spanned<toml::Value>>,
     root: Option<Spanned<String>>,
     proxy: Option<Spanned<String>>,
+    ca_certs: Option<Spanned<String>>,
     install_on_reboot: Option<bool>,
     auto_update: Option<bool>,
     timeout: Option<Spanned<String>>,
@@ -178,6 +183,12 @@ impl Config {
             c.root = root.get_ref().clone();
         }
         c.proxy = raw.proxy.map(Spanned::into_inner).filter(|p| !p.is_empty());
+        if let Some(ca) = &raw.ca_certs {
+            if !ca.get_ref().starts_with('/') {
+                return Err(value_err("ca_certs", ca, format!("'{}' is not an absolute path", ca.get_ref())));
+            }
+            c.ca_certs = Some(ca.get_ref().clone());
+        }
         c.install_on_reboot = raw.install_on_reboot.unwrap_or(c.install_on_reboot);
         c.auto_update = raw.auto_update.unwrap_or(c.auto_update);
         Ok(c)

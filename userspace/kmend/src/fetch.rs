@@ -63,6 +63,8 @@ pub enum FetchError {
     },
     #[error("'{0}': not an http://, https:// or file:// URL, nor an absolute path")]
     BadUrl(String),
+    #[error("ca_certs '{path}': {why}")]
+    CaCerts { path: PathBuf, why: String },
 }
 
 impl Source {
@@ -92,6 +94,23 @@ impl Source {
     }
 }
 
+/// The certificates of a PEM file (e.g. a private CA, or the system
+/// bundle /etc/ssl/certs/ca-certificates.crt).
+fn read_certs(path: &std::path::Path) -> Result<Vec<ureq::tls::Certificate<'static>>, FetchError> {
+    let err = |why: String| FetchError::CaCerts { path: path.to_owned(), why };
+    let pem = fs::read(path).map_err(|e| err(format!("read failed: {e}")))?;
+    let certs: Vec<_> = ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect();
+    if certs.is_empty() {
+        return Err(err("no PEM certificate in it".into()));
+    }
+    Ok(certs)
+}
+
 /// A client for one feed.
 pub struct Fetcher {
     source: Source,
@@ -103,8 +122,9 @@ pub struct Fetcher {
 
 impl Fetcher {
     /// A client for the feed at `url`; `configured_proxy` is the config's
-    /// `proxy`, `timeout` bounds each request.
-    pub fn new(url: &str, configured_proxy: Option<&str>, timeout: Duration) -> Result<Self, FetchError> {
+    /// `proxy`, `timeout` bounds each request, `ca_certs` (a PEM file)
+    /// replaces the bundled web PKI roots.
+    pub fn new(url: &str, configured_proxy: Option<&str>, timeout: Duration, ca_certs: Option<&std::path::Path>) -> Result<Self, FetchError> {
         let source = Source::parse(url)?;
         let (agent, proxy) = match &source {
             Source::Dir(_) => (None, None),
@@ -114,7 +134,15 @@ impl Fetcher {
                     .as_deref()
                     .map(|p| ureq::Proxy::new(p).map_err(|source| FetchError::Proxy { proxy: proxy::redact(p), source }))
                     .transpose()?;
+                let roots = match ca_certs {
+                    Some(path) => ureq::tls::RootCerts::new_with_certs(&read_certs(path)?),
+                    None => ureq::tls::RootCerts::WebPki,
+                };
                 let config = ureq::Agent::config_builder()
+                    .tls_config(ureq::tls::TlsConfig::builder().root_certs(roots).build())
+                    // An https feed stays https: a redirect to http:// is
+                    // refused, not followed.
+                    .https_only(scheme == "https")
                     .http_status_as_error(false)
                     .timeout_global(Some(timeout))
                     .proxy(proxy)
@@ -248,7 +276,7 @@ mod tests {
     fn reads_a_directory_feed_with_size_checks() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), b"hello").unwrap();
-        let f = Fetcher::new(&dir.path().display().to_string(), None, Duration::from_secs(5)).unwrap();
+        let f = Fetcher::new(&dir.path().display().to_string(), None, Duration::from_secs(5), None).unwrap();
         assert_eq!(f.get("f", 100).unwrap(), b"hello");
         assert!(matches!(f.get("f", 3), Err(FetchError::TooLarge { .. })));
         let mut out = Vec::new();

@@ -223,3 +223,33 @@ fn a_bad_channel_is_a_usage_error() {
     assert_eq!(r.code, 64, "{r}");
     assert!(r.stderr.contains("nightly"), "{r}");
 }
+
+#[test]
+fn the_journal_names_the_real_user_and_shows_tampering() {
+    let root = Root::new();
+    let work = tempfile::tempdir().unwrap();
+    let a = artifact(work.path(), &Patch::new("kp_a", 1));
+    // SUDO_USER is whatever the caller says it is.
+    let r = run({
+        let mut c = root.cmd(&["apply", a.to_str().unwrap()]);
+        c.env("SUDO_USER", "mallory").env("USER", "mallory").env("LOGNAME", "mallory");
+        c
+    });
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(root.run(&["revert", "kp_a"]).code, 0);
+    let journal = root.journal();
+    assert_eq!(journal.len(), 2);
+    assert!(journal.iter().all(|e| e["actor"] != "cli:mallory"), "{journal:?}");
+    let r = root.run(&["report", "--verify"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.stdout.contains("2 line(s), chain intact"), "{r}");
+    // Someone turns the revert into an error after the fact.
+    let path = root.path("var/lib/kmend/journal.jsonl");
+    let text = fs::read_to_string(&path).unwrap();
+    let first = text.lines().next().unwrap().to_owned();
+    fs::write(&path, text.replacen(&first, &first.replace("\"apply\"", "\"check\""), 1)).unwrap();
+    let r = root.run(&["report", "--verify", "--json"]);
+    assert_eq!(r.code, 4, "{r}");
+    assert_eq!(r.json()["intact"], false, "{r}");
+    assert!(r.stderr.contains("journal line 2: does not follow line 1"), "{r}");
+}

@@ -238,3 +238,29 @@ fn daemon_applies_updates_and_stops_cleanly_on_sigterm() {
     assert!(log.contains("kmend daemon stopped"), "{log}");
     assert!(root.journal().iter().all(|e| e["actor"] == "daemon"));
 }
+
+#[test]
+fn boot_refuses_a_cached_artifact_changed_since_it_was_applied() {
+    let root = Root::new();
+    let work = tempfile::tempdir().unwrap();
+    let feed = Feed::new();
+    let a = artifact(work.path(), &Patch::new("kp_a", 1));
+    feed.publish("stable", &time_from_now(-86400), &[a]);
+    {
+        let server = Server::start(&feed.root());
+        root.config(&feed.config(&server.url, ""));
+        assert_eq!(root.run(&["update"]).code, 0);
+    }
+    // Someone swaps the cached file for another artifact that is valid on
+    // its own (same id and version, another function): not what was
+    // verified against the feed.
+    let other = tempfile::tempdir().unwrap();
+    let swapped = artifact(other.path(), &Patch { function: "meminfo_proc_show", ..Patch::new("kp_a", 1) });
+    std::fs::copy(&swapped, root.path("var/lib/kmend/cache/kp_a-1.kmpatch")).unwrap();
+    root.reboot("boot-2");
+    let r = root.run(&["boot", "--json"]);
+    assert_eq!(r.code, 4, "{r}");
+    let failed = r.json()["failed"].to_string();
+    assert!(failed.contains("kp_a") && failed.contains("hash mismatch"), "{r}");
+    assert!(root.applied().is_empty(), "a changed artifact was loaded");
+}

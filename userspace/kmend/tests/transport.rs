@@ -188,3 +188,83 @@ fn feed_requests_go_through_the_proxy() {
     assert_eq!(r.code, 1, "{r}");
     assert_eq!(proxy.log().matches(&tunnel).count(), before + 5, "no_proxy ignored");
 }
+
+#[test]
+fn feed_serve_stays_inside_its_directory_and_refuses_a_missing_one() {
+    let r = kmend(["feed", "serve", "--dir", "/nonexistent/feed", "--listen", "127.0.0.1:0"]);
+    assert_eq!(r.code, 4, "{r}");
+    assert!(r.stderr.contains("/nonexistent/feed"), "{r}");
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("feed");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(work.path().join("secret"), "s3cret").unwrap();
+    fs::write(dir.join("inside"), "ok").unwrap();
+    std::os::unix::fs::symlink(work.path().join("secret"), dir.join("link")).unwrap();
+    let server = Server::start(&dir);
+    let get = |path: &str| {
+        let mut s = std::net::TcpStream::connect(server.url.trim_start_matches("http://")).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = String::new();
+        std::io::Read::read_to_string(&mut s, &mut out).unwrap();
+        out
+    };
+    assert!(get("/inside").starts_with("HTTP/1.1 200"), "the plain file is served");
+    let through_link = get("/link");
+    assert!(through_link.starts_with("HTTP/1.1 404") && !through_link.contains("s3cret"), "{through_link}");
+    // A client that never finishes its request head is dropped, not kept.
+    let mut idle = std::net::TcpStream::connect(server.url.trim_start_matches("http://")).unwrap();
+    idle.write_all(b"GET /inside HTTP/1.1\r\n").unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut buf = [0u8; 16];
+    let n = std::io::Read::read(&mut idle, &mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "the server should close an idle connection");
+}
+
+#[test]
+fn an_https_feed_is_trusted_through_the_configured_ca_only() {
+    let ca = TestCa::new();
+    let (feed, _work) = one_patch_feed();
+    let dir = feed.root();
+    let server = TlsServer::start(&ca, Arc::new(move |path: &str, out: &mut dyn std::io::Write| respond_file_to(&dir, path, out)));
+    let root = Root::new();
+    // The bundled web PKI roots do not know a private CA.
+    root.config(&feed.config(&server.url, ""));
+    let r = root.run(&["check"]);
+    assert_eq!(r.code, 4, "{r}");
+    assert!(r.stderr.to_lowercase().contains("certificate") || r.stderr.contains("UnknownIssuer"), "{r}");
+    // ca_certs names the CA (a file under the machine's root, like the
+    // system bundle /etc/ssl/certs/ca-certificates.crt would be).
+    root.write("etc/kmend/ca.pem", &fs::read(ca.ca()).unwrap());
+    root.config(&feed.config(&server.url, "ca_certs = \"/etc/kmend/ca.pem\""));
+    let r = root.run(&["update"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(root.applied(), ["kp_a"]);
+}
+
+#[test]
+fn an_https_feed_is_never_redirected_to_http() {
+    let ca = TestCa::new();
+    let (feed, _work) = one_patch_feed();
+    // The plain-http copy an attacker would like the machine to read.
+    let plain_hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let hits = plain_hits.clone();
+    let dir = feed.root();
+    let plain = RawServer::start(Arc::new(move |path: &str, stream: &mut std::net::TcpStream| {
+        hits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        respond_file(&dir, path, stream);
+    }));
+    let to = plain.url.clone();
+    let server = TlsServer::start(
+        &ca,
+        Arc::new(move |path: &str, out: &mut dyn std::io::Write| {
+            let _ = write!(out, "HTTP/1.1 302 Found\r\nLocation: {to}{path}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }),
+    );
+    let root = Root::new();
+    root.write("etc/kmend/ca.pem", &fs::read(ca.ca()).unwrap());
+    root.config(&feed.config(&server.url, "ca_certs = \"/etc/kmend/ca.pem\""));
+    let r = root.run(&["update"]);
+    assert_eq!(r.code, 4, "{r}");
+    assert_eq!(plain_hits.load(std::sync::atomic::Ordering::SeqCst), 0, "followed https -> http: {r}");
+    assert!(root.applied().is_empty());
+}

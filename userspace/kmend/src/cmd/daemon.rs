@@ -1,8 +1,11 @@
 //! `kmend daemon`: the long-running agent (kmend.service).
 //!
 //! Every `interval` plus a random part of `jitter` it checks the feed, and
-//! applies updates when `auto_update` is on. A failed cycle is retried
-//! with exponential backoff (30 s, 1 min, 2 min... up to `interval`). The
+//! applies updates when `auto_update` is on. The first check waits a
+//! random part of `jitter` too, so a fleet that boots together does not
+//! call the feed together. A failed cycle is retried with exponential
+//! backoff (30 s, 1 min, 2 min... up to `interval`), each wait randomised
+//! between half and all of it ("equal jitter"). The
 //! config is re-read each cycle. SIGTERM or SIGINT stop it cleanly: a
 //! cycle in progress is finished first, so an apply is never cut short.
 //! The blocking agent work runs on tokio's blocking pool.
@@ -69,15 +72,27 @@ fn cycle() -> Cycle {
     Cycle { interval, jitter, ok }
 }
 
+/// A random duration in `0..=max`.
+fn random_up_to(max: Duration) -> Duration {
+    let ms = u64::try_from(max.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(if ms == 0 { 0 } else { rand::thread_rng().gen_range(0..=ms) })
+}
+
 /// The wait before the next cycle.
 fn next_wait(c: &Cycle, failures: u32) -> Duration {
     if failures == 0 {
-        let extra = if c.jitter.is_zero() { 0 } else { rand::thread_rng().gen_range(0..=c.jitter.as_millis() as u64) };
-        c.interval + Duration::from_millis(extra)
+        c.interval + random_up_to(c.jitter)
     } else {
-        let backoff = BACKOFF_BASE.saturating_mul(1u32 << (failures - 1).min(16));
-        backoff.min(c.interval)
+        let backoff = BACKOFF_BASE.saturating_mul(1u32 << (failures - 1).min(16)).min(c.interval);
+        backoff / 2 + random_up_to(backoff / 2)
     }
+}
+
+/// The wait before the first cycle: a random part of the configured
+/// jitter (none when `jitter = "0"`).
+fn first_wait() -> Duration {
+    let jitter = Agent::new(Paths::from_env(), "daemon".into()).map(|a| a.config.jitter).unwrap_or_default();
+    random_up_to(jitter)
 }
 
 pub fn run(_json: bool) -> anyhow::Result<Exit> {
@@ -87,6 +102,15 @@ pub fn run(_json: bool) -> anyhow::Result<Exit> {
         let mut int = signal(SignalKind::interrupt())?;
         let mut failures = 0u32;
         tracing::info!("kmend daemon started");
+        let first = first_wait();
+        if !first.is_zero() {
+            tracing::info!("first check in {}s (jitter)", first.as_secs());
+            tokio::select! {
+                _ = tokio::time::sleep(first) => {}
+                _ = term.recv() => return anyhow::Ok(()),
+                _ = int.recv() => return anyhow::Ok(()),
+            }
+        }
         loop {
             let mut work = tokio::task::spawn_blocking(cycle);
             let mut stopping = false;
@@ -123,10 +147,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_up_to_the_interval() {
+    fn backoff_doubles_up_to_the_interval_with_jitter() {
         let c = Cycle { interval: Duration::from_secs(600), jitter: Duration::ZERO, ok: false };
-        let waits: Vec<u64> = (1..=6).map(|f| next_wait(&c, f).as_secs()).collect();
-        assert_eq!(waits, [30, 60, 120, 240, 480, 600]);
+        for (failures, full) in (1..=6).zip([30, 60, 120, 240, 480, 600]) {
+            let waits: Vec<Duration> = (0..50).map(|_| next_wait(&c, failures)).collect();
+            for w in &waits {
+                assert!(*w >= Duration::from_secs(full / 2) && *w <= Duration::from_secs(full), "{failures}: {w:?}");
+            }
+            assert!(waits.iter().any(|w| *w != waits[0]), "{failures}: no jitter in {waits:?}");
+        }
         assert_eq!(next_wait(&c, 0), Duration::from_secs(600));
         let j = Cycle { interval: Duration::from_secs(60), jitter: Duration::from_secs(10), ok: true };
         for _ in 0..50 {

@@ -92,6 +92,7 @@ pub fn run(command: FeedCommand, json: bool) -> anyhow::Result<Exit> {
             }
         }
         FeedCommand::Serve { dir, listen } => {
+            let dir = serve::open_root(&dir).with_context(|| format!("feed serve: '{}'", dir.display()))?;
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             runtime.block_on(async {
                 let listener =

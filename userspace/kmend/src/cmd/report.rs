@@ -17,6 +17,30 @@ use serde_json::json;
 
 use crate::cli::ReportFormat;
 
+/// `kmend report --verify`: the journal's hash chain, intact or where not.
+pub fn verify(json: bool) -> anyhow::Result<Exit> {
+    let paths = Paths::from_env();
+    let result = journal::verify(&paths)?;
+    if json {
+        match &result {
+            Ok(lines) => super::print_json(&json!({ "journal": paths.journal(), "intact": true, "lines": lines }))?,
+            Err(e) => super::print_json(&json!({ "journal": paths.journal(), "intact": false, "error": e.to_string() }))?,
+        }
+    }
+    match result {
+        Ok(lines) => {
+            if !json {
+                println!("{}: {lines} line(s), chain intact", paths.journal().display());
+            }
+            Ok(Exit::Ok)
+        }
+        Err(e) => {
+            eprintln!("kmend: {}: {e}", paths.journal().display());
+            Ok(Exit::Failure)
+        }
+    }
+}
+
 pub fn run(format: ReportFormat, json: bool) -> anyhow::Result<Exit> {
     let paths = Paths::from_env();
     let o = Overview::gather(&paths, &Kernel::from_env(&paths))?;

@@ -115,7 +115,7 @@ pub fn add(dir: &Path, channel: &str, released: Timestamp, artifacts: &[PathBuf]
 /// every listed artifact's size, hash and manifest.
 pub fn verify_dir(dir: &Path, root: &Path) -> Result<usize, BuildError> {
     let dir = fs::canonicalize(dir).map_err(fsutil::at("open", dir))?;
-    let fetcher = crate::fetch::Fetcher::new(&dir.display().to_string(), None, std::time::Duration::from_secs(60))?;
+    let fetcher = crate::fetch::Fetcher::new(&dir.display().to_string(), None, std::time::Duration::from_secs(60), None)?;
     let seen = tempfile::tempdir().map_err(fsutil::at("create temporary directory", Path::new("/tmp")))?;
     let feed = TrustedFeed::load(fetcher, root, TrustedFeed::read_root(root)?, seen.path())?;
     let path = dir.join(INDEX);

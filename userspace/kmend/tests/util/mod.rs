@@ -419,3 +419,114 @@ pub fn time_from_now(secs: i64) -> String {
     let t = time::OffsetDateTime::now_utc() + time::Duration::seconds(secs);
     t.format(&time::format_description::well_known::Rfc3339).unwrap()
 }
+
+/// A CA and a server certificate for 127.0.0.1, made by the openssl CLI
+/// (a real X.509 chain, as a private CA would issue).
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let sh = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(dir.path()).output().expect("openssl (run `cargo xtask setup`)");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=kmend test CA"]);
+        ca.extend(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"]);
+        sh(&ca);
+        let mut req = vec!["req"];
+        req.extend(ec);
+        req.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+        sh(&req);
+        fs::write(dir.path().join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
+        sh(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf"]);
+        Self { dir }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+}
+
+/// An HTTPS server on loopback (rustls, the CA's server certificate):
+/// `handler` answers each request, as for [`RawServer`].
+pub struct TlsServer {
+    pub url: String,
+    stop: Arc<AtomicBool>,
+}
+
+impl TlsServer {
+    pub fn start(ca: &TestCa, handler: Arc<dyn Fn(&str, &mut dyn std::io::Write) + Send + Sync>) -> Self {
+        use rustls::pki_types::{
+            CertificateDer,
+            PrivateKeyDer,
+            pem::PemObject as _, //
+        };
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(ca.dir.path().join("server.pem")).unwrap().map(Result::unwrap).collect();
+        let key = PrivateKeyDer::from_pem_file(ca.dir.path().join("server.key")).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let config = Arc::new(config);
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stop2.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(tcp) = stream else { continue };
+                let (config, handler) = (config.clone(), handler.clone());
+                thread::spawn(move || {
+                    let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+                    let Ok(conn) = rustls::ServerConnection::new(config) else { return };
+                    let mut tls = rustls::StreamOwned::new(conn, tcp);
+                    let mut head = Vec::new();
+                    let mut b = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") && tls.read(&mut b).map(|n| n == 1).unwrap_or(false) {
+                        head.push(b[0]);
+                    }
+                    let text = String::from_utf8_lossy(&head).into_owned();
+                    let path = text.split(' ').nth(1).unwrap_or("/").to_owned();
+                    if !head.is_empty() {
+                        handler(&path, &mut tls);
+                        tls.conn.send_close_notify();
+                        let _ = tls.flush();
+                    }
+                });
+            }
+        });
+        Self { url, stop }
+    }
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.url.trim_start_matches("https://"));
+    }
+}
+
+/// Serves files of `dir` on any writer (a complete, honest response).
+pub fn respond_file_to(dir: &Path, path: &str, out: &mut dyn std::io::Write) {
+    match fs::read(dir.join(path.trim_start_matches('/'))) {
+        Ok(body) => {
+            let _ = write!(out, "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = out.write_all(&body);
+        }
+        Err(_) => {
+            let _ = out.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    }
+}
