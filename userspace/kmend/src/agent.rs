@@ -462,6 +462,51 @@ impl Agent {
         Ok((record, superseded))
     }
 
+    /// `kmend apply <module.ko>`: a bare patch module, without a manifest.
+    /// Loaded like an artifact (under the lock, behind the crash-loop
+    /// marker, journalled) and recorded with version 0, so `status` and
+    /// `uname` count it; not cached, so not re-applied at boot.
+    pub fn apply_module(&self, path: &Path, id: &str) -> Result<AppliedPatch, AgentError> {
+        let _lock = self.lock()?;
+        let mut state = State::load(&self.paths)?;
+        self.recover(&mut state)?;
+        if self.kernel.status()?.patch(id).is_some() {
+            return Err(AgentError::AlreadyApplied(id.to_owned()));
+        }
+        let bytes = fs::read(path).map_err(fsutil::at("read", path))?;
+        let marker = Marker {
+            id: id.to_owned(),
+            version: 0,
+            started: Timestamp::now(),
+            boot_id: state::boot_id(&self.paths),
+            actor: self.actor.clone(),
+        };
+        state::write_marker(&self.paths, &marker)?;
+        let loaded = self.kernel.load_module(path, id, &[]);
+        state::remove_marker(&self.paths)?;
+        if let Err(e) = loaded {
+            self.journal("apply", (id, None), None, Err(e.to_string()));
+            return Err(e.into());
+        }
+        let replace = self.kernel.status()?.patch(id).is_some_and(|p| p.replace);
+        let record = AppliedPatch {
+            id: id.to_owned(),
+            version: 0,
+            description: format!("bare module {}", path.display()),
+            cves: Vec::new(),
+            replace,
+            functions: Vec::new(),
+            released: None,
+            applied_at: Timestamp::now(),
+            sha256: sha256_hex(&bytes),
+            file: String::new(),
+        };
+        state.record_applied(record.clone());
+        state.save(&self.paths)?;
+        self.journal("apply", (id, None), None, Ok(()));
+        Ok(record)
+    }
+
     /// `kmend revert <id>`: reverts the patch, unloads its module and
     /// forgets it (it is not re-applied at boot). Returns whether the
     /// module could be unloaded.
@@ -489,8 +534,11 @@ impl Agent {
             }
         };
         if let Some(r) = state.forget(id) {
-            let cached = self.paths.cache_dir().join(&r.file);
-            fsutil::remove_durably(&cached).map_err(fsutil::at("remove", &cached))?;
+            // A bare module has no cached file.
+            if !r.file.is_empty() {
+                let cached = self.paths.cache_dir().join(&r.file);
+                fsutil::remove_durably(&cached).map_err(fsutil::at("remove", &cached))?;
+            }
             state.save(&self.paths)?;
         }
         self.journal(action, label, manifest.as_ref(), Ok(()));
@@ -561,6 +609,11 @@ impl Agent {
         for record in state.applied.clone() {
             if status.patch(&record.id).is_some() {
                 report.skipped.push((record.id.clone(), "already applied".into()));
+                continue;
+            }
+            if record.file.is_empty() {
+                state.forget(&record.id);
+                report.skipped.push((record.id.clone(), "applied from a bare module: not re-applied at boot".into()));
                 continue;
             }
             let path = self.paths.cache_dir().join(&record.file);

@@ -107,22 +107,14 @@ impl Uname {
 /// kernel exports them): `namesz`, `descsz`, `type`, then the name and the
 /// descriptor, each padded to 4 bytes.
 pub fn gnu_build_id(notes: &[u8]) -> Option<&[u8]> {
-    let word = |at: usize| notes.get(at..at + 4).map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
-    let pad4 = |n: usize| n.checked_add(3).map(|n| n & !3);
-    let mut at = 0;
-    while at + 12 <= notes.len() {
-        let namesz = word(at)? as usize;
-        let descsz = word(at + 4)? as usize;
-        let kind = word(at + 8)?;
-        let name_at = at + 12;
-        let desc_at = name_at.checked_add(pad4(namesz)?)?;
-        let end = desc_at.checked_add(pad4(descsz)?)?;
-        let name = notes.get(name_at..name_at + namesz)?;
-        let desc = notes.get(desc_at..desc_at + descsz)?;
-        if kind == NT_GNU_BUILD_ID && name == b"GNU\0" && !desc.is_empty() {
-            return Some(desc);
+    // The kernel writes its notes in its own byte order, 4-byte aligned:
+    // the `object` crate walks them.
+    type Header = object::elf::FileHeader64<object::NativeEndian>;
+    let mut iter = object::read::elf::NoteIterator::<Header>::new(object::NativeEndian, 4, notes).ok()?;
+    while let Ok(Some(note)) = iter.next() {
+        if note.n_type(object::NativeEndian) == NT_GNU_BUILD_ID && note.name() == b"GNU" && !note.desc().is_empty() {
+            return Some(note.desc());
         }
-        at = end;
     }
     None
 }

@@ -253,3 +253,27 @@ fn the_journal_names_the_real_user_and_shows_tampering() {
     assert_eq!(r.json()["intact"], false, "{r}");
     assert!(r.stderr.contains("journal line 2: does not follow line 1"), "{r}");
 }
+
+#[test]
+fn a_bare_module_is_applied_like_a_managed_patch() {
+    let root = Root::new();
+    let work = tempfile::tempdir().unwrap();
+    artifact(work.path(), &Patch::new("kp_bare", 1));
+    let ko = work.path().join("kp_bare.ko");
+    let r = root.run(&["apply", ko.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r}");
+    // Journalled, counted by status and uname, taken under the lock.
+    let journal = root.journal();
+    assert_eq!((journal.len(), &journal[0]["action"], &journal[0]["patch"]), (1, &serde_json::json!("apply"), &serde_json::json!("kp_bare")), "{journal:?}");
+    assert!(root.path("var/lib/kmend/lock").exists());
+    let status = root.run(&["status", "--json"]);
+    assert_eq!(status.json()["managed"][0]["id"], "kp_bare", "{status}");
+    assert_eq!(root.run(&["uname", "-r"]).stdout.trim(), format!("{RELEASE}-kmend0"));
+    // Not cached: a reboot does not bring it back, and says why.
+    root.reboot("boot-2");
+    let r = root.run(&["boot", "--json"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert!(r.json()["skipped"].to_string().contains("bare module"), "{r}");
+    assert!(root.applied().is_empty());
+    assert_eq!(root.run(&["uname", "-r"]).stdout.trim(), RELEASE);
+}

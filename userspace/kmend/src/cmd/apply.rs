@@ -14,9 +14,7 @@ use anyhow::{
 use kmend::{
     exit::Exit,
     modinfo,
-    paths::Paths,
-    status::KernelStatus,
-    sys::Kernel, //
+    status::KernelStatus, //
 };
 use serde_json::json;
 
@@ -31,11 +29,11 @@ pub fn run(file: &Path, json: bool) -> anyhow::Result<Exit> {
         return run_artifact(file, json);
     }
     let id = modinfo::module_name(file)?;
-    let kernel = Kernel::from_env(&Paths::from_env());
+    let agent = super::cli_agent()?;
     // Fail early, with the right message, when the core is missing.
-    kernel.read_status()?;
-    kernel.load_module(file, &id, &[])?;
-    let status = KernelStatus::parse(&kernel.read_status()?)?;
+    agent.kernel.read_status()?;
+    agent.apply_module(file, &id)?;
+    let status = KernelStatus::parse(&agent.kernel.read_status()?)?;
     let Some(patch) = status.patch(&id) else {
         bail!("patch '{id}': module loaded but kmend does not list it: is it a kmend patch module?");
     };
