@@ -37,9 +37,12 @@ pub enum FetchError {
     Truncated { url: String, expected: u64, got: u64 },
     #[error("'{url}': larger than the {limit} bytes expected")]
     TooLarge { url: String, limit: u64 },
-    #[error("'{url}': request failed: {source}")]
+    #[error("'{url}'{via}: request failed: {source}")]
     Network {
         url: String,
+        /// ` via proxy '<proxy>'` (credentials hidden) when one is used,
+        /// so a proxy failure is not mistaken for the feed's.
+        via: String,
         #[source]
         source: ureq::Error,
     },
@@ -240,7 +243,10 @@ impl Fetcher {
             ureq::Error::Io(ref io) if io.kind() == io::ErrorKind::TimedOut => {
                 FetchError::Timeout { url: url.to_owned(), secs: self.timeout.as_secs() }
             }
-            source => FetchError::Network { url: url.to_owned(), source },
+            source => {
+                let via = self.proxy.as_deref().map(|p| format!(" via proxy '{}'", proxy::redact(p))).unwrap_or_default();
+                FetchError::Network { url: url.to_owned(), via, source }
+            }
         }
     }
 

@@ -268,3 +268,17 @@ fn an_https_feed_is_never_redirected_to_http() {
     assert_eq!(plain_hits.load(std::sync::atomic::Ordering::SeqCst), 0, "followed https -> http: {r}");
     assert!(root.applied().is_empty());
 }
+
+#[test]
+fn a_dead_proxy_is_named_in_the_error() {
+    let (feed, _work) = one_patch_feed();
+    let server = Server::start(&feed.root());
+    // A port nobody listens on, as the configured proxy.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let root = Root::new();
+    root.config(&feed.config(&server.url, &format!("proxy = \"http://bob:hunter2@127.0.0.1:{port}\"")));
+    let r = root.run(&["check"]);
+    assert_eq!(r.code, 4, "{r}");
+    assert!(r.stderr.contains(&format!("via proxy 'http://***@127.0.0.1:{port}': request failed")), "{r}");
+    assert!(!r.stderr.contains("hunter2"), "{r}");
+}
