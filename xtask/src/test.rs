@@ -114,7 +114,16 @@ fn finish(tally: &Tally) -> anyhow::Result<()> {
 pub fn vm_only(opts: &VmOptions) -> anyhow::Result<()> {
     let mut tally = Tally::default();
     let all = build::all(&opts.kernels_or(ALL_KERNELS))?;
-    vm_suites(&all, opts, &mut tally)?;
+    match &opts.mode {
+        Some(mode) => {
+            for artifacts in &all {
+                for _ in 0..opts.repeat {
+                    add_run(vm::boot(artifacts, mode, opts, false, None)?, &mut tally);
+                }
+            }
+        }
+        None => vm_suites(&all, opts, &mut tally)?,
+    }
     finish(&tally)
 }
 

@@ -54,6 +54,13 @@ pub struct VmOptions {
     /// default: both for tests and bench, the stock one for the demo.
     #[arg(long = "kernel", value_enum)]
     pub kernels: Vec<Flavor>,
+    /// `vm-test` only: boot this guest mode once per kernel instead of the
+    /// suite (e.g. `textpoke`, the control run without kmend).
+    #[arg(long)]
+    pub mode: Option<String>,
+    /// `vm-test` only: how many times to boot `--mode`.
+    #[arg(long, default_value_t = 1)]
+    pub repeat: u32,
 }
 
 impl VmOptions {
@@ -140,13 +147,28 @@ pub fn boot(artifacts: &Artifacts, mode: &str, opts: &VmOptions, echo_all: bool,
     if opts.kvm {
         qemu.args(["-accel", "kvm", "-cpu", "host"]);
     } else {
-        // Multi-threaded TCG; `max` gives the guest every feature TCG emulates.
-        qemu.args(["-accel", "tcg,thread=multi", "-cpu", "max"]);
+        // `max` gives the guest every feature TCG emulates. The stock
+        // kernel runs on single-threaded TCG: with one host thread per vCPU,
+        // QEMU races the kernel's own text poking (text_poke_bp's int3
+        // protocol) and the stock kernel takes an unhandled `int3` within
+        // seconds with nothing of kmend loaded (`vm-test --mode textpoke`:
+        // 5 of 5 boots; 0 of 3 single-threaded). The debug kernel keeps one
+        // host thread per vCPU (0 of 2 crashed), so some run has real
+        // parallelism (docs/testing.md).
+        let accel = match artifacts.kernel.flavor {
+            Flavor::Stock => "tcg,thread=single",
+            Flavor::Debug => "tcg,thread=multi",
+        };
+        qemu.args(["-accel", accel, "-cpu", "max"]);
     }
     println!(
         "xtask: booting the {flavor} kernel {} ({mode}, {}, {cpus} vCPUs), console log: {}",
         artifacts.kernel.release,
-        if opts.kvm { "kvm" } else { "tcg" },
+        match (opts.kvm, artifacts.kernel.flavor) {
+            (true, _) => "kvm",
+            (false, Flavor::Stock) => "tcg single-threaded",
+            (false, Flavor::Debug) => "tcg multi-threaded",
+        },
         log.display()
     );
     let mut child = qemu

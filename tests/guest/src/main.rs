@@ -2,7 +2,8 @@
 //! the `kmend_guest=` kernel parameter, then powers the VM off.
 //!
 //! Modes: `test` (the end-to-end suite, [`suite`]), `demo` (the narrated
-//! walk-through, [`demo`]), `bench` (measurements, [`bench`]). The host (`cargo xtask`) reads the verdict
+//! walk-through, [`demo`]), `bench` (measurements, [`bench`]), `textpoke`
+//! (a control run without kmend, [`textpoke`]). The host (`cargo xtask`) reads the verdict
 //! line and scans the console for kernel warnings.
 
 mod agent_suite;
@@ -12,6 +13,7 @@ mod demo;
 mod harness;
 mod suite;
 mod switch_suite;
+mod textpoke;
 
 /// Whether loopback was up when `kmend boot` ran on the second boot.
 pub static NETWORK_WAS_UP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -27,6 +29,7 @@ fn main() {
         "demo" => demo::run(),
         "bench" => bench::run(),
         "test-reboot" => suite::run_second_boot(),
+        "textpoke" => textpoke::run(),
         other => println!("kmend-guest: unknown mode '{other}'"),
     }
     harness::power_off();
