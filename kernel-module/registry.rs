@@ -414,12 +414,12 @@ impl Registry {
 }
 
 /// Whether kmend.ko registers the `sched_switch` watch (`sched_watch.rs`).
-/// Off: registering the probe enables the tracepoint's jump label in
-/// `__schedule`, and twice in the suite's runs under QEMU TCG a CPU then
-/// took an unhandled `int3` at that site ("Oops: int3" in `__schedule`),
-/// once on the stock kernel right after kmend.ko loaded. Not understood
-/// yet; until it is, the stopped check uses the walk that needs no probe.
-const SCHED_WATCH: bool = false;
+/// It was off while an unhandled `int3` at the tracepoint's jump label in
+/// `__schedule` was suspected to be kmend's; it is multi-threaded QEMU TCG
+/// racing the kernel's text poking, also without kmend (docs/testing.md).
+/// Off, the stopped check uses the walk that needs no probe, and the pause
+/// grows with the number of threads.
+const SCHED_WATCH: bool = true;
 
 /// What the registry keeps running while kmend.ko is loaded (the
 /// `sched_switch` watch); dropping it frees everything the registry still
