@@ -294,13 +294,21 @@ impl Agent {
             Ok((CheckReport { time, feed: url, kernel, channel, plan }, fetcher))
         })();
         state.last_check = Some(match &result {
-            Ok((r, _)) => LastCheck { time, feed: feed_url, supported: Some(true), target: r.plan.target.clone(), error: None },
+            Ok((r, feed)) => LastCheck {
+                time,
+                feed: feed_url,
+                supported: Some(true),
+                target: r.plan.target.clone(),
+                error: None,
+                signed: Some(feed.signed()),
+            },
             Err(e) => LastCheck {
                 time,
                 feed: feed_url,
                 supported: matches!(e, AgentError::Policy(PolicyError::Unsupported { .. })).then_some(false),
                 target: Vec::new(),
                 error: Some(proxy::redact_text(&e.to_string())),
+                signed: None,
             },
         });
         state.save(&self.paths)?;
@@ -619,7 +627,7 @@ impl Agent {
             let path = self.paths.cache_dir().join(&record.file);
             let result = self
                 .read_cached(&path, &record.sha256)
-                .and_then(|a| if a.manifest.kernel == kernel { Ok(Some(a)) } else { Ok(None) });
+                .map(|a| if a.manifest.kernel == kernel { Some(a) } else { None });
             match result {
                 Ok(Some(a)) => match self.install(&mut state, &a, record.released, "reapply") {
                     Ok(_) => report.reapplied.push(record.id.clone()),

@@ -121,6 +121,20 @@ pub struct LastCheck {
     pub target: Vec<PatchEntry>,
     #[serde(default)]
     pub error: Option<String>,
+    /// The feed's signed metadata as trusted then: its version and when
+    /// it expires (the publisher must re-sign before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<SignedFeed>,
+}
+
+/// What a check trusted of the feed's signed metadata.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedFeed {
+    /// Version of the root (the keys) and of the timestamp (the publish).
+    pub root_version: u64,
+    pub version: u64,
+    /// When the first of its roles expires (RFC 3339).
+    pub expires: String,
 }
 
 /// The crash-loop guard's marker: written (and fsynced) before a patch

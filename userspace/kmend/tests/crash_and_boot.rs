@@ -264,3 +264,25 @@ fn boot_refuses_a_cached_artifact_changed_since_it_was_applied() {
     assert!(failed.contains("kp_a") && failed.contains("hash mismatch"), "{r}");
     assert!(root.applied().is_empty(), "a changed artifact was loaded");
 }
+
+#[test]
+fn daemon_logs_never_show_feed_credentials() {
+    let root = Root::new();
+    let feed = Feed::new();
+    // A feed URL with credentials on a port nobody listens on: every cycle
+    // fails and is logged.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    root.config(&feed.config(&format!("http://alice:s3cret@127.0.0.1:{port}"), "interval = \"1s\"\njitter = \"0\""));
+    let mut child = root.cmd(&["daemon"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    // The first cycle fails at once; its state is written right after.
+    wait_for("the daemon's first failed check", LIMIT, || {
+        std::fs::read_to_string(root.path("var/lib/kmend/state.json")).is_ok_and(|s| s.contains("request failed"))
+    });
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(log.contains("update failed") && log.contains("http://***@127.0.0.1"), "{log}");
+    assert!(!log.contains("s3cret"), "{log}");
+}

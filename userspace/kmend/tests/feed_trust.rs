@@ -59,6 +59,10 @@ fn rollback_to_an_older_signed_feed_is_refused() {
     let r = root.run(&["update"]);
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(root.applied(), ["kp_c2"]);
+    // status says which publish it trusts, and until when.
+    let status = root.run(&["status", "--json"]);
+    assert_eq!(status.json()["last_check"]["signed"]["version"], 2, "{status}");
+    assert!(root.run(&["status"]).stdout.contains("feed: signed publish version 2 (root version 1), valid until "));
 
     // A mirror now serves the older feed, whose signatures are all good.
     let mirror = Server::start(old.path());

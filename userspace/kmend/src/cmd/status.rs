@@ -60,6 +60,12 @@ pub fn run(json: bool) -> anyhow::Result<Exit> {
             None => println!("last check: {} ({}): ok", c.time, c.feed),
         },
     }
+    if let Some(signed) = o.last_check.as_ref().and_then(|c| c.signed.as_ref()) {
+        println!(
+            "feed: signed publish version {} (root version {}), valid until {}",
+            signed.version, signed.root_version, signed.expires
+        );
+    }
     if !o.pending.is_empty() {
         let names: Vec<String> = o.pending.iter().map(|p| format!("{} (version {})", p.id, p.version)).collect();
         println!("{} update(s) available: {} (run `kmend update`)", o.pending.len(), names.join(", "));

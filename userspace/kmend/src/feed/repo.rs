@@ -79,7 +79,7 @@ pub enum RepoError {
     Tough {
         what: String,
         #[source]
-        source: tough::error::Error,
+        source: Box<tough::error::Error>,
     },
     #[error("{0}")]
     Runtime(String),
@@ -87,7 +87,7 @@ pub enum RepoError {
 
 fn tough_err(what: impl Into<String>) -> impl FnOnce(tough::error::Error) -> RepoError {
     let what = what.into();
-    move |source| RepoError::Tough { what, source }
+    move |source| RepoError::Tough { what, source: Box::new(source) }
 }
 
 fn feed_err(path: &Path, what: impl Into<String>) -> RepoError {

@@ -203,20 +203,19 @@ impl TrustedFeed {
         .map_err(TrustError::Other)?
     }
 
-    /// Versions of the trusted metadata: (root, timestamp).
-    pub fn versions(&self) -> (u64, u64) {
-        (self.repo.root().signed.version.get(), self.repo.timestamp().signed.version.get())
-    }
-
-    /// When the first of the feed's roles expires.
-    pub fn expires(&self) -> String {
-        let t = [
+    /// What this machine now trusts of the feed.
+    pub fn signed(&self) -> crate::state::SignedFeed {
+        let expires = [
             self.repo.timestamp().signed.expires,
             self.repo.snapshot().signed.expires,
             self.repo.targets().signed.expires,
             self.repo.root().signed.expires,
         ];
-        t.iter().min().map(ToString::to_string).unwrap_or_default()
+        crate::state::SignedFeed {
+            root_version: self.repo.root().signed.version.get(),
+            version: self.repo.timestamp().signed.version.get(),
+            expires: expires.iter().min().map(ToString::to_string).unwrap_or_default(),
+        }
     }
 }
 
@@ -227,7 +226,7 @@ fn root_version(bytes: &[u8]) -> Result<u64, serde_json::Error> {
 /// The message of the deepest error in `e`'s chain that says something.
 fn innermost(e: &dyn std::fmt::Display) -> String {
     let text = e.to_string();
-    text.rsplit("error fetching").next().map(|t| t.trim_start_matches(|c: char| c == '\'' || c == ':' || c == ' ')).unwrap_or(&text).to_owned()
+    text.rsplit("error fetching").next().map(|t| t.trim_start_matches(['\'', ':', ' '])).unwrap_or(&text).to_owned()
 }
 
 fn explain_transport(source: TransportError) -> TrustError {
