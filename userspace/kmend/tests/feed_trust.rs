@@ -29,6 +29,11 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// `kmend feed build --dir <dir> --channel stable <artifact>`.
+fn stage(dir: &std::ffi::OsStr, artifact: &std::ffi::OsStr) -> Run {
+    feed_cmd(&["build".as_ref(), "--dir".as_ref(), dir, "--channel".as_ref(), "stable".as_ref(), artifact])
+}
+
 fn feed_cmd(args: &[&std::ffi::OsStr]) -> Run {
     let mut all: Vec<&std::ffi::OsStr> = vec!["feed".as_ref()];
     all.extend_from_slice(args);
@@ -81,15 +86,7 @@ fn a_frozen_feed_is_refused_once_its_metadata_expires() {
     let work = tempfile::tempdir().unwrap();
     let feed = Feed::new();
     let a = artifact(work.path(), &Patch::new("kp_a", 1));
-    let r = kmend::<&std::ffi::OsStr>(vec![
-        "feed".as_ref(),
-        "build".as_ref(),
-        "--dir".as_ref(),
-        feed.root().as_os_str(),
-        "--channel".as_ref(),
-        "stable".as_ref(),
-        a.as_os_str(),
-    ]);
+    let r = stage(feed.root().as_os_str(), a.as_os_str());
     assert_eq!(r.code, 0, "{r}");
     // A publish valid for 2 seconds, then never re-signed: what a mirror
     // that freezes the feed (or a dead publisher) looks like.
@@ -163,15 +160,7 @@ fn a_revoked_key_cannot_sign_after_a_root_rotation() {
     // The attacker signs a newer publish of the old feed with the old key,
     // served where the new root files are not.
     let evil = artifact(work.path(), &Patch { function: "meminfo_proc_show", ..Patch::new("kp_evil", 9) });
-    let r = kmend::<&std::ffi::OsStr>(vec![
-        "feed".as_ref(),
-        "build".as_ref(),
-        "--dir".as_ref(),
-        before.path().as_os_str(),
-        "--channel".as_ref(),
-        "stable".as_ref(),
-        evil.as_os_str(),
-    ]);
+    let r = stage(before.path().as_os_str(), evil.as_os_str());
     assert_eq!(r.code, 0, "{r}");
     for _ in 0..3 {
         // Versions above anything the machine saw.
@@ -225,7 +214,7 @@ fn a_root_change_below_the_threshold_is_refused() {
     assert!(!dir.join("metadata/2.root.json").exists(), "{r}");
     // The online key publishes; a root key alone does not.
     let a = artifact(work.path(), &Patch::new("kp_a", 1));
-    let r = kmend::<&std::ffi::OsStr>(vec!["feed".as_ref(), "build".as_ref(), "--dir".as_ref(), dir.as_os_str(), "--channel".as_ref(), "stable".as_ref(), a.as_os_str()]);
+    let r = stage(dir.as_os_str(), a.as_os_str());
     assert_eq!(r.code, 0, "{r}");
     let r = feed_cmd(&["sign".as_ref(), "--dir".as_ref(), dir.as_os_str(), "--key".as_ref(), keys[0].0.as_os_str()]);
     assert_ne!(r.code, 0, "{r}");

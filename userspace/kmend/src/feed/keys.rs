@@ -103,24 +103,18 @@ pub fn generate(out: &Path) -> Result<(PathBuf, PathBuf, String), KeyError> {
     let pem = pem::encode(&pem::Pem::new(PEM_TAG, der.as_ref().to_vec()));
     let pair = parse_keypair(der.as_ref()).map_err(|_| KeyError::Generate)?;
     let key = pair.tuf_key();
-    // create_new: an existing file (even one created since the check) is
-    // never replaced; the secret key is 0600 from its first byte.
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&secret_path)
-        .map_err(io_err("create", &secret_path))?;
-    f.write_all(pem.as_bytes()).and_then(|()| f.sync_all()).map_err(io_err("write", &secret_path))?;
+    // The secret key is 0600 from its first byte.
+    create_new(&secret_path, 0o600, pem.as_bytes())?;
     let public = serde_json::to_string(&key).unwrap_or_default() + "\n";
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&public_path)
-        .map_err(io_err("create", &public_path))?;
-    f.write_all(public.as_bytes()).and_then(|()| f.sync_all()).map_err(io_err("write", &public_path))?;
+    create_new(&public_path, 0o644, public.as_bytes())?;
     Ok((secret_path, public_path, key_id(&key)))
+}
+
+/// Writes a new file with `mode`; an existing one (even one created since
+/// the caller checked) is never replaced.
+fn create_new(path: &Path, mode: u32, data: &[u8]) -> Result<(), KeyError> {
+    let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(path).map_err(io_err("create", path))?;
+    f.write_all(data).and_then(|()| f.sync_all()).map_err(io_err("write", path))
 }
 
 /// A secret key file, checked: signs as a [`KeySource`].

@@ -396,12 +396,7 @@ pub fn respond(stream: &mut TcpStream, body: &[u8]) {
 
 /// Serves files of `dir` (a complete, honest response).
 pub fn respond_file(dir: &Path, path: &str, stream: &mut TcpStream) {
-    match fs::read(dir.join(path.trim_start_matches('/'))) {
-        Ok(body) => respond(stream, &body),
-        Err(_) => {
-            let _ = stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-        }
-    }
+    respond_file_to(dir, path, stream);
 }
 
 /// Polls `cond` until it holds or `limit` passes (a generous timeout,
