@@ -13,7 +13,6 @@ use std::{
     io::{
         BufRead as _,
         BufReader,
-        Read as _,
         Write as _, //
     },
     net::{
@@ -356,26 +355,9 @@ impl RawServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(mut stream) = stream else { continue };
-                let handler = handler.clone();
-                thread::spawn(move || {
-                    let mut head = Vec::new();
-                    let mut b = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut b).map(|n| n == 1).unwrap_or(false) {
-                        head.push(b[0]);
-                    }
-                    let text = String::from_utf8_lossy(&head).into_owned();
-                    let target = text.split(' ').nth(1).unwrap_or("/").to_owned();
-                    let path = target.rsplit("://").next().map(|t| t.find('/').map_or(t, |i| &t[i..])).unwrap_or("/").to_owned();
-                    handler(&path, &mut stream);
-                });
-            }
+        accept_each(listener, stop.clone(), move |mut stream| {
+            let path = request_path(&mut stream).unwrap_or_else(|| "/".to_owned());
+            handler(&path, &mut stream);
         });
         Self { url, stop }
     }
@@ -386,6 +368,39 @@ impl Drop for RawServer {
         self.stop.store(true, Ordering::SeqCst);
         let _ = TcpStream::connect(self.url.trim_start_matches("http://"));
     }
+}
+
+/// Serves each connection of `listener` on its own thread until `stop`
+/// (set, then woken by one more connection, by the server's `Drop`).
+fn accept_each(listener: TcpListener, stop: Arc<AtomicBool>, serve: impl Fn(TcpStream) + Send + Sync + 'static) {
+    let serve = Arc::new(serve);
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
+            let Ok(stream) = stream else { continue };
+            let serve = serve.clone();
+            thread::spawn(move || serve(stream));
+        }
+    });
+}
+
+/// Reads a request head and returns its path (an absolute-form target, as
+/// sent to a proxy, reduced to its path); `None` when the client sent
+/// nothing.
+fn request_path(r: &mut impl std::io::Read) -> Option<String> {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && r.read(&mut b).map(|n| n == 1).unwrap_or(false) {
+        head.push(b[0]);
+    }
+    if head.is_empty() {
+        return None;
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let target = text.split(' ').nth(1).unwrap_or("/");
+    Some(target.rsplit("://").next().map(|t| t.find('/').map_or(t, |i| &t[i..])).unwrap_or("/").to_owned())
 }
 
 /// Writes a complete 200 response.
@@ -475,31 +490,14 @@ impl TlsServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("https://{}", listener.local_addr().unwrap());
         let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
-        thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stop2.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(tcp) = stream else { continue };
-                let (config, handler) = (config.clone(), handler.clone());
-                thread::spawn(move || {
-                    let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
-                    let Ok(conn) = rustls::ServerConnection::new(config) else { return };
-                    let mut tls = rustls::StreamOwned::new(conn, tcp);
-                    let mut head = Vec::new();
-                    let mut b = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") && tls.read(&mut b).map(|n| n == 1).unwrap_or(false) {
-                        head.push(b[0]);
-                    }
-                    let text = String::from_utf8_lossy(&head).into_owned();
-                    let path = text.split(' ').nth(1).unwrap_or("/").to_owned();
-                    if !head.is_empty() {
-                        handler(&path, &mut tls);
-                        tls.conn.send_close_notify();
-                        let _ = tls.flush();
-                    }
-                });
+        accept_each(listener, stop.clone(), move |tcp| {
+            let _ = tcp.set_read_timeout(Some(Duration::from_secs(30)));
+            let Ok(conn) = rustls::ServerConnection::new(config.clone()) else { return };
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            if let Some(path) = request_path(&mut tls) {
+                handler(&path, &mut tls);
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
             }
         });
         Self { url, stop }
