@@ -43,6 +43,10 @@ const PATCH_DIRS: &[&str] = &[
     "tests/bench/patches/ten",
 ];
 
+/// Patches built from upstream C diffs (xtask/src/diff_patch), for the
+/// stock kernel: the builder compiles single objects in its build tree.
+const DIFF_PATCH_DIRS: &[&str] = &["tests/patches/stable_do_wait"];
+
 /// Everything one kernel's VM needs, by the names `vm-images/initramfs.txt`
 /// uses (`@name`).
 pub struct Artifacts {
@@ -89,7 +93,8 @@ pub fn kernels(which: &[Flavor]) -> anyhow::Result<Vec<Kernel>> {
 pub fn for_kernel(kernel: &Kernel, userspace: &BTreeMap<String, PathBuf>) -> anyhow::Result<Artifacts> {
     let mods = modules::build(kernel)?;
     let mut files = userspace.clone();
-    for dir in PATCH_DIRS {
+    let diff_dirs = if kernel.flavor == Flavor::Stock { DIFF_PATCH_DIRS } else { &[] };
+    for dir in PATCH_DIRS.iter().chain(diff_dirs) {
         let built = patch::build(kernel, &paths::repo().join(dir), &mods.kmend_symvers, &mods.fixtures)?;
         files.insert(format!("{}.ko", built.id), built.module);
         files.insert(format!("{}.kmpatch", built.id), built.artifact);

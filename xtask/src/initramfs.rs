@@ -87,7 +87,9 @@ pub fn write(files: &BTreeMap<String, PathBuf>, boot_modules: &[PathBuf], out: &
                 let minor = f[5].parse().map_err(|_| bad())?;
                 cpio.entry(f[1], 0o020000 | mode, (major, minor), &[]);
             }
-            ("file", 4) => {
+            // `file?`: a build output only some kernels have.
+            ("file?", 4) if f[3].strip_prefix('@').is_some_and(|name| !files.contains_key(name)) => {}
+            ("file" | "file?", 4) => {
                 let source = match f[3].strip_prefix('@') {
                     Some(name) => files
                         .get(name)

@@ -15,6 +15,7 @@ mod build;
 mod chroot;
 mod debian;
 mod debug_kernel;
+mod diff_patch;
 mod initramfs;
 mod kernel;
 mod modules;

@@ -68,8 +68,13 @@ pub fn mirror(from: &Path, to: &Path) -> anyhow::Result<()> {
 /// `binds`: host directories the build reads besides the cache and the
 /// repository.
 pub fn kbuild(kernel: &Kernel, dir: &Path, extra_symbols: &[PathBuf], binds: &[PathBuf], log: &str) -> anyhow::Result<()> {
+    kbuild_with(kernel, dir, extra_symbols, binds, &[], log)
+}
+
+/// [`kbuild`] with extra `make` arguments.
+pub fn kbuild_with(kernel: &Kernel, dir: &Path, extra_symbols: &[PathBuf], binds: &[PathBuf], args: &[&str], log: &str) -> anyhow::Result<()> {
     let mut cmd = kernel.make_binding(binds);
-    cmd.arg(format!("M={}", dir.display())).arg("modules");
+    cmd.arg(format!("M={}", dir.display())).args(args).arg("modules");
     if !extra_symbols.is_empty() {
         let list: Vec<String> = extra_symbols.iter().map(|p| p.display().to_string()).collect();
         cmd.arg(format!("KBUILD_EXTRA_SYMBOLS={}", list.join(" ")));

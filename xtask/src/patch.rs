@@ -55,7 +55,12 @@ struct Spec {
     /// Cumulative: supersedes every applied patch.
     #[serde(default)]
     replace: bool,
-    #[serde(rename = "function")]
+    /// A unified diff against the kernel's source (path relative to the
+    /// patch directory): the functions come from it (xtask/src/diff_patch).
+    #[serde(default)]
+    diff: Option<String>,
+    /// Hand-written replacements (patch.rs); none with `diff`.
+    #[serde(rename = "function", default)]
     functions: Vec<SpecFunction>,
 }
 
@@ -91,8 +96,8 @@ pub struct BuiltPatch {
 
 fn check_name(what: &str, s: &str) -> anyhow::Result<()> {
     ensure!(
-        !s.is_empty() && s.len() < 64 && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_'),
-        "{what} '{s}' must be 1 to 63 characters of [A-Za-z0-9_]"
+        !s.is_empty() && s.len() < 128 && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'.'),
+        "{what} '{s}' must be 1 to 127 characters of [A-Za-z0-9_.]"
     );
     Ok(())
 }
@@ -102,7 +107,11 @@ fn read_spec(dir: &Path) -> anyhow::Result<Spec> {
     let text = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
     let spec: Spec = toml::from_str(&text).with_context(|| format!("{}: invalid patch spec", path.display()))?;
     check_name("patch id", &spec.id)?;
-    ensure!(!spec.functions.is_empty(), "{}: no [[function]]", path.display());
+    match (&spec.diff, spec.functions.is_empty()) {
+        (None, true) => bail!("{}: no [[function]] and no diff", path.display()),
+        (Some(_), false) => bail!("{}: a patch has either a diff or [[function]]s, not both", path.display()),
+        _ => {}
+    }
     for f in &spec.functions {
         check_name("function", &f.name)?;
         check_name("object", &f.object)?;
@@ -114,10 +123,23 @@ fn read_spec(dir: &Path) -> anyhow::Result<Spec> {
     Ok(spec)
 }
 
-/// The patch module's source: descriptor and registration around patch.rs.
+/// The patch module's source: descriptor and registration around the
+/// replacements, which are patch.rs or, for a diff, the copied functions
+/// linked in from the fix's objects.
 fn generate(spec: &Spec, dir: &Path) -> anyhow::Result<String> {
     let abi = paths::repo().join("kernel-module/abi.rs");
-    let patch_rs = dir.join("patch.rs").canonicalize().with_context(|| format!("{}/patch.rs", dir.display()))?;
+    let replacements = if spec.diff.is_some() {
+        let mut decls = String::new();
+        for f in &spec.functions {
+            writeln!(decls, "        pub(crate) fn {}();", f.replacement)?;
+        }
+        format!(
+            "/// The changed functions, compiled from the fixed C source.\nmod replacements {{\n    unsafe extern \"C\" {{\n{decls}    }}\n}}"
+        )
+    } else {
+        let patch_rs = dir.join("patch.rs").canonicalize().with_context(|| format!("{}/patch.rs", dir.display()))?;
+        format!("#[path = \"{}\"]\nmod replacements;", patch_rs.display())
+    };
     let mut funcs = String::new();
     for f in &spec.functions {
         writeln!(
@@ -144,8 +166,7 @@ use kernel::{{
 #[path = "{abi}"]
 mod abi;
 
-#[path = "{patch_rs}"]
-mod replacements;
+{replacements}
 
 module! {{
     type: KmendPatchModule,
@@ -200,7 +221,7 @@ impl Drop for KmendPatchModule {{
         id = spec.id,
         src = dir.display(),
         abi = abi.display(),
-        patch_rs = patch_rs.display(),
+        replacements = replacements,
         funcs = funcs,
         flags = if spec.replace { "abi::KMEND_PATCH_REPLACE" } else { "0" },
         cves = spec.cves.join(","),
@@ -366,23 +387,54 @@ fn rewritable(insn: &iced_x86::Instruction) -> bool {
 /// Module.symvers of kmend.ko; `targets` maps module names to built `.ko`s
 /// (for patches on modules).
 pub fn build(kernel: &Kernel, dir: &Path, extra_symbols: &Path, targets: &[PathBuf]) -> anyhow::Result<BuiltPatch> {
-    let spec = read_spec(dir)?;
+    let mut spec = read_spec(dir)?;
     let out = kernel.out_dir("patches").join(&spec.id);
     fs::create_dir_all(&out)?;
+    // A diff: its changed functions are the replacements, linked in as
+    // objects next to the generated descriptor.
+    let fix = match &spec.diff {
+        Some(diff) => {
+            let fix = crate::diff_patch::build_objects(kernel, &dir.join(diff), &spec.id, &out)?;
+            spec.functions = fix
+                .targets
+                .iter()
+                .map(|t| SpecFunction { object: vmlinux(), name: t.name.clone(), sympos: t.sympos, replacement: t.replacement.clone() })
+                .collect();
+            Some(fix)
+        }
+        None => None,
+    };
     let source = generate(&spec, dir)?;
-    let rs = out.join(format!("{}.rs", spec.id));
+    let main = match &fix {
+        Some(_) => format!("{}_main", spec.id),
+        None => spec.id.clone(),
+    };
+    let rs = out.join(format!("{main}.rs"));
     if fs::read_to_string(&rs).ok().as_deref() != Some(&source) {
         fs::write(&rs, &source)?;
     }
-    let kbuild = format!("# SPDX-License-Identifier: GPL-2.0\n# Generated by cargo xtask patch build.\nobj-m := {}.o\n", spec.id);
+    let mut kbuild = format!("# SPDX-License-Identifier: GPL-2.0\n# Generated by cargo xtask patch build.\nobj-m := {}.o\n", spec.id);
+    if let Some(fix) = &fix {
+        writeln!(kbuild, "{}-y := {main}.o {}", spec.id, fix.objects.join(" "))?;
+    }
     if fs::read_to_string(out.join("Kbuild")).ok().as_deref() != Some(&kbuild) {
         fs::write(out.join("Kbuild"), &kbuild)?;
     }
     // The patch source (and what it includes from its parent) may lie
     // outside the repository: the chroot must see it.
     let source_dir = dir.canonicalize()?.parent().map(Path::to_path_buf).unwrap_or_default();
-    modules::kbuild(kernel, &out, &[extra_symbols.to_owned()], &[source_dir], &format!("patch-{}-{}", spec.id, kernel.flavor.name()))?;
-    let module = kernel.strip_debug(&out.join(format!("{}.ko", spec.id)))?;
+    // A fix's objects refer to kernel symbols by their livepatch names,
+    // which modpost cannot find: the module loader resolves them instead.
+    let modpost = if fix.is_some() { &["KBUILD_MODPOST_WARN=1"][..] } else { &[] };
+    modules::kbuild_with(kernel, &out, &[extra_symbols.to_owned()], &[source_dir], modpost, &format!("patch-{}-{}", spec.id, kernel.flavor.name()))?;
+    let mut module = kernel.strip_debug(&out.join(format!("{}.ko", spec.id)))?;
+    if fix.is_some() {
+        let (ko, moved) = crate::diff_patch::post_link(kernel, &fs::read(&module)?)?;
+        let linked = out.join(format!("{}.klp.ko", spec.id));
+        fs::write(&linked, ko)?;
+        println!("xtask: {}: {moved} references resolved by the kernel when the module loads", spec.id);
+        module = linked;
+    }
 
     let text = text_address(kernel)?;
     let mut functions = Vec::new();

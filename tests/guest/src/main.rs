@@ -10,6 +10,7 @@ mod agent_suite;
 mod bench;
 mod core_suite;
 mod demo;
+mod fix_suite;
 mod harness;
 mod suite;
 mod switch_suite;

@@ -41,6 +41,7 @@ pub fn run() {
     ];
     tests.extend(crate::core_suite::tests());
     tests.extend(crate::switch_suite::tests());
+    tests.extend(crate::fix_suite::tests());
     tests.extend(crate::agent_suite::first_boot_tests());
     crate::harness::run_all(&tests);
 }

@@ -1,0 +1,196 @@
+//! The objects a fix touches, compiled before and after it with the target
+//! kernel's exact source, config and compiler (the toolchain chroot).
+//!
+//! Only the touched files are compiled, never the kernel. Both builds use
+//! `-ffunction-sections -fdata-sections`, so every function and variable
+//! has its own section and can be compared and copied on its own. The
+//! original object comes from `make <file>.o` in a copy of the kernel's
+//! prepared build tree (made once per kernel and kept: later fixes rebuild
+//! only the objects they touch); the patched one from the same compiler
+//! command, which kbuild records in `.<file>.o.cmd`, run on the patched
+//! file.
+
+use std::{
+    fs,
+    path::{
+        Path,
+        PathBuf, //
+    },
+    process::Command,
+};
+
+use anyhow::{
+    Context as _,
+    anyhow,
+    bail,
+    ensure, //
+};
+
+use crate::{
+    kernel::{
+        Flavor,
+        Kernel, //
+    },
+    paths,
+    pins,
+    run::{
+        exec,
+        exec_logged,
+        stamp_matches,
+        write_stamp, //
+    },
+};
+
+/// Compiler flags both builds add (what `klp-build` builds with, too).
+const SECTION_FLAGS: &str = "-ffunction-sections -fdata-sections";
+
+/// One touched source file and its two objects.
+pub struct ObjectPair {
+    /// Path in the kernel tree, e.g. `kernel/exit.c`.
+    pub source: String,
+    pub orig: PathBuf,
+    pub patched: PathBuf,
+}
+
+/// The files a unified diff changes (`+++ b/<path>` lines), refusing what
+/// the builder cannot turn into a live patch yet, with the reason.
+pub fn touched_files(diff: &str) -> anyhow::Result<Vec<String>> {
+    let mut files = Vec::new();
+    for line in diff.lines() {
+        let Some(rest) = line.strip_prefix("+++ ") else { continue };
+        let path = rest.split(['\t', ' ']).next().unwrap_or_default();
+        ensure!(path != "/dev/null", "the diff deletes a file: a live patch cannot remove code from the kernel");
+        let path = path.split_once('/').map_or(path, |(_, p)| p);
+        ensure!(
+            !path.is_empty() && !path.starts_with('/') && !path.split('/').any(|c| c == ".."),
+            "the diff names a file outside the kernel tree: '{path}'"
+        );
+        if path.ends_with(".h") {
+            bail!("the diff changes the header {path}: fixes to headers are not supported yet (every object that includes it would have to be compared)");
+        }
+        if path.ends_with(".S") || path.starts_with("lib/") || path.contains("/vdso/") {
+            bail!("the diff changes {path}: assembly, lib/ and the vDSO cannot be live patched");
+        }
+        ensure!(path.ends_with(".c"), "the diff changes {path}: only C sources (.c) are supported");
+        if !files.contains(&path.to_owned()) {
+            files.push(path.to_owned());
+        }
+    }
+    ensure!(!files.is_empty(), "the diff changes no file (is it a unified diff with '+++ b/<path>' lines?)");
+    Ok(files)
+}
+
+/// A copy of the kernel's prepared build tree in which single objects are
+/// compiled; made again only when the kernel's tree changes.
+fn object_tree(kernel: &Kernel) -> anyhow::Result<PathBuf> {
+    ensure!(
+        kernel.flavor == Flavor::Stock,
+        "fixes from diffs are built for Debian's stock kernel; the debug kernel is not supported yet"
+    );
+    let tree = kernel.out_dir("diff-objects");
+    let want = fs::read_to_string(kernel.build.join(".kmend-stamp")).context("the stock build tree has no stamp")?;
+    let stamp = tree.with_extension("stamp");
+    if !stamp_matches(&stamp, want.trim()) {
+        if tree.exists() {
+            fs::remove_dir_all(&tree).with_context(|| format!("remove {}", tree.display()))?;
+        }
+        exec(Command::new("cp").arg("-a").arg(&kernel.build).arg(&tree))?;
+        write_stamp(&stamp, want.trim())?;
+    }
+    Ok(tree)
+}
+
+/// Compiles each touched file of `diff` (at `diff_path`) before and after
+/// the fix, into `out/orig/` and `out/patched/`.
+pub fn compile(kernel: &Kernel, diff_path: &Path, files: &[String], out: &Path) -> anyhow::Result<Vec<ObjectPair>> {
+    let tree = object_tree(kernel)?;
+    let log = |what: &str| paths::cache().join(format!("logs/diff-{what}.log"));
+
+    // The patched sources: the touched files, copied and patched.
+    let patched_src = out.join("patched-src");
+    if patched_src.exists() {
+        fs::remove_dir_all(&patched_src)?;
+    }
+    for f in files {
+        let to = patched_src.join(f);
+        fs::create_dir_all(to.parent().unwrap_or(&patched_src))?;
+        fs::copy(kernel.src.join(f), &to).with_context(|| format!("the kernel source has no {f} (is the diff for this kernel?)"))?;
+    }
+    let output = Command::new("patch")
+        .args(["-p1", "--batch", "--forward", "--no-backup-if-mismatch", "-r", "-", "-d"])
+        .arg(&patched_src)
+        .arg("-i")
+        .arg(std::path::absolute(diff_path)?)
+        .output()
+        .context("failed to run patch(1)")?;
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    ensure!(output.status.success(), "{} does not apply to the {} kernel's source:\n{said}", diff_path.display(), kernel.release);
+    if said.contains("fuzz") || said.contains("offset") {
+        println!("xtask: warning: {} applied with offset or fuzz:\n{said}", diff_path.display());
+    }
+
+    // The originals, through kbuild.
+    let targets: Vec<String> = files.iter().map(|f| format!("{}.o", f.trim_end_matches(".c"))).collect();
+    let mut make = crate::kernel::make_in(&kernel.chroot, &kernel.src, &tree);
+    make.arg(format!("KERNELRELEASE={}", pins::STOCK_RELEASE)).arg(format!("KCFLAGS={SECTION_FLAGS}")).args(&targets);
+    exec_logged(&mut make, &log("orig")).context("compiling the original objects")?;
+
+    let mut pairs = Vec::new();
+    for (file, target) in files.iter().zip(&targets) {
+        let orig = out.join("orig").join(target);
+        let patched = out.join("patched").join(target);
+        for p in [&orig, &patched] {
+            fs::create_dir_all(p.parent().unwrap_or(out))?;
+        }
+        fs::copy(tree.join(target), &orig).with_context(|| format!("kbuild made no {target}: is {file} built into vmlinux by this config?"))?;
+        let command = patched_command(&tree, target, file, kernel, &patched_src, &patched)?;
+        let mut run = kernel.chroot.command_binding(&tree, &[out.to_owned()]);
+        run.args(["sh", "-c", &command]);
+        exec_logged(&mut run, &log("patched")).with_context(|| format!("compiling the patched {file}"))?;
+        pairs.push(ObjectPair { source: file.clone(), orig, patched });
+    }
+    Ok(pairs)
+}
+
+/// kbuild's command for `target`, turned to compile the patched file into
+/// `patched`: same flags; `__FILE__` and `#include "..."` as in the tree.
+fn patched_command(tree: &Path, target: &str, file: &str, kernel: &Kernel, patched_src: &Path, patched: &Path) -> anyhow::Result<String> {
+    let (dir, name) = target.rsplit_once('/').unwrap_or(("", target));
+    let cmd_file = tree.join(dir).join(format!(".{name}.cmd"));
+    let text = fs::read_to_string(&cmd_file).with_context(|| format!("read {}", cmd_file.display()))?;
+    let line = text.lines().find(|l| l.starts_with("savedcmd_")).ok_or_else(|| anyhow!("{}: no savedcmd", cmd_file.display()))?;
+    let cmd = line.split_once(" := ").map(|(_, c)| c.trim_end()).ok_or_else(|| anyhow!("{}: malformed", cmd_file.display()))?;
+    let src = kernel.src.join(file);
+    let tail = format!(" -c -o {target} {}", src.display());
+    let Some(head) = cmd.strip_suffix(&tail) else {
+        bail!("{}: the compile command does not end with '{tail}': cannot rebuild {file} alone", cmd_file.display());
+    };
+    let (compiler, flags) = head.split_once(' ').ok_or_else(|| anyhow!("{}: malformed", cmd_file.display()))?;
+    let depfile = format!("-Wp,-MMD,{dir}/.{name}.d");
+    let flags = flags.replace(&depfile, &format!("-Wp,-MMD,{}.d", patched.display()));
+    let src_dir = src.parent().unwrap_or(&kernel.src);
+    Ok(format!(
+        "{compiler} -iquote {} -fmacro-prefix-map={}/= {flags} -c -o {} {}",
+        src_dir.display(),
+        patched_src.display(),
+        patched.display(),
+        patched_src.join(file).display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::touched_files;
+
+    #[test]
+    fn touched_files_are_the_c_files_of_the_diff() {
+        let diff = "--- a/kernel/exit.c\n+++ b/kernel/exit.c\n@@ -1 +1 @@\n-a\n+b\n--- a/ipc/namespace.c\t2026\n+++ b/ipc/namespace.c\t2026\n";
+        assert_eq!(touched_files(diff).unwrap(), ["kernel/exit.c", "ipc/namespace.c"]);
+        let header = "--- a/include/linux/x.h\n+++ b/include/linux/x.h\n";
+        assert!(touched_files(header).unwrap_err().to_string().contains("header"));
+        assert!(touched_files("+++ b/arch/x86/entry/entry_64.S\n").is_err());
+        assert!(touched_files("+++ b/../../etc/passwd.c\n").is_err());
+        assert!(touched_files("+++ /dev/null\n").is_err());
+        assert!(touched_files("not a diff\n").is_err());
+    }
+}

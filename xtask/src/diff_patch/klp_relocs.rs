@@ -1,0 +1,94 @@
+//! The last step on the built module: references to non-exported kernel
+//! symbols become livepatch relocations, which the kernel's module loader
+//! resolves itself when the module loads (kernel/module/main.c hands every
+//! `SHF_RELA_LIVEPATCH` section to `klp_apply_section_relocs()`, which finds
+//! each `.klp.sym.vmlinux.<name>,<sympos>` by name and position in kallsyms
+//! and refuses a name it cannot place). This is the format the kernel's
+//! own livepatch modules use (`objtool klp post-link` writes the same), so
+//! resolution is the kernel's, checked by the kernel, on every boot.
+//!
+//! The linker cannot produce it (it knows no `SHN_LIVEPATCH` symbols), so
+//! it is done on the linked `.ko`: each such symbol is marked
+//! `SHN_LIVEPATCH`, and its relocations move from `.rela<sec>` to a new
+//! `.klp.rela.vmlinux.<sec>` section aimed at the same section.
+
+use std::collections::HashMap;
+
+use anyhow::{
+    Context as _,
+    bail, //
+};
+
+use super::{
+    extract::klp_name,
+    symbols::KernelSymbols,
+};
+use object::{
+    build::{
+        Id as _,
+        elf::{
+            Builder,
+            SectionData,
+            SectionId, //
+        },
+    },
+    elf,
+};
+
+/// Section index of symbols the livepatch core resolves.
+const SHN_LIVEPATCH: u16 = 0xff20;
+/// Flag of relocation sections the livepatch core applies.
+const SHF_RELA_LIVEPATCH: u64 = 0x0010_0000;
+const PREFIX: &[u8] = b".klp.sym.vmlinux.";
+
+/// Rewrites module `ko`; returns how many relocations it moved. Undefined
+/// symbols the kernel does not export (objtool adds some when it links the
+/// module, e.g. static call keys) are renamed to their livepatch names too.
+pub fn post_link(ko: &[u8], kernel: &KernelSymbols) -> anyhow::Result<(Vec<u8>, usize)> {
+    let mut b = Builder::read(ko).context("patch module")?;
+    let mut klp = Vec::new();
+    for s in b.symbols.iter_mut() {
+        let name = String::from_utf8_lossy(&s.name).into_owned();
+        let undefined = s.section.is_none() && s.st_shndx == elf::SHN_UNDEF && !name.is_empty();
+        if undefined && !name.starts_with(".klp.") && !name.starts_with("kmend_") && !kernel.is_exported(&name) {
+            s.name = klp_name(&name, kernel.global_sympos(&name)?).into_bytes().into();
+        }
+        if s.name.starts_with(PREFIX) {
+            if s.section.is_some() {
+                bail!("{} is defined in the module: it must refer to the kernel", String::from_utf8_lossy(&s.name));
+            }
+            s.st_shndx = SHN_LIVEPATCH;
+            s.set_st_info(elf::STB_GLOBAL, elf::STT_NOTYPE);
+            klp.push(s.id());
+        }
+    }
+    let symtab = b.sections.iter().find(|s| matches!(s.data, SectionData::Symbol)).map(|s| s.id());
+    let mut moved: HashMap<usize, (SectionId, Vec<object::build::elf::Relocation>)> = HashMap::new();
+    for s in b.sections.iter_mut() {
+        let Some(target) = s.sh_info_section else { continue };
+        let SectionData::Relocation(rs) = &mut s.data else { continue };
+        let (to_kernel, rest): (Vec<_>, Vec<_>) = rs.iter().partition(|r| r.symbol.is_some_and(|x| klp.contains(&x)));
+        if !to_kernel.is_empty() {
+            *rs = rest;
+            moved.entry(target.index()).or_insert_with(|| (target, Vec::new())).1.extend(to_kernel);
+        }
+    }
+    let count = moved.values().map(|(_, r)| r.len()).sum();
+    let mut targets: Vec<_> = moved.into_iter().collect();
+    targets.sort_by_key(|(ix, _)| *ix);
+    for (_, (target, relocations)) in targets {
+        let name = [b".klp.rela.vmlinux.".as_slice(), &b.sections.get(target).name].concat();
+        let s = b.sections.add();
+        s.name = name.into();
+        s.sh_type = elf::SHT_RELA;
+        s.sh_flags = SHF_RELA_LIVEPATCH | u64::from(elf::SHF_INFO_LINK);
+        s.sh_addralign = 8;
+        s.sh_entsize = 24;
+        s.sh_link_section = symtab;
+        s.sh_info_section = Some(target);
+        s.data = SectionData::Relocation(relocations);
+    }
+    let mut out = Vec::new();
+    b.write(&mut out).context("writing the patch module")?;
+    Ok((out, count))
+}

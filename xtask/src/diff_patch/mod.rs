@@ -1,0 +1,117 @@
+//! Live patches from upstream C diffs: `patch.toml` names a unified diff
+//! against the target kernel's source instead of hand-written replacements.
+//!
+//! The steps, one file each: [`compile`] builds the touched objects before
+//! and after the fix; [`compare`] finds the functions whose code changed;
+//! [`extract`] copies them (and only what they need) into an object whose
+//! references to the rest of the kernel go to the running kernel's own
+//! symbols ([`symbols`] says which are exported and the position of each
+//! name); the patch module is then built around that object as for a Rust
+//! patch (xtask/src/patch.rs), and [`klp_relocs`] turns the references the
+//! module loader cannot link into relocations the kernel resolves at load.
+
+mod compare;
+mod compile;
+mod extract;
+mod klp_relocs;
+mod symbols;
+
+use std::{
+    collections::BTreeSet,
+    fs,
+    path::Path,
+};
+
+use anyhow::{
+    Context as _,
+    anyhow,
+    bail, //
+};
+pub use extract::Target;
+use object::{
+    Object as _,
+    ObjectSymbol as _, //
+};
+
+use crate::kernel::Kernel;
+
+/// The copied code of a fix, ready to link into the patch module.
+pub struct FixObjects {
+    /// Object files (`<id>_fixN.o`, in the module's build directory).
+    pub objects: Vec<String>,
+    pub targets: Vec<Target>,
+}
+
+/// Builds the objects of the fix `diff` for patch `id` into `out` (the
+/// patch module's build directory), as prebuilt objects kbuild links.
+pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, out: &Path) -> anyhow::Result<FixObjects> {
+    let text = fs::read_to_string(diff).with_context(|| format!("read {}", diff.display()))?;
+    let files = compile::touched_files(&text).with_context(|| format!("{}", diff.display()))?;
+    let work = out.join("diff");
+    let pairs = compile::compile(kernel, diff, &files, &work)?;
+    let symbols = kernel_symbols(kernel)?;
+    let mut objects = Vec::new();
+    let mut targets: Vec<Target> = Vec::new();
+    for (n, pair) in pairs.iter().enumerate() {
+        let orig = fs::read(&pair.orig).with_context(|| format!("read {}", pair.orig.display()))?;
+        let patched = fs::read(&pair.patched).with_context(|| format!("read {}", pair.patched.display()))?;
+        let changes = compare::compare(&orig, &patched).with_context(|| pair.source.clone())?;
+        for s in &changes.skipped {
+            println!("xtask: {}: the fix changes {s} (init/exit code): not live patched", pair.source);
+        }
+        if changes.changed.is_empty() {
+            println!("xtask: {}: no function's code changed", pair.source);
+            continue;
+        }
+        let extracted = extract::extract(&patched, &defined_names(&orig)?, &changes, &symbols, &format!("{id}__"))
+            .with_context(|| format!("{}: copying the changed functions", pair.source))?;
+        let names = |t: &[Target]| t.iter().map(|t| t.name.clone()).collect::<Vec<_>>().join(", ");
+        println!("xtask: {}: replaces {}", pair.source, names(&extracted.targets));
+        if !extracted.helpers.is_empty() {
+            println!("xtask: {}: also copies {}", pair.source, extracted.helpers.join(", "));
+        }
+        if !extracted.kernel_references.is_empty() {
+            let refs: Vec<&str> = extracted.kernel_references.iter().map(String::as_str).collect();
+            println!("xtask: {}: resolved by the kernel at load: {}", pair.source, refs.join(" "));
+        }
+        // A prebuilt object: kbuild has no rule for it and links it as is.
+        let name = format!("{id}_fix{n}.o");
+        let object = out.join(&name);
+        if fs::read(&object).ok().as_deref() != Some(&extracted.object) {
+            fs::write(&object, &extracted.object)?;
+        }
+        // kbuild wants a command file for every object it links.
+        fs::write(out.join(format!(".{name}.cmd")), "")?;
+        objects.push(name);
+        targets.extend(extracted.targets);
+    }
+    if targets.is_empty() {
+        bail!(
+            "{}: the fix changes no function's code (only data, initialisation, or nothing the compiler emits differently): nothing to live patch",
+            diff.display()
+        );
+    }
+    Ok(FixObjects { objects, targets })
+}
+
+fn kernel_symbols(kernel: &Kernel) -> anyhow::Result<symbols::KernelSymbols> {
+    let map = kernel.system_map.as_ref().ok_or_else(|| anyhow!("the {} kernel has no System.map", kernel.flavor.name()))?;
+    symbols::KernelSymbols::load(map, &kernel.build.join("Module.symvers"))
+}
+
+/// The built patch module `ko`, with its references to non-exported
+/// kernel symbols as livepatch relocations (see [`klp_relocs`]); returns
+/// the module and how many relocations the kernel will resolve.
+pub fn post_link(kernel: &Kernel, ko: &[u8]) -> anyhow::Result<(Vec<u8>, usize)> {
+    klp_relocs::post_link(ko, &kernel_symbols(kernel)?)
+}
+
+/// The functions and variables an object defines.
+fn defined_names(data: &[u8]) -> anyhow::Result<BTreeSet<String>> {
+    let file = object::File::parse(data)?;
+    Ok(file
+        .symbols()
+        .filter(|s| s.section_index().is_some() && matches!(s.kind(), object::SymbolKind::Text | object::SymbolKind::Data))
+        .filter_map(|s| s.name().ok().map(str::to_owned))
+        .collect())
+}
