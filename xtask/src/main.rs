@@ -16,6 +16,7 @@ mod chroot;
 mod debian;
 mod debug_kernel;
 mod diff_patch;
+mod fixes;
 mod initramfs;
 mod kernel;
 mod modules;
@@ -49,7 +50,13 @@ enum Command {
     Demo(vm::VmOptions),
     /// Measure per-call overhead (kmend vs klp) and the switch pause in the VM.
     Bench(vm::VmOptions),
-    /// Build a patch from source (patch.toml + patch.rs) into a .kmpatch artifact.
+    /// Turn the upstream fixes between two Debian kernel sources into live patches; print the table.
+    Fixes {
+        /// Only candidates whose path contains this.
+        #[arg(long)]
+        only: Option<String>,
+    },
+    /// Build a patch from source (patch.toml + patch.rs, or a C diff) into a .kmpatch artifact.
     #[command(subcommand)]
     Patch(PatchCommand),
 }
@@ -75,6 +82,7 @@ fn main() -> ExitCode {
         Command::Test(opts) => test::all(&opts),
         Command::Demo(opts) => vm::demo(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Fixes { only } => fixes::run(only.as_deref()),
         Command::Patch(PatchCommand::Build { dir, kernel }) => build::one_patch(&dir, kernel),
     };
     match result {

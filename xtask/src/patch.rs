@@ -90,6 +90,8 @@ const FINGERPRINT_LEN: usize = 32;
 /// A built patch.
 pub struct BuiltPatch {
     pub id: String,
+    /// The functions it replaces.
+    pub functions: Vec<String>,
     pub module: PathBuf,
     pub artifact: PathBuf,
 }
@@ -493,7 +495,8 @@ pub fn build(kernel: &Kernel, dir: &Path, extra_symbols: &Path, targets: &[PathB
             .arg(&stage)
             .args(["manifest.json", "patch.ko"]),
     )?;
-    Ok(BuiltPatch { id: spec.id, module, artifact })
+    let functions = spec.functions.iter().map(|f| f.name.clone()).collect();
+    Ok(BuiltPatch { id: spec.id, functions, module, artifact })
 }
 
 #[cfg(test)]

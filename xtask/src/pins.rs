@@ -23,6 +23,12 @@ pub const SUITE: &str = "forky";
 /// The kernel source of both guest kernels.
 pub const KERNEL_SOURCE: Pkg = Pkg { name: "linux-source-7.2", version: "7.2.12-1" };
 
+/// The next stable update of [`KERNEL_SOURCE`] (in sid): the difference
+/// between the two is upstream stable fixes, which `cargo xtask fixes`
+/// turns into live patches for the stock kernel.
+pub const FIXES_SOURCE: Pkg = Pkg { name: "linux-source-7.2", version: "7.2.13-1" };
+pub const FIXES_SUITE: &str = "sid";
+
 /// `uname -r` of Debian's stock kernel.
 pub const STOCK_RELEASE: &str = "7.2.12+deb14-amd64";
 

@@ -134,12 +134,16 @@ pub struct KernelSource {
 
 /// The kernel source of both kernels (xtask/src/pins.rs), extracted once.
 pub fn kernel_source() -> anyhow::Result<KernelSource> {
-    let pkg = pins::KERNEL_SOURCE;
+    source_package(pins::KERNEL_SOURCE, pins::SUITE)
+}
+
+/// A `linux-source-*` package of `suite`, unpacked once into the cache.
+pub fn source_package(pkg: crate::pins::Pkg, suite: &str) -> anyhow::Result<KernelSource> {
     let src = paths::cache().join("src");
     let dir = src.join(format!("{}_{}", pkg.name, pkg.version));
     let stamp = src.join(format!("{}_{}.done", pkg.name, pkg.version));
     if !(dir.join("Makefile").exists() && stamp.exists()) {
-        let deb = debian::Apt::new(pins::SUITE)?.download(pkg, &src)?;
+        let deb = debian::Apt::new(suite)?.download(pkg, &src)?;
         println!("xtask: extracting {}", deb.display());
         for d in [&dir, &src.join("unpack")] {
             if d.exists() {

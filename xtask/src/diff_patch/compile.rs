@@ -80,6 +80,22 @@ pub fn touched_files(diff: &str) -> anyhow::Result<Vec<String>> {
     Ok(files)
 }
 
+/// Compiles the original objects of many files at once (`make -k`), so
+/// that later builds of each find them made; failures are left for those
+/// builds to report one by one.
+pub fn precompile(kernel: &Kernel, files: &[String]) -> anyhow::Result<()> {
+    let tree = object_tree(kernel)?;
+    let targets: Vec<String> = files.iter().map(|f| format!("{}.o", f.trim_end_matches(".c"))).collect();
+    let mut make = crate::kernel::make_in(&kernel.chroot, &kernel.src, &tree);
+    make.arg(format!("KERNELRELEASE={}", pins::STOCK_RELEASE))
+        .arg(format!("KCFLAGS={SECTION_FLAGS}"))
+        .arg("-k")
+        .arg(crate::kernel::jobs())
+        .args(&targets);
+    let _ = exec_logged(&mut make, &paths::cache().join("logs/diff-precompile.log"));
+    Ok(())
+}
+
 /// A copy of the kernel's prepared build tree in which single objects are
 /// compiled; made again only when the kernel's tree changes.
 fn object_tree(kernel: &Kernel) -> anyhow::Result<PathBuf> {
@@ -133,7 +149,14 @@ pub fn compile(kernel: &Kernel, diff_path: &Path, files: &[String], out: &Path) 
     let targets: Vec<String> = files.iter().map(|f| format!("{}.o", f.trim_end_matches(".c"))).collect();
     let mut make = crate::kernel::make_in(&kernel.chroot, &kernel.src, &tree);
     make.arg(format!("KERNELRELEASE={}", pins::STOCK_RELEASE)).arg(format!("KCFLAGS={SECTION_FLAGS}")).args(&targets);
-    exec_logged(&mut make, &log("orig")).context("compiling the original objects")?;
+    if exec_logged(&mut make, &log("orig")).is_err() {
+        let said = fs::read_to_string(log("orig")).unwrap_or_default();
+        if said.contains("No rule to make target") || said.contains("No such file or directory") {
+            bail!("{} is not built by the stock kernel's config", files.join(", "));
+        }
+        let first = said.lines().find(|l| l.contains("error") || l.contains("***")).unwrap_or("see the log");
+        bail!("compiling {} failed: {first} (log: {})", files.join(", "), log("orig").display());
+    }
 
     let mut pairs = Vec::new();
     for (file, target) in files.iter().zip(&targets) {
@@ -144,9 +167,20 @@ pub fn compile(kernel: &Kernel, diff_path: &Path, files: &[String], out: &Path) 
         }
         fs::copy(tree.join(target), &orig).with_context(|| format!("kbuild made no {target}: is {file} built into vmlinux by this config?"))?;
         let command = patched_command(&tree, target, file, kernel, &patched_src, &patched)?;
+        if command.contains(" -DMODULE ") {
+            bail!("{file} is built into a module: fixes to modules are not supported by the diff builder yet");
+        }
         let mut run = kernel.chroot.command_binding(&tree, &[out.to_owned()]);
         run.args(["sh", "-c", &command]);
-        exec_logged(&mut run, &log("patched")).with_context(|| format!("compiling the patched {file}"))?;
+        if exec_logged(&mut run, &log("patched")).is_err() {
+            let said = fs::read_to_string(log("patched")).unwrap_or_default();
+            let first = said.lines().find(|l| l.contains("error:")).unwrap_or("see the log").trim();
+            let first = first.rsplit_once("error:").map_or(first, |(_, e)| e.trim());
+            bail!(
+                "the patched {file} does not compile on its own (does the fix change other files too?): {first} (log: {})",
+                log("patched").display()
+            );
+        }
         pairs.push(ObjectPair { source: file.clone(), orig, patched });
     }
     Ok(pairs)

@@ -214,21 +214,27 @@ pub fn extract(
         }
     }
 
-    // Nothing else may refer to the copied code: that would be a kind of
-    // special section this builder does not know how to carry.
+    // Other sections may point at a copied function (exports, function
+    // pointer tables, initcalls): those keep pointing at the original,
+    // which the switch redirects. A section pointing *into* a copied body
+    // annotates its instructions: one this builder does not know would be
+    // lost, so it refuses. (`.smp_locks` only matters on one CPU.)
     for s in b.sections.iter() {
         let id = s.id();
         if keep.contains(&id.index()) || entries.contains_key(&id.index()) || s.sh_flags & u64::from(elf::SHF_ALLOC) == 0 {
             continue;
         }
         let name = section_name(&b, id);
-        if name.starts_with(".text") || name.starts_with(".data") || name.starts_with(".rodata") || name.starts_with(".bss") {
+        if name == ".smp_locks" {
             continue;
         }
         for r in relocations(&b, id) {
-            let target = r.symbol.and_then(|x| syms.get(&x.index())).and_then(|x| x.section);
-            if target.is_some_and(|t| keep.contains(&t.index()) && is_text(&b, t)) {
-                bail!("section {name} refers to the changed code: this kind of special section is not supported yet");
+            let Some(sym) = r.symbol.and_then(|x| syms.get(&x.index())) else { continue };
+            let Some(t) = sym.section.filter(|t| keep.contains(&t.index()) && is_text(&b, *t)) else { continue };
+            let at = sym.value as i64 + r.r_addend + if pc_relative(r.r_type) { 4 } else { 0 };
+            let at_entry = functions_in(t).any(|f| f.value as i64 == at);
+            if !at_entry {
+                bail!("section {name} annotates instructions of the changed code: this kind of special section is not supported yet");
             }
         }
     }
@@ -337,9 +343,12 @@ pub fn extract(
         }
     }
 
-    // The replacements: the changed functions, renamed and global.
+    // The replacements: the changed functions, renamed and global; their
+    // cold parts renamed alike (objtool finds a `.cold` part's function by
+    // name).
     let mut targets = Vec::new();
     let mut helpers = Vec::new();
+    let mut renamed: HashMap<String, String> = HashMap::new();
     for s in b.symbols.iter_mut() {
         let Some(info) = syms.get(&s.id().index()) else { continue };
         if info.st_type != elf::STT_FUNC || !info.section.is_some_and(|t| keep.contains(&t.index())) {
@@ -351,9 +360,19 @@ pub fn extract(
             s.name = replacement.clone().into_bytes().into();
             s.set_st_info(elf::STB_GLOBAL, elf::STT_FUNC);
             s.st_other = elf::STV_DEFAULT;
+            renamed.insert(info.name.clone(), replacement.clone());
             targets.push(Target { name: info.name.clone(), sympos, replacement });
         } else {
             helpers.push(info.name.clone());
+        }
+    }
+    for s in b.symbols.iter_mut() {
+        let Some(info) = syms.get(&s.id().index()) else { continue };
+        if let Some(parent) = parent_of_cold(&info.name)
+            && let Some(new) = renamed.get(parent)
+            && info.section.is_some_and(|t| keep.contains(&t.index()))
+        {
+            s.name = format!("{new}{}", &info.name[parent.len()..]).into_bytes().into();
         }
     }
     targets.sort_by(|a, b| a.name.cmp(&b.name));

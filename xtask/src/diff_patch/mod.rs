@@ -15,6 +15,8 @@ mod compile;
 mod extract;
 mod klp_relocs;
 mod symbols;
+#[cfg(test)]
+mod tests;
 
 use std::{
     collections::BTreeSet,
@@ -26,6 +28,10 @@ use anyhow::{
     Context as _,
     anyhow,
     bail, //
+};
+pub use compile::{
+    precompile,
+    touched_files,
 };
 pub use extract::Target;
 use object::{

@@ -50,7 +50,7 @@ impl KernelSymbols {
         Ok(Self::parse(&map, &symvers))
     }
 
-    fn parse(map: &str, symvers: &str) -> Self {
+    pub(super) fn parse(map: &str, symvers: &str) -> Self {
         let mut by_name: BTreeMap<String, Vec<Sym>> = BTreeMap::new();
         for line in map.lines() {
             let mut f = line.split_whitespace();

@@ -1,0 +1,199 @@
+//! The builder's steps on small objects made here (the same ELF shapes gcc
+//! emits with `-ffunction-sections`): what counts as a change, what is
+//! copied, and how references to the kernel come out. The whole pipeline
+//! on real kernel objects runs in `cargo xtask vm-test` (fix_suite).
+
+use std::collections::BTreeSet;
+
+use object::{
+    Object as _,
+    ObjectSection as _,
+    ObjectSymbol as _,
+    RelocationFlags,
+    SectionKind,
+    SymbolFlags,
+    SymbolKind,
+    SymbolScope,
+    elf,
+    write::{
+        Object,
+        Relocation,
+        StandardSegment,
+        Symbol,
+        SymbolId,
+        SymbolSection,
+    },
+};
+
+use super::{
+    compare::compare,
+    extract::extract,
+    klp_relocs::post_link,
+    symbols::KernelSymbols,
+};
+
+/// A function: name, scope, code, and calls (offset of the rel32, callee).
+struct Func<'a> {
+    name: &'a str,
+    global: bool,
+    code: &'a [u8],
+    calls: &'a [(u64, &'a str)],
+    /// Offset of a `lea str(%rip)` rel32 and the string it loads.
+    string: Option<(u64, &'a str)>,
+}
+
+/// An object like gcc's: one `.text.<name>` per function, strings in a
+/// mergeable section (`lead` strings before the used ones, to move them),
+/// an `__mcount_loc` entry per function, undefined symbols for callees
+/// it does not define.
+fn object(funcs: &[Func], lead: &str) -> Vec<u8> {
+    let mut o = Object::new(object::BinaryFormat::Elf, object::Architecture::X86_64, object::Endianness::Little);
+    let strings = o.add_section(o.segment_name(StandardSegment::Data).to_vec(), b".rodata.str1.1".to_vec(), SectionKind::ReadOnlyString);
+    let mut text = String::from(lead);
+    let mut string_at = std::collections::HashMap::new();
+    for f in funcs {
+        if let Some((_, s)) = f.string {
+            string_at.insert(s.to_owned(), text.len() as i64);
+            text.push_str(s);
+            text.push('\0');
+        }
+    }
+    o.append_section_data(strings, text.as_bytes(), 1);
+    let strings_sym = o.section_symbol(strings);
+    let mcount = o.add_section(o.segment_name(StandardSegment::Data).to_vec(), b"__mcount_loc".to_vec(), SectionKind::ReadOnlyData);
+    let mut ids: Vec<(String, SymbolId, object::write::SectionId)> = Vec::new();
+    for f in funcs {
+        let sec = o.add_section(o.segment_name(StandardSegment::Text).to_vec(), format!(".text.{}", f.name).into_bytes(), SectionKind::Text);
+        o.append_section_data(sec, f.code, 16);
+        let sym = o.add_symbol(Symbol {
+            name: f.name.as_bytes().to_vec(),
+            value: 0,
+            size: f.code.len() as u64,
+            kind: SymbolKind::Text,
+            scope: if f.global { SymbolScope::Linkage } else { SymbolScope::Compilation },
+            weak: false,
+            section: SymbolSection::Section(sec),
+            flags: SymbolFlags::None,
+        });
+        ids.push((f.name.to_owned(), sym, sec));
+        let at = o.append_section_data(mcount, &[0; 8], 8);
+        let sec_sym = o.section_symbol(sec);
+        o.add_relocation(mcount, Relocation { offset: at, symbol: sec_sym, addend: 0, flags: RelocationFlags::Elf { r_type: elf::R_X86_64_64 } })
+            .unwrap();
+    }
+    for (f, (_, _, sec)) in funcs.iter().zip(ids.clone()) {
+        for &(offset, callee) in f.calls {
+            let symbol = match ids.iter().find(|(n, _, _)| n == callee) {
+                Some((_, s, _)) => *s,
+                None => o.add_symbol(Symbol {
+                    name: callee.as_bytes().to_vec(),
+                    value: 0,
+                    size: 0,
+                    kind: SymbolKind::Unknown,
+                    scope: SymbolScope::Unknown,
+                    weak: false,
+                    section: SymbolSection::Undefined,
+                    flags: SymbolFlags::None,
+                }),
+            };
+            o.add_relocation(sec, Relocation { offset, symbol, addend: -4, flags: RelocationFlags::Elf { r_type: elf::R_X86_64_PLT32 } }).unwrap();
+        }
+        if let Some((offset, s)) = f.string {
+            let addend = string_at[s] - 4;
+            o.add_relocation(sec, Relocation { offset, symbol: strings_sym, addend, flags: RelocationFlags::Elf { r_type: elf::R_X86_64_PC32 } })
+                .unwrap();
+        }
+    }
+    o.write().unwrap()
+}
+
+// call rel32; lea rel32(%rip),%rdi; ret  (relocated bytes are zero).
+const CALL_LEA: &[u8] = &[0xe8, 0, 0, 0, 0, 0x48, 0x8d, 0x3d, 0, 0, 0, 0, 0xc3];
+const CALL_LEA_PATCHED: &[u8] = &[0xe8, 0, 0, 0, 0, 0x48, 0x8d, 0x3d, 0, 0, 0, 0, 0x90, 0xc3];
+
+fn unchanged_user() -> Func<'static> {
+    Func { name: "user", global: true, code: CALL_LEA, calls: &[(1, "helper")], string: Some((8, "same text")) }
+}
+
+#[test]
+fn moved_strings_are_not_a_change_new_code_is() {
+    let helper = Func { name: "helper", global: false, code: &[0xc3], calls: &[], string: None };
+    let fixed = Func { name: "fixed", global: false, code: CALL_LEA, calls: &[(1, "helper")], string: None };
+    let orig = object(&[unchanged_user(), Func { ..fixed }, Func { ..helper }], "");
+    let fixed = Func { name: "fixed", global: false, code: CALL_LEA_PATCHED, calls: &[(1, "helper")], string: None };
+    let new_fn = Func { name: "added", global: false, code: &[0xc3], calls: &[], string: None };
+    // The patched object has an extra string first: every offset moves.
+    let patched = object(&[unchanged_user(), fixed, helper, new_fn], "a new message\0");
+    let changes = compare(&orig, &patched).unwrap();
+    assert_eq!(changes.changed.iter().collect::<Vec<_>>(), ["fixed"], "the moved string must not count as a change");
+    assert_eq!(changes.added.iter().collect::<Vec<_>>(), ["added"]);
+}
+
+#[test]
+fn changed_function_is_copied_and_refers_to_the_kernel() {
+    let helper = Func { name: "helper", global: false, code: &[0xc3], calls: &[], string: None };
+    let calls: &[(u64, &str)] = &[(1, "helper")];
+    let orig_fixed = Func { name: "fixed", global: true, code: CALL_LEA, calls, string: Some((8, "msg")) };
+    let orig = object(&[unchanged_user(), orig_fixed, Func { ..helper }], "");
+    let calls: &[(u64, &str)] = &[(1, "helper")];
+    let fixed = Func { name: "fixed", global: true, code: CALL_LEA_PATCHED, calls, string: Some((8, "msg")) };
+    // Another function of the file calls an exported and a non-exported
+    // kernel function; it is unchanged, so neither may appear.
+    let other = Func { name: "other", global: true, code: &[0xe8, 0, 0, 0, 0, 0xc3], calls: &[(1, "not_exported")], string: None };
+    let patched = object(&[unchanged_user(), fixed, helper, other], "");
+    let changes = compare(&orig, &patched).unwrap();
+    let map = "\
+ffffffff81000000 T user
+ffffffff81000100 t helper
+ffffffff81000200 T fixed
+ffffffff81000300 T other
+ffffffff81900000 t helper
+ffffffff81a00000 T not_exported
+";
+    let kernel = KernelSymbols::parse(map, "0x0\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n");
+    let names: BTreeSet<String> = ["user", "fixed", "helper", "other"].map(String::from).into();
+    let out = extract(&patched, &names, &changes, &kernel, "kp_x__").unwrap();
+    assert_eq!(out.targets.len(), 1);
+    assert_eq!((out.targets[0].name.as_str(), out.targets[0].sympos, out.targets[0].replacement.as_str()), ("fixed", 0, "kp_x__fixed"));
+    // The static helper has two copies in the kernel; this object's lies
+    // between its own globals (user, other): the first.
+    assert_eq!(out.kernel_references.iter().collect::<Vec<_>>(), ["helper,1"]);
+
+    let file = object::File::parse(&*out.object).unwrap();
+    let sections: Vec<&str> = file.sections().filter_map(|s| s.name().ok()).collect();
+    assert!(sections.contains(&".text.fixed") && sections.contains(&".rodata.str1.1"), "{sections:?}");
+    assert!(!sections.iter().any(|s| *s == ".text.user" || *s == ".text.other" || *s == ".text.helper"), "{sections:?}");
+    let mcount = file.section_by_name("__mcount_loc").unwrap();
+    assert_eq!(mcount.size(), 8, "only the copied function's ftrace site");
+    let symbols: Vec<String> = file.symbols().filter_map(|s| s.name().ok().map(str::to_owned)).collect();
+    assert!(symbols.contains(&"kp_x__fixed".to_owned()) && !symbols.contains(&"fixed".to_owned()), "{symbols:?}");
+    assert!(symbols.contains(&".klp.sym.vmlinux.helper,1".to_owned()), "{symbols:?}");
+    assert!(!symbols.contains(&"not_exported".to_owned()), "an unused declaration would make the module loader fail: {symbols:?}");
+
+    // After linking: the kernel-resolved reference in a livepatch section.
+    let (ko, moved) = post_link(&out.object, &kernel).unwrap();
+    assert_eq!(moved, 1);
+    let file = object::File::parse(&*ko).unwrap();
+    let klp = file.section_by_name(".klp.rela.vmlinux..text.fixed").expect("livepatch relocation section");
+    let object::SectionFlags::Elf { sh_flags } = klp.flags() else { panic!() };
+    assert_ne!(sh_flags & 0x0010_0000, 0, "SHF_RELA_LIVEPATCH");
+    let sym = file.symbols().find(|s| s.name() == Ok(".klp.sym.vmlinux.helper,1")).unwrap();
+    let object::SymbolFlags::Elf { st_info: _, st_other: _ } = sym.flags() else { panic!() };
+    let raw = file.section_by_name(".symtab").unwrap().data().unwrap();
+    let entry = &raw[sym.index().0 * 24..][..24];
+    assert_eq!(u16::from_le_bytes([entry[6], entry[7]]), 0xff20, "SHN_LIVEPATCH");
+}
+
+#[test]
+fn ambiguous_static_is_refused_not_guessed() {
+    let helper = Func { name: "helper", global: false, code: &[0xc3], calls: &[], string: None };
+    let calls: &[(u64, &str)] = &[(1, "helper")];
+    let orig = object(&[Func { name: "fixed", global: true, code: CALL_LEA, calls, string: None }, Func { ..helper }], "");
+    let patched = object(&[Func { name: "fixed", global: true, code: CALL_LEA_PATCHED, calls, string: None }, helper], "");
+    let changes = compare(&orig, &patched).unwrap();
+    // Two static helpers and no way to tell which is this object's.
+    let kernel = KernelSymbols::parse("ffffffff81000100 t helper\nffffffff81000200 T fixed\nffffffff81900000 t helper\n", "");
+    let names: BTreeSet<String> = ["fixed", "helper"].map(String::from).into();
+    let err = extract(&patched, &names, &changes, &kernel, "kp_x__").err().expect("must refuse");
+    assert!(format!("{err:#}").contains("helper"), "{err:#}");
+}
