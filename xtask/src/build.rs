@@ -39,6 +39,7 @@ const PATCH_DIRS: &[&str] = &[
     "tests/patches/tailcall",
     "tests/patches/foreign",
     "tests/patches/hammer",
+    "tests/patches/alias",
     "tests/bench/patches/single",
     "tests/bench/patches/ten",
 ];

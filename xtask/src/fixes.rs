@@ -58,7 +58,7 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
     let added = String::from_utf8_lossy(&listing.stdout).lines().filter(|l| l.starts_with("Only in")).count();
     println!("xtask: {} changed files between {} and {} ({added} files only in one)", files.len(), old.version, new.version);
     let c_files: Vec<String> = files.iter().filter(|f| diff_patch::touched_files(&format!("+++ b/{f}\n")).is_ok()).cloned().collect();
-    diff_patch::precompile(&kernel, &c_files)?;
+    let unbuilt = diff_patch::precompile(&kernel, &c_files)?;
 
     let mut outcomes = Vec::new();
     for file in &files {
@@ -77,7 +77,10 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
             format!("id = \"{id}\"\ndescription = \"{file}: {} to {}\"\ndiff = \"fix.patch\"\n", old.version, new.version),
         )?;
         let result = diff_patch::touched_files(&String::from_utf8_lossy(&diff.stdout))
-            .and_then(|_| patch::build(&kernel, &dir, &mods.kmend_symvers, &[]))
+            .and_then(|_| match unbuilt.contains(file) {
+                true => Err(anyhow::anyhow!("{file} is not built by the stock kernel's config")),
+                false => patch::build(&kernel, &dir, &mods.kmend_symvers, &[]),
+            })
             .map(|built| built.functions)
             .map_err(|e| short_reason(&e));
         let o = Outcome { file: file.clone(), result, secs: start.elapsed().as_secs_f64() };
@@ -95,6 +98,9 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
 fn class(reason: &str) -> &'static str {
     const CLASSES: &[(&str, &str)] = &[
         ("is not built by the stock kernel's config", "not in this kernel's config"),
+        ("is not built into the stock kernel", "not in this kernel's config"),
+        ("does not compile with the stock kernel's config", "not in this kernel's config"),
+        ("no ftrace call site", "notrace code"),
         ("is built into a module", "in a module"),
         ("fixes to headers", "header change"),
         ("cannot be live patched", "not C code"),

@@ -308,6 +308,44 @@ fn code_from_map(image: &Path, map: &Path, name: &str, sympos: u64) -> anyhow::R
     Ok(FunctionCode { address: addr, section: None, bytes, relocated: Vec::new() })
 }
 
+/// The name kallsyms gives the address of vmlinux symbol `name`, when that
+/// is another name (an alias: `SYSCALL_DEFINE0` makes `__x64_sys_X` an
+/// alias of `__do_sys_X`). kmend.ko checks a target's name against what
+/// the kernel says its address is, so the patch must use that one. Among
+/// the names at one address kallsyms reports the first in its order
+/// (scripts/kallsyms.c): non-weak before weak, fewer leading underscores
+/// first, then `nm -n`'s order, which is by name.
+fn kallsyms_name(kernel: &Kernel, name: &str) -> anyhow::Result<Option<String>> {
+    // (address, name, weak) of every text symbol.
+    let symbols: Vec<(u64, String, bool)> = match &kernel.system_map {
+        Some(map) => fs::read_to_string(map)
+            .with_context(|| format!("read {}", map.display()))?
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let (addr, kind, sym) = (f.next()?, f.next()?, f.next()?);
+                matches!(kind, "t" | "T" | "W" | "w").then(|| Some((u64::from_str_radix(addr, 16).ok()?, sym.to_owned(), kind.eq_ignore_ascii_case("w"))))?
+            })
+            .collect(),
+        None => {
+            let data = fs::read(&kernel.vmlinux).with_context(|| format!("read {}", kernel.vmlinux.display()))?;
+            let file = object::File::parse(&*data)?;
+            file.symbols()
+                .filter(|s| s.kind() == object::SymbolKind::Text && s.size() > 0)
+                .filter_map(|s| Some((s.address(), s.name().ok()?.to_owned(), s.is_weak())))
+                .collect()
+        }
+    };
+    let addrs: Vec<u64> = symbols.iter().filter(|(_, n, _)| n == name).map(|(a, _, _)| *a).collect();
+    let [addr] = addrs.as_slice() else { return Ok(None) };
+    let canonical = symbols
+        .iter()
+        .filter(|(a, _, _)| a == addr)
+        .min_by_key(|(_, n, weak)| (*weak, n.bytes().take_while(|&c| c == b'_').count(), n.clone()))
+        .map(|(_, n, _)| n.clone());
+    Ok(canonical.filter(|c| c != name))
+}
+
 /// The link-time address of the kernel's `_text` (what `text_offset`s in
 /// the manifest count from).
 fn text_address(kernel: &Kernel) -> anyhow::Result<u64> {
@@ -406,6 +444,12 @@ pub fn build(kernel: &Kernel, dir: &Path, extra_symbols: &Path, targets: &[PathB
         }
         None => None,
     };
+    for f in spec.functions.iter_mut().filter(|f| f.object == "vmlinux") {
+        if let Some(name) = kallsyms_name(kernel, &f.name)? {
+            println!("xtask: {}: '{}' is an alias of '{name}', the name the kernel knows that address by", spec.id, f.name);
+            f.name = name;
+        }
+    }
     let source = generate(&spec, dir)?;
     let main = match &fix {
         Some(_) => format!("{}_main", spec.id),

@@ -1,10 +1,11 @@
-//! Patches built from upstream C diffs (issue #9): a real stable fix,
-//! turned into a patch by `cargo xtask patch build` with no hand-written
-//! code, applied to Debian's stock kernel, proven by eBPF and reverted.
+//! Real fixes (issue #9): a real stable fix, turned into a patch by
+//! `cargo xtask patch build` from its C diff with no hand-written code,
+//! applied to Debian's stock kernel, proven by eBPF and reverted; and a
+//! target named by a symbol alias, as patch authors name syscalls.
 //!
 //! The diff patches are built for the stock kernel only (the builder
 //! compiles single objects in the stock build tree); on the debug kernel
-//! these tests are not registered, and the suite says so.
+//! their test is not registered, and the suite says so.
 
 use std::{
     path::Path,
@@ -33,11 +34,31 @@ use crate::harness::{
 const DO_WAIT: &str = "kp_stable_do_wait";
 
 pub fn tests() -> Vec<Test> {
-    if !Path::new(&format!("{MODULE_DIR}/{DO_WAIT}.kmpatch")).exists() {
+    let mut tests = vec![Test { name: "target_named_by_its_alias_applies", run: target_named_by_its_alias_applies }];
+    if Path::new(&format!("{MODULE_DIR}/{DO_WAIT}.kmpatch")).exists() {
+        tests.push(Test { name: "stable_fix_from_c_diff_runs_and_reverts", run: stable_fix_from_c_diff_runs_and_reverts });
+    } else {
         println!("kmend-guest: no patches built from C diffs for this kernel (they are built for the stock kernel)");
-        return Vec::new();
     }
-    vec![Test { name: "stable_fix_from_c_diff_runs_and_reverts", run: stable_fix_from_c_diff_runs_and_reverts }]
+    tests
+}
+
+/// `tests/patches/alias` names `__x64_sys_getpgrp`, an alias of
+/// `__do_sys_getpgrp` (what the kernel calls that address). Before the
+/// build resolved aliases, kmend.ko refused it with ENXIO.
+fn target_named_by_its_alias_applies() -> TestResult {
+    // SAFETY: getpgrp has no arguments and cannot fail.
+    let pgrp = || unsafe { libc::syscall(libc::SYS_getpgrp) };
+    let before = pgrp();
+    check(before != 4242, || format!("getpgrp already {before}"))?;
+    apply("kmend_alias.kmpatch")?;
+    let during = pgrp();
+    let (_, status, _) = kmend(&["status", "--json"]);
+    revert("kmend_alias")?;
+    check(during == 4242, || format!("getpgrp with the patch: {during}, want 4242"))?;
+    check(status.contains("__do_sys_getpgrp"), || format!("status does not name the function: {status}"))?;
+    let after = pgrp();
+    check(after == before, || format!("getpgrp after revert: {after}, before: {before}"))
 }
 
 /// Reaps children the way every shell does: `wait4()` into `do_wait()`.

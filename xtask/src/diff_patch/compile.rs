@@ -83,7 +83,8 @@ pub fn touched_files(diff: &str) -> anyhow::Result<Vec<String>> {
 /// Compiles the original objects of many files at once (`make -k`), so
 /// that later builds of each find them made; failures are left for those
 /// builds to report one by one.
-pub fn precompile(kernel: &Kernel, files: &[String]) -> anyhow::Result<()> {
+/// Returns the files kbuild has no rule for (not built by this config).
+pub fn precompile(kernel: &Kernel, files: &[String]) -> anyhow::Result<Vec<String>> {
     let tree = object_tree(kernel)?;
     let targets: Vec<String> = files.iter().map(|f| format!("{}.o", f.trim_end_matches(".c"))).collect();
     let mut make = crate::kernel::make_in(&kernel.chroot, &kernel.src, &tree);
@@ -92,8 +93,15 @@ pub fn precompile(kernel: &Kernel, files: &[String]) -> anyhow::Result<()> {
         .arg("-k")
         .arg(crate::kernel::jobs())
         .args(&targets);
-    let _ = exec_logged(&mut make, &paths::cache().join("logs/diff-precompile.log"));
-    Ok(())
+    let log = paths::cache().join("logs/diff-precompile.log");
+    let _ = exec_logged(&mut make, &log);
+    let said = fs::read_to_string(&log).unwrap_or_default();
+    Ok(files
+        .iter()
+        .zip(&targets)
+        .filter(|(_, t)| said.contains(&format!("No rule to make target '{t}'")))
+        .map(|(f, _)| f.clone())
+        .collect())
 }
 
 /// A copy of the kernel's prepared build tree in which single objects are
@@ -145,17 +153,26 @@ pub fn compile(kernel: &Kernel, diff_path: &Path, files: &[String], out: &Path) 
         println!("xtask: warning: {} applied with offset or fuzz:\n{said}", diff_path.display());
     }
 
-    // The originals, through kbuild.
+    // The originals, through kbuild (which takes seconds to find an object
+    // up to date: skipped when every object is newer than its source; the
+    // source of a kernel version never changes).
     let targets: Vec<String> = files.iter().map(|f| format!("{}.o", f.trim_end_matches(".c"))).collect();
+    let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    let made = files.iter().zip(&targets).all(|(f, t)| matches!((mtime(&tree.join(t)), mtime(&kernel.src.join(f))), (Some(o), Some(s)) if o >= s));
     let mut make = crate::kernel::make_in(&kernel.chroot, &kernel.src, &tree);
     make.arg(format!("KERNELRELEASE={}", pins::STOCK_RELEASE)).arg(format!("KCFLAGS={SECTION_FLAGS}")).args(&targets);
-    if exec_logged(&mut make, &log("orig")).is_err() {
+    if !made && exec_logged(&mut make, &log("orig")).is_err() {
         let said = fs::read_to_string(log("orig")).unwrap_or_default();
         if said.contains("No rule to make target") || said.contains("No such file or directory") {
             bail!("{} is not built by the stock kernel's config", files.join(", "));
         }
-        let first = said.lines().find(|l| l.contains("error") || l.contains("***")).unwrap_or("see the log");
-        bail!("compiling {} failed: {first} (log: {})", files.join(", "), log("orig").display());
+        let first = said.lines().find(|l| l.contains("error:")).unwrap_or("see the log").trim();
+        let first = first.rsplit_once("error:").map_or(first, |(_, e)| e.trim());
+        bail!(
+            "{} does not compile with the stock kernel's config (not built into it?): {first} (log: {})",
+            files.join(", "),
+            log("orig").display()
+        );
     }
 
     let mut pairs = Vec::new();
@@ -167,9 +184,6 @@ pub fn compile(kernel: &Kernel, diff_path: &Path, files: &[String], out: &Path) 
         }
         fs::copy(tree.join(target), &orig).with_context(|| format!("kbuild made no {target}: is {file} built into vmlinux by this config?"))?;
         let command = patched_command(&tree, target, file, kernel, &patched_src, &patched)?;
-        if command.contains(" -DMODULE ") {
-            bail!("{file} is built into a module: fixes to modules are not supported by the diff builder yet");
-        }
         let mut run = kernel.chroot.command_binding(&tree, &[out.to_owned()]);
         run.args(["sh", "-c", &command]);
         if exec_logged(&mut run, &log("patched")).is_err() {
@@ -194,6 +208,9 @@ fn patched_command(tree: &Path, target: &str, file: &str, kernel: &Kernel, patch
     let text = fs::read_to_string(&cmd_file).with_context(|| format!("read {}", cmd_file.display()))?;
     let line = text.lines().find(|l| l.starts_with("savedcmd_")).ok_or_else(|| anyhow!("{}: no savedcmd", cmd_file.display()))?;
     let cmd = line.split_once(" := ").map(|(_, c)| c.trim_end()).ok_or_else(|| anyhow!("{}: malformed", cmd_file.display()))?;
+    if cmd.contains(" -DMODULE ") {
+        bail!("{file} is built into a module: fixes to modules are not supported by the diff builder yet");
+    }
     let src = kernel.src.join(file);
     let tail = format!(" -c -o {target} {}", src.display());
     let Some(head) = cmd.strip_suffix(&tail) else {

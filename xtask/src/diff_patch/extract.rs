@@ -281,11 +281,17 @@ pub fn extract(
                 Some(t) => {
                     // The named symbol the reference lands in.
                     let at = sym.value as i64 + r.r_addend + if pc_relative(r.r_type) { 4 } else { 0 };
-                    let y = syms
-                        .values()
-                        .filter(|y| y.section == Some(t) && matches!(y.st_type, elf::STT_FUNC | elf::STT_OBJECT))
+                    // The symbol covering the target; else the nearest one of
+                    // that section (an instruction with an immediate after its
+                    // rel32 has an addend below -4, and `&array[-1]` is legal
+                    // arithmetic): a section lies in the kernel as one block,
+                    // so any of its symbols with the addend adjusted lands on
+                    // the same byte.
+                    let named = || syms.values().filter(|y| y.section == Some(t) && matches!(y.st_type, elf::STT_FUNC | elf::STT_OBJECT));
+                    let y = named()
                         .find(|y| (y.value as i64) <= at && at < (y.value + y.size.max(1)) as i64)
-                        .ok_or_else(|| anyhow!("a reference to {}{at:+} that no symbol covers", section_name(&b, t)))?;
+                        .or_else(|| named().min_by_key(|y| (y.value as i64 - at).abs()))
+                        .ok_or_else(|| anyhow!("a reference to {}{at:+} in a section with no symbol", section_name(&b, t)))?;
                     let sympos = if y.global {
                         kernel.global_sympos(&y.name)?
                     } else {

@@ -61,6 +61,12 @@ pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, out: &Path) -> anyh
     for (n, pair) in pairs.iter().enumerate() {
         let orig = fs::read(&pair.orig).with_context(|| format!("read {}", pair.orig.display()))?;
         let patched = fs::read(&pair.patched).with_context(|| format!("read {}", pair.patched.display()))?;
+        // kbuild compiles any file it is asked for: one whose functions are
+        // not in the running kernel is not built into it.
+        let globals = global_functions(&orig)?;
+        if !globals.is_empty() && globals.iter().all(|g| symbols.named(g).is_empty()) {
+            bail!("{} is not built into the stock kernel (none of its functions is in its symbol table)", pair.source);
+        }
         let changes = compare::compare(&orig, &patched).with_context(|| pair.source.clone())?;
         for s in &changes.skipped {
             println!("xtask: {}: the fix changes {s} (init/exit code): not live patched", pair.source);
@@ -110,6 +116,16 @@ fn kernel_symbols(kernel: &Kernel) -> anyhow::Result<symbols::KernelSymbols> {
 /// the module and how many relocations the kernel will resolve.
 pub fn post_link(kernel: &Kernel, ko: &[u8]) -> anyhow::Result<(Vec<u8>, usize)> {
     klp_relocs::post_link(ko, &kernel_symbols(kernel)?)
+}
+
+/// The global functions an object defines.
+fn global_functions(data: &[u8]) -> anyhow::Result<Vec<String>> {
+    let file = object::File::parse(data)?;
+    Ok(file
+        .symbols()
+        .filter(|s| s.is_global() && s.section_index().is_some() && s.kind() == object::SymbolKind::Text)
+        .filter_map(|s| s.name().ok().map(str::to_owned))
+        .collect())
 }
 
 /// The functions and variables an object defines.
