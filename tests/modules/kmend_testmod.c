@@ -83,8 +83,13 @@ static int sleeper_fn(void *data)
 		if (atomic_read(&hold) == 2)
 			kmend_testmod_deep();
 		else if (atomic_read(&hold) == 3)
+			/*
+			 * Long sleeps: the thread is outside usleep_range_state()
+			 * only between two of them, and a switch that catches it
+			 * there is allowed (the test needs it to be inside).
+			 */
 			while (atomic_read(&hold) == 3 && !kthread_should_stop())
-				usleep_range(20000, 25000);
+				usleep_range(1000000, 1000000);
 		else
 			kmend_testmod_sleepy();
 		msleep(20);

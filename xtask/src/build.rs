@@ -46,7 +46,21 @@ const PATCH_DIRS: &[&str] = &[
 
 /// Patches built from upstream C diffs (xtask/src/diff_patch), for the
 /// stock kernel: the builder compiles single objects in its build tree.
-const DIFF_PATCH_DIRS: &[&str] = &["tests/patches/stable_do_wait"];
+const DIFF_PATCH_DIRS: &[&str] = &[
+    "tests/patches/stable_do_wait",
+    "tests/patches/stable_irq_proc",
+    "tests/patches/stable_pipe",
+    "tests/patches/stable_tcp_cong",
+    "tests/patches/stable_tcp",
+    "tests/patches/stable_ipc_ns",
+    "tests/patches/stable_pid_ns",
+    "tests/patches/stable_cgroup",
+    "tests/patches/stable_namei",
+    "tests/patches/stable_fib",
+    "tests/patches/stable_tracefs",
+    "tests/patches/stable_page_pool",
+    "tests/patches/stable_workqueue",
+];
 
 /// Everything one kernel's VM needs, by the names `vm-images/initramfs.txt`
 /// uses (`@name`).
