@@ -124,6 +124,7 @@ pub fn extract(
         })
         .collect();
     let globals: Vec<String> = syms.values().filter(|s| s.global && s.section.is_some()).map(|s| s.name.clone()).collect();
+    let own: BTreeSet<String> = syms.values().filter(|s| s.section.is_some() && !s.name.is_empty()).map(|s| s.name.clone()).collect();
     let section_name = |b: &Builder, id: SectionId| String::from_utf8_lossy(&b.sections.get(id).name).into_owned();
     let mut rela_of: HashMap<usize, SectionId> = HashMap::new();
     let section_ids: HashMap<usize, SectionId> = b.sections.iter().map(|s| (s.id().index(), s.id())).collect();
@@ -295,7 +296,7 @@ pub fn extract(
                     let sympos = if y.global {
                         kernel.global_sympos(&y.name)?
                     } else {
-                        kernel.sympos(&y.name, y.st_type == elf::STT_FUNC, &globals)?
+                        kernel.sympos(&y.name, y.st_type == elf::STT_FUNC, &globals, &own)?
                     };
                     let exported = y.global && kernel.is_exported(&y.name);
                     let name = if exported { y.name.clone() } else { klp_name(&y.name, sympos) };
@@ -361,7 +362,7 @@ pub fn extract(
             continue;
         }
         if changes.changed.contains(&info.name) && parent_of_cold(&info.name).is_none() && orig_names.contains(&info.name) {
-            let sympos = if info.global { kernel.global_sympos(&info.name)? } else { kernel.sympos(&info.name, true, &globals)? };
+            let sympos = if info.global { kernel.global_sympos(&info.name)? } else { kernel.sympos(&info.name, true, &globals, &own)? };
             let replacement = format!("{prefix}{}", info.name);
             s.name = replacement.clone().into_bytes().into();
             s.set_st_info(elf::STB_GLOBAL, elf::STT_FUNC);

@@ -7,13 +7,17 @@
 //! for its own livepatch modules: by object, name and position among the
 //! symbols of that name (`sympos`, counted in address order as kallsyms
 //! does). The position must be known, never guessed: a name the kernel has
-//! once is position 0 ("the only one"); a name it has several times (a
-//! `static` function in many files) is placed by the addresses of the
-//! object's own global symbols, and refused if that does not single it out.
+//! once is position 0 ("the only one"). A name it has several times (a
+//! `static` function in many files) is placed by the object's own symbols,
+//! since the kernel lays out each object's code (and each kind of data) as
+//! one block: the copy lying among the object's uniquely named globals, or
+//! else the one whose neighbours on both sides are symbols the object
+//! defines. If neither singles it out, the build is refused.
 
 use std::{
     collections::{
         BTreeMap,
+        BTreeSet,
         HashSet, //
     },
     fs,
@@ -38,6 +42,8 @@ pub struct Sym {
 pub struct KernelSymbols {
     /// Name to its symbols in address order.
     by_name: BTreeMap<String, Vec<Sym>>,
+    /// Every symbol by address: (address, name, text).
+    by_addr: Vec<(u64, String, bool)>,
     /// Exported to every module without a namespace.
     exports: HashSet<String>,
 }
@@ -52,15 +58,19 @@ impl KernelSymbols {
 
     pub(super) fn parse(map: &str, symvers: &str) -> Self {
         let mut by_name: BTreeMap<String, Vec<Sym>> = BTreeMap::new();
+        let mut by_addr = Vec::new();
         for line in map.lines() {
             let mut f = line.split_whitespace();
             let (Some(addr), Some(kind), Some(name)) = (f.next(), f.next(), f.next()) else { continue };
             let Ok(addr) = u64::from_str_radix(addr, 16) else { continue };
-            by_name.entry(name.to_owned()).or_default().push(Sym { addr, text: matches!(kind, "t" | "T"), global: kind.bytes().all(|c| c.is_ascii_uppercase()) });
+            let text = matches!(kind, "t" | "T");
+            by_name.entry(name.to_owned()).or_default().push(Sym { addr, text, global: kind.bytes().all(|c| c.is_ascii_uppercase()) });
+            by_addr.push((addr, name.to_owned(), text));
         }
         for syms in by_name.values_mut() {
             syms.sort_by_key(|s| s.addr);
         }
+        by_addr.sort();
         // crc, symbol, object, export kind, namespace (empty when none).
         let exports = symvers
             .lines()
@@ -69,7 +79,7 @@ impl KernelSymbols {
                 (f.len() >= 4 && f[2] == "vmlinux" && f.get(4).is_none_or(|ns| ns.is_empty())).then(|| f[1].to_owned())
             })
             .collect();
-        Self { by_name, exports }
+        Self { by_name, by_addr, exports }
     }
 
     /// Whether modules may link against `name` directly.
@@ -96,8 +106,9 @@ impl KernelSymbols {
     }
 
     /// The `sympos` of the symbol `name` that the object with the global
-    /// symbols `object_globals` defines (see the module comment).
-    pub fn sympos(&self, name: &str, text: bool, object_globals: &[String]) -> anyhow::Result<u64> {
+    /// symbols `object_globals` and the symbols `own` defines (see the
+    /// module comment).
+    pub fn sympos(&self, name: &str, text: bool, object_globals: &[String], own: &BTreeSet<String>) -> anyhow::Result<u64> {
         let all = self.named(name);
         match all.len() {
             0 => bail!("'{name}' is not in the kernel's symbol table (inlined or discarded in the build that runs?)"),
@@ -105,23 +116,34 @@ impl KernelSymbols {
             _ => {}
         }
         // The span of the object's own uniquely named symbols of this kind.
-        let own: Vec<u64> = object_globals
+        let own_addrs: Vec<u64> = object_globals
             .iter()
             .filter_map(|g| match self.named(g) {
                 [s] if s.text == text => Some(s.addr),
                 _ => None,
             })
             .collect();
-        let (Some(lo), Some(hi)) = (own.iter().min(), own.iter().max()) else {
-            bail!("'{name}' has {} symbols in the kernel and its object has no global symbol to tell which is its own", all.len());
+        if let (Some(lo), Some(hi)) = (own_addrs.iter().min(), own_addrs.iter().max()) {
+            let inside: Vec<usize> = (0..all.len()).filter(|&i| all[i].text == text && all[i].addr >= *lo && all[i].addr <= *hi).collect();
+            if let [i] = inside.as_slice() {
+                return Ok(*i as u64 + 1);
+            }
+        }
+        // The copy whose neighbours (of its kind, other addresses) are both
+        // the object's own symbols.
+        let neighbours_own = |addr: u64| -> bool {
+            let at = self.by_addr.partition_point(|(a, _, _)| *a < addr);
+            let before = self.by_addr[..at].iter().rev().find(|(_, _, t)| *t == text);
+            let after = self.by_addr[at..].iter().find(|(a, _, t)| *a > addr && *t == text);
+            matches!((before, after), (Some((_, b, _)), Some((_, c, _))) if own.contains(b) && own.contains(c))
         };
-        let inside: Vec<usize> = (0..all.len()).filter(|&i| all[i].text == text && all[i].addr >= *lo && all[i].addr <= *hi).collect();
-        match inside.as_slice() {
+        let placed: Vec<usize> = (0..all.len()).filter(|&i| all[i].text == text && neighbours_own(all[i].addr)).collect();
+        match placed.as_slice() {
             [i] => Ok(*i as u64 + 1),
             _ => Err(anyhow!(
-                "'{name}' has {} symbols in the kernel and {} lie among its object's symbols ({lo:#x}..{hi:#x}): which one is meant cannot be told",
+                "'{name}' has {} symbols in the kernel and {} lie among its object's own symbols: which one is meant cannot be told",
                 all.len(),
-                inside.len()
+                placed.len()
             )),
         }
     }
@@ -129,6 +151,8 @@ impl KernelSymbols {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::KernelSymbols;
 
     const MAP: &str = "\
@@ -147,14 +171,22 @@ ffffffff82001000 D shared_data
     #[test]
     fn sympos_is_unique_or_placed_by_the_objects_own_symbols() {
         let k = KernelSymbols::parse(MAP, SYMVERS);
-        assert_eq!(k.sympos("alpha", true, &[]).unwrap(), 0);
+        let none = BTreeSet::new();
+        assert_eq!(k.sympos("alpha", true, &[], &none).unwrap(), 0);
         // The object defining alpha and beta holds the second 'helper'.
-        assert_eq!(k.sympos("helper", true, &["alpha".into(), "beta".into()]).unwrap(), 2);
+        assert_eq!(k.sympos("helper", true, &["alpha".into(), "beta".into()], &none).unwrap(), 2);
         // Spanning two copies: refused, not guessed.
-        assert!(k.sympos("helper", true, &["_text".into(), "gamma".into()]).is_err());
-        // No global symbol to place it by: refused.
-        assert!(k.sympos("helper", true, &[]).is_err());
-        assert!(k.sympos("missing", true, &[]).is_err());
+        assert!(k.sympos("helper", true, &["_text".into(), "gamma".into()], &none).is_err());
+        // No global symbol to place it by, nor neighbours: refused.
+        assert!(k.sympos("helper", true, &[], &none).is_err());
+        assert!(k.sympos("missing", true, &[], &none).is_err());
+        // Placed by its neighbours: the object defines beta and gamma, which
+        // surround the third 'helper' (and no other copy).
+        let own: BTreeSet<String> = ["beta".into(), "gamma".into(), "helper".into()].into();
+        assert_eq!(k.sympos("helper", true, &[], &own).unwrap(), 3);
+        // Neighbours on one side only do not place it.
+        let one_side: BTreeSet<String> = ["gamma".into()].into();
+        assert!(k.sympos("helper", true, &[], &one_side).is_err());
         assert_eq!(k.global_sympos("alpha").unwrap(), 0);
         assert!(k.global_sympos("helper").is_err(), "only statics of that name");
     }
