@@ -3,6 +3,7 @@
 
 use std::{
     collections::BTreeMap,
+    fs,
     path::PathBuf,
     process::Command,
 };
@@ -40,27 +41,24 @@ const PATCH_DIRS: &[&str] = &[
     "tests/patches/foreign",
     "tests/patches/hammer",
     "tests/patches/alias",
+    "tests/patches/kernel_data",
     "tests/bench/patches/single",
     "tests/bench/patches/ten",
 ];
 
 /// Patches built from upstream C diffs (xtask/src/diff_patch), for the
-/// stock kernel: the builder compiles single objects in its build tree.
-const DIFF_PATCH_DIRS: &[&str] = &[
-    "tests/patches/stable_do_wait",
-    "tests/patches/stable_irq_proc",
-    "tests/patches/stable_pipe",
-    "tests/patches/stable_tcp_cong",
-    "tests/patches/stable_tcp",
-    "tests/patches/stable_ipc_ns",
-    "tests/patches/stable_pid_ns",
-    "tests/patches/stable_cgroup",
-    "tests/patches/stable_namei",
-    "tests/patches/stable_fib",
-    "tests/patches/stable_tracefs",
-    "tests/patches/stable_page_pool",
-    "tests/patches/stable_workqueue",
-];
+/// stock kernel (the builder compiles single objects in its build tree):
+/// every `tests/patches/stable_*`, real upstream fixes.
+fn diff_patch_dirs() -> anyhow::Result<Vec<PathBuf>> {
+    let dir = paths::repo().join("tests/patches");
+    let mut dirs: Vec<PathBuf> = fs::read_dir(&dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("stable_")))
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
 
 /// Everything one kernel's VM needs, by the names `vm-images/initramfs.txt`
 /// uses (`@name`).
@@ -108,9 +106,12 @@ pub fn kernels(which: &[Flavor]) -> anyhow::Result<Vec<Kernel>> {
 pub fn for_kernel(kernel: &Kernel, userspace: &BTreeMap<String, PathBuf>) -> anyhow::Result<Artifacts> {
     let mods = modules::build(kernel)?;
     let mut files = userspace.clone();
-    let diff_dirs = if kernel.flavor == Flavor::Stock { DIFF_PATCH_DIRS } else { &[] };
-    for dir in PATCH_DIRS.iter().chain(diff_dirs) {
-        let built = patch::build(kernel, &paths::repo().join(dir), &mods.kmend_symvers, &mods.fixtures)?;
+    let mut dirs: Vec<PathBuf> = PATCH_DIRS.iter().map(|d| paths::repo().join(d)).collect();
+    if kernel.flavor == Flavor::Stock {
+        dirs.extend(diff_patch_dirs()?);
+    }
+    for dir in dirs {
+        let built = patch::build(kernel, &dir, &mods.kmend_symvers, &mods.fixtures)?;
         files.insert(format!("{}.ko", built.id), built.module);
         files.insert(format!("{}.kmpatch", built.id), built.artifact);
     }

@@ -469,13 +469,22 @@ pub fn build(kernel: &Kernel, dir: &Path, extra_symbols: &Path, targets: &[PathB
     // The patch source (and what it includes from its parent) may lie
     // outside the repository: the chroot must see it.
     let source_dir = dir.canonicalize()?.parent().map(Path::to_path_buf).unwrap_or_default();
-    // A fix's objects refer to kernel symbols by their livepatch names,
-    // which modpost cannot find: the module loader resolves them instead.
-    let modpost = if fix.is_some() { &["KBUILD_MODPOST_WARN=1"][..] } else { &[] };
-    modules::kbuild_with(kernel, &out, &[extra_symbols.to_owned()], &[source_dir], modpost, &format!("patch-{}-{}", spec.id, kernel.flavor.name()))?;
+    // Replacements may refer to kernel symbols that are not exported (a
+    // fix's copied code always may), which modpost cannot find: the kernel
+    // resolves them when the module loads (post_link), and post_link fails
+    // the build on a name that is nowhere.
+    modules::kbuild_with(
+        kernel,
+        &out,
+        &[extra_symbols.to_owned()],
+        &[source_dir],
+        &["KBUILD_MODPOST_WARN=1"],
+        &format!("patch-{}-{}", spec.id, kernel.flavor.name()),
+    )?;
     let mut module = kernel.strip_debug(&out.join(format!("{}.ko", spec.id)))?;
-    if fix.is_some() {
-        let (ko, moved) = crate::diff_patch::post_link(kernel, &fs::read(&module)?)?;
+    let (ko, moved) = crate::diff_patch::post_link(kernel, &fs::read(&module)?, &[extra_symbols])
+        .with_context(|| format!("patch '{}'", spec.id))?;
+    if moved > 0 {
         let linked = out.join(format!("{}.klp.ko", spec.id));
         fs::write(&linked, ko)?;
         println!("xtask: {}: {moved} references resolved by the kernel when the module loads", spec.id);

@@ -33,25 +33,25 @@ use crate::harness::{
 /// sleeps TASK_FREEZABLE (tests/patches/stable_do_wait).
 const DO_WAIT: &str = "kp_stable_do_wait";
 
-/// The other real fixes the suite applies together (tests/patches/stable_*,
-/// each one file's change between Debian's 7.2.12 and 7.2.13).
-const REAL_FIXES: &[&str] = &[
-    "kp_stable_irq_proc",
-    "kp_stable_pipe",
-    "kp_stable_tcp_cong",
-    "kp_stable_tcp",
-    "kp_stable_ipc_ns",
-    "kp_stable_pid_ns",
-    "kp_stable_cgroup",
-    "kp_stable_namei",
-    "kp_stable_fib",
-    "kp_stable_tracefs",
-    "kp_stable_page_pool",
-    "kp_stable_workqueue",
-];
+/// The other real fixes the suite applies together: every
+/// `kp_stable_*.kmpatch` of the image (tests/patches/stable_*, each one
+/// file's change between Debian's 7.2.12 and 7.2.13).
+fn real_fixes() -> Result<Vec<String>, String> {
+    let mut ids: Vec<String> = std::fs::read_dir(MODULE_DIR)
+        .map_err(|e| format!("{MODULE_DIR}: {e}"))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".kmpatch").map(str::to_owned))
+        .filter(|id| id.starts_with("kp_stable_") && id != DO_WAIT)
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
 
 pub fn tests() -> Vec<Test> {
-    let mut tests = vec![Test { name: "target_named_by_its_alias_applies", run: target_named_by_its_alias_applies }];
+    let mut tests = vec![
+        Test { name: "target_named_by_its_alias_applies", run: target_named_by_its_alias_applies },
+        Test { name: "rust_replacement_reads_unexported_kernel_data", run: rust_replacement_reads_unexported_kernel_data },
+    ];
     if Path::new(&format!("{MODULE_DIR}/{DO_WAIT}.kmpatch")).exists() {
         tests.push(Test { name: "stable_fix_from_c_diff_runs_and_reverts", run: stable_fix_from_c_diff_runs_and_reverts });
         tests.push(Test { name: "real_fixes_apply_together_run_and_revert", run: real_fixes_apply_together_run_and_revert });
@@ -59,6 +59,21 @@ pub fn tests() -> Vec<Test> {
         println!("kmend-guest: no patches built from C diffs for this kernel (they are built for the stock kernel)");
     }
     tests
+}
+
+/// `tests/patches/kernel_data`: a hand-written Rust replacement reads
+/// `saved_command_line`, which the kernel does not export; the module
+/// loader resolved it by name at load. Before, the module could not load
+/// ("Unknown symbol").
+fn rust_replacement_reads_unexported_kernel_data() -> TestResult {
+    let before = std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
+    apply("kmend_kernel_data.kmpatch")?;
+    let during = std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"));
+    revert("kmend_kernel_data")?;
+    let during = during?;
+    check(during == format!("kmend-data:{before}"), || format!("/proc/cmdline with the patch: {during:?}, before: {before:?}"))?;
+    let after = std::fs::read_to_string("/proc/cmdline").map_err(|e| format!("/proc/cmdline: {e}"))?;
+    check(after == before, || format!("/proc/cmdline after revert: {after:?}"))
 }
 
 /// `tests/patches/alias` names `__x64_sys_getpgrp`, an alias of
@@ -110,6 +125,19 @@ fn stable_fix_from_c_diff_runs_and_reverts() -> TestResult {
 
     // Exit codes still reach the parent through the copied code.
     reap_children(50)?;
+
+    // The copy's tracepoint works: its jump-label entry came with it (the
+    // kernel patches the copy's site when the event is enabled) and its
+    // static call and tracepoint were resolved by the kernel at load.
+    const EVENT: &str = "/sys/kernel/tracing/events/sched/sched_process_wait/enable";
+    std::fs::write("/sys/kernel/tracing/trace", "").map_err(|e| format!("clear trace: {e}"))?;
+    std::fs::write(EVENT, "1").map_err(|e| format!("enable sched_process_wait: {e}"))?;
+    let reaped = reap_children(3);
+    let trace = std::fs::read_to_string("/sys/kernel/tracing/trace").map_err(|e| format!("read trace: {e}"));
+    std::fs::write(EVENT, "0").map_err(|e| format!("disable sched_process_wait: {e}"))?;
+    reaped?;
+    let trace = trace?;
+    check(trace.contains("sched_process_wait:"), || format!("no sched_process_wait event from the copied do_wait: {trace}"))?;
 
     // eBPF: the copy runs, the old body does not, while children are reaped.
     let verify = Command::new("/bin/kmend")
@@ -172,20 +200,23 @@ fn exercise() -> TestResult {
     reap_children(5)
 }
 
-/// Twelve more real fixes (19 functions, in the scheduler's fork path,
-/// every open(), TCP, namespaces, workqueues, page pools) applied together
-/// with do_wait's, the code they changed driven, three proven by eBPF,
-/// then all reverted newest first.
+/// Every other real fix of the image (23: the scheduler, fork's cgroup
+/// check, every open(), TCP, namespaces, workqueues, page pools, PCI,
+/// SELinux hooks, ...) applied together with do_wait's, the code several
+/// of them changed driven, three proven by eBPF, then all reverted newest
+/// first.
 fn real_fixes_apply_together_run_and_revert() -> TestResult {
+    let fixes = real_fixes()?;
+    check(fixes.len() >= 20, || format!("only {} real fixes in the image: {fixes:?}", fixes.len()))?;
     apply(&format!("{DO_WAIT}.kmpatch"))?;
-    for id in REAL_FIXES {
+    for id in &fixes {
         apply(&format!("{id}.kmpatch"))?;
     }
     let (code, out, err) = kmend(&["status", "--json"]);
     check(code == 0, || format!("status: exit {code}: {err}"))?;
     let v: serde_json::Value = serde_json::from_str(&out).map_err(|e| format!("status json: {e}: {out}"))?;
     let patches = v["patches"].as_array().cloned().unwrap_or_default();
-    check(patches.len() == REAL_FIXES.len() + 1, || format!("{} patches applied, want {}", patches.len(), REAL_FIXES.len() + 1))?;
+    check(patches.len() == fixes.len() + 1, || format!("{} patches applied, want {}", patches.len(), fixes.len() + 1))?;
     for p in &patches {
         for f in p["functions"].as_array().into_iter().flatten() {
             check(f["state"] == "active", || format!("{}: {f}", p["id"]))?;
@@ -220,7 +251,7 @@ fn real_fixes_apply_together_run_and_revert() -> TestResult {
         check(f["old_body_hits"].as_u64() == Some(0), || format!("{id}: old {function} ran: {f}"))?;
     }
 
-    for id in REAL_FIXES.iter().rev() {
+    for id in fixes.iter().rev() {
         revert(id)?;
     }
     revert(DO_WAIT)?;

@@ -12,7 +12,10 @@
 //! `SHN_LIVEPATCH`, and its relocations move from `.rela<sec>` to a new
 //! `.klp.rela.vmlinux.<sec>` section aimed at the same section.
 
-use std::collections::HashMap;
+use std::collections::{
+    HashMap,
+    HashSet, //
+};
 
 use anyhow::{
     Context as _,
@@ -42,15 +45,21 @@ const SHF_RELA_LIVEPATCH: u64 = 0x0010_0000;
 const PREFIX: &[u8] = b".klp.sym.vmlinux.";
 
 /// Rewrites module `ko`; returns how many relocations it moved. Undefined
-/// symbols the kernel does not export (objtool adds some when it links the
-/// module, e.g. static call keys) are renamed to their livepatch names too.
-pub fn post_link(ko: &[u8], kernel: &KernelSymbols) -> anyhow::Result<(Vec<u8>, usize)> {
+/// symbols the kernel has but does not export (objtool adds some when it
+/// links the module, e.g. static call keys; a hand-written replacement may
+/// name a kernel variable) are renamed to their livepatch names too; ones
+/// that are neither the kernel's nor exported by `module_exports` are an
+/// error here rather than a module the kernel refuses to load.
+pub fn post_link(ko: &[u8], kernel: &KernelSymbols, module_exports: &HashSet<String>) -> anyhow::Result<(Vec<u8>, usize)> {
     let mut b = Builder::read(ko).context("patch module")?;
     let mut klp = Vec::new();
     for s in b.symbols.iter_mut() {
         let name = String::from_utf8_lossy(&s.name).into_owned();
         let undefined = s.section.is_none() && s.st_shndx == elf::SHN_UNDEF && !name.is_empty();
-        if undefined && !name.starts_with(".klp.") && !name.starts_with("kmend_") && !kernel.is_exported(&name) {
+        if undefined && !name.starts_with(".klp.") && !kernel.is_exported(&name) && !module_exports.contains(&name) {
+            if kernel.named(&name).is_empty() {
+                bail!("the patch module refers to '{name}', which is neither in the kernel nor exported to modules");
+            }
             s.name = klp_name(&name, kernel.global_sympos(&name)?).into_bytes().into();
         }
         if s.name.starts_with(PREFIX) {

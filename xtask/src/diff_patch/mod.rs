@@ -26,7 +26,6 @@ use std::{
 
 use anyhow::{
     Context as _,
-    anyhow,
     bail, //
 };
 pub use compile::{
@@ -107,15 +106,24 @@ pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, out: &Path) -> anyh
 }
 
 fn kernel_symbols(kernel: &Kernel) -> anyhow::Result<symbols::KernelSymbols> {
-    let map = kernel.system_map.as_ref().ok_or_else(|| anyhow!("the {} kernel has no System.map", kernel.flavor.name()))?;
-    symbols::KernelSymbols::load(map, &kernel.build.join("Module.symvers"))
+    let symvers = kernel.build.join("Module.symvers");
+    match &kernel.system_map {
+        Some(map) => symbols::KernelSymbols::load(map, &symvers),
+        None => symbols::KernelSymbols::from_elf(&kernel.vmlinux, &symvers),
+    }
 }
 
 /// The built patch module `ko`, with its references to non-exported
 /// kernel symbols as livepatch relocations (see [`klp_relocs`]); returns
-/// the module and how many relocations the kernel will resolve.
-pub fn post_link(kernel: &Kernel, ko: &[u8]) -> anyhow::Result<(Vec<u8>, usize)> {
-    klp_relocs::post_link(ko, &kernel_symbols(kernel)?)
+/// the module and how many relocations the kernel will resolve. `modules`
+/// are the `Module.symvers` of the modules it may link against (kmend.ko).
+pub fn post_link(kernel: &Kernel, ko: &[u8], modules: &[&Path]) -> anyhow::Result<(Vec<u8>, usize)> {
+    let mut module_exports = std::collections::HashSet::new();
+    for symvers in modules {
+        let text = fs::read_to_string(symvers).with_context(|| format!("read {}", symvers.display()))?;
+        module_exports.extend(text.lines().filter_map(|l| l.split('\t').nth(1).map(str::to_owned)));
+    }
+    klp_relocs::post_link(ko, &kernel_symbols(kernel)?, &module_exports)
 }
 
 /// The global functions an object defines.

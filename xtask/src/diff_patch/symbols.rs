@@ -56,6 +56,30 @@ impl KernelSymbols {
         Ok(Self::parse(&map, &symvers))
     }
 
+    /// From an unstripped `vmlinux` (its symbol table, as `System.map`
+    /// lines) and `Module.symvers`.
+    pub fn from_elf(vmlinux: &Path, symvers: &Path) -> anyhow::Result<Self> {
+        use object::{
+            Object as _,
+            ObjectSymbol as _,
+        };
+        let data = fs::read(vmlinux).with_context(|| format!("read {}", vmlinux.display()))?;
+        let file = object::File::parse(&*data).with_context(|| format!("{}: not ELF", vmlinux.display()))?;
+        let mut map = String::new();
+        for s in file.symbols() {
+            let kind = match s.kind() {
+                object::SymbolKind::Text => 't',
+                object::SymbolKind::Data => 'd',
+                _ => continue,
+            };
+            let (Ok(name), false) = (s.name(), s.is_undefined()) else { continue };
+            let kind = if s.is_global() { kind.to_ascii_uppercase() } else { kind };
+            map.push_str(&format!("{:016x} {kind} {name}\n", s.address()));
+        }
+        let symvers = fs::read_to_string(symvers).with_context(|| format!("read {}", symvers.display()))?;
+        Ok(Self::parse(&map, &symvers))
+    }
+
     pub(super) fn parse(map: &str, symvers: &str) -> Self {
         let mut by_name: BTreeMap<String, Vec<Sym>> = BTreeMap::new();
         let mut by_addr = Vec::new();

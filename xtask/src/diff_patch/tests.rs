@@ -171,7 +171,7 @@ ffffffff81a00000 T not_exported
     assert!(!symbols.contains(&"not_exported".to_owned()), "an unused declaration would make the module loader fail: {symbols:?}");
 
     // After linking: the kernel-resolved reference in a livepatch section.
-    let (ko, moved) = post_link(&out.object, &kernel).unwrap();
+    let (ko, moved) = post_link(&out.object, &kernel, &Default::default()).unwrap();
     assert_eq!(moved, 1);
     let file = object::File::parse(&*ko).unwrap();
     let klp = file.section_by_name(".klp.rela.vmlinux..text.fixed").expect("livepatch relocation section");
