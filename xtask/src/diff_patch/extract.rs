@@ -363,7 +363,9 @@ pub fn extract(
         }
         if changes.changed.contains(&info.name) && parent_of_cold(&info.name).is_none() && orig_names.contains(&info.name) {
             let sympos = if info.global { kernel.global_sympos(&info.name)? } else { kernel.sympos(&info.name, true, &globals, &own)? };
-            let replacement = format!("{prefix}{}", info.name);
+            // A valid identifier for the descriptor (`foo.isra.0` is a
+            // compiler clone the kernel knows by that name).
+            let replacement = format!("{prefix}{}", info.name.replace('.', "_"));
             s.name = replacement.clone().into_bytes().into();
             s.set_st_info(elf::STB_GLOBAL, elf::STT_FUNC);
             s.st_other = elf::STV_DEFAULT;
