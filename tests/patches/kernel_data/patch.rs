@@ -30,7 +30,7 @@ pub(crate) unsafe extern "C" fn kmend_kernel_data_cmdline_proc_show(m: *mut bind
     let m = unsafe { SeqFile::from_raw(m) };
     // SAFETY: saved_command_line is set once at boot to a NUL-terminated
     // string that lives as long as the kernel and is never freed.
-    let line = unsafe { core::ffi::CStr::from_ptr(saved_command_line) };
+    let line = unsafe { core::ffi::CStr::from_ptr(saved_command_line.cast()) };
     seq_print!(m, "kmend-data:{}\n", line.to_str().unwrap_or("?"));
     0
 }
