@@ -9,14 +9,8 @@
 
 use std::{
     path::Path,
-    process::{
-        Command,
-        Stdio, //
-    },
-    time::{
-        Duration,
-        Instant, //
-    },
+    process::Command,
+    time::Duration, //
 };
 
 use crate::harness::{
@@ -26,7 +20,8 @@ use crate::harness::{
     apply,
     check,
     kmend,
-    revert, //
+    revert,
+    verify_while, //
 };
 
 /// kernel/exit.c's fix between Debian's 7.2.12 and 7.2.13: do_wait()
@@ -140,21 +135,12 @@ fn stable_fix_from_c_diff_runs_and_reverts() -> TestResult {
     check(trace.contains("sched_process_wait:"), || format!("no sched_process_wait event from the copied do_wait: {trace}"))?;
 
     // eBPF: the copy runs, the old body does not, while children are reaped.
-    let verify = Command::new("/bin/kmend")
-        .args(["verify", DO_WAIT, "--window", "3s", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("spawn kmend verify: {e}"))?;
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(4) {
+    let (ok, v) = verify_while(DO_WAIT, "3s", || {
         reap_children(5)?;
         std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = verify.wait_with_output().map_err(|e| format!("wait kmend verify: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    check(out.status.success(), || format!("verify: {}: {stdout} {}", out.status, String::from_utf8_lossy(&out.stderr)))?;
-    let v: serde_json::Value = serde_json::from_str(&stdout).map_err(|e| format!("verify json: {e}: {stdout}"))?;
+        Ok(())
+    })?;
+    check(ok, || format!("verify failed: {v}"))?;
     let f = &v["functions"][0];
     check(v["proven"] == true, || format!("not proven: {v}"))?;
     check(f["replacement_hits"].as_u64().unwrap_or(0) > 0, || format!("replacement not hit: {f}"))?;
@@ -230,21 +216,8 @@ fn real_fixes_apply_together_run_and_revert() -> TestResult {
         ("kp_stable_pipe", "pipe_fasync"),
         ("kp_stable_tcp_cong", "tcp_set_congestion_control"),
     ] {
-        let mut verify = Command::new("/bin/kmend")
-            .args(["verify", id, "--window", "2s", "--json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("spawn kmend verify: {e}"))?;
-        // Until the probes' window closes (attaching takes a while under TCG).
-        let start = Instant::now();
-        while verify.try_wait().map_err(|e| format!("kmend verify: {e}"))?.is_none() {
-            check(start.elapsed() < Duration::from_secs(60), || format!("kmend verify {id} did not finish"))?;
-            exercise()?;
-        }
-        let out = verify.wait_with_output().map_err(|e| format!("wait kmend verify: {e}"))?;
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let v: serde_json::Value = serde_json::from_str(&stdout).map_err(|e| format!("verify {id} json: {e}: {stdout}"))?;
+        // Not every function of a patch is driven here: per function.
+        let (_, v) = verify_while(id, "2s", exercise)?;
         let f = v["functions"].as_array().into_iter().flatten().find(|f| f["function"] == function);
         let f = f.ok_or_else(|| format!("verify {id}: no {function}: {v}"))?;
         check(f["replacement_hits"].as_u64().unwrap_or(0) > 0, || format!("{id}: copy of {function} not hit: {f}"))?;

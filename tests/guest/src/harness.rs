@@ -6,7 +6,12 @@ use std::{
     io::Write as _,
     process::{
         Command,
-        Output, //
+        Output,
+        Stdio, //
+    },
+    time::{
+        Duration,
+        Instant, //
     },
 };
 
@@ -146,4 +151,30 @@ pub fn power_off() -> ! {
     loop {
         std::thread::park();
     }
+}
+
+/// `kmend verify <id> --window <window> --json`, with `exercise` driving
+/// the patched code until the probes' window closes (attaching takes a
+/// while under TCG, so the loop follows the process, not a clock).
+/// Returns whether verify exited 0 (every function proven) and its report.
+pub fn verify_while(id: &str, window: &str, mut exercise: impl FnMut() -> TestResult) -> Result<(bool, serde_json::Value), String> {
+    let mut verify = Command::new("/bin/kmend")
+        .args(["verify", id, "--window", window, "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn kmend verify: {e}"))?;
+    let start = Instant::now();
+    while verify.try_wait().map_err(|e| format!("kmend verify: {e}"))?.is_none() {
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = verify.kill();
+            return Err(format!("kmend verify {id} did not finish in 60 s"));
+        }
+        exercise()?;
+    }
+    let out = verify.wait_with_output().map_err(|e| format!("wait kmend verify: {e}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report = serde_json::from_str(&stdout)
+        .map_err(|e| format!("verify {id}: {}: {e}: {stdout} {}", out.status, String::from_utf8_lossy(&out.stderr)))?;
+    Ok((out.status.success(), report))
 }

@@ -2,14 +2,7 @@
 
 use std::{
     path::Path,
-    process::{
-        Command,
-        Stdio, //
-    },
-    time::{
-        Duration,
-        Instant, //
-    },
+    time::Duration, //
 };
 
 use crate::harness::{
@@ -22,7 +15,8 @@ use crate::harness::{
     module_loaded,
     read,
     revert,
-    rmmod, //
+    rmmod,
+    verify_while, //
 };
 
 /// What the sample patch makes `/proc/cmdline` print.
@@ -92,24 +86,13 @@ fn status_lists_patch_and_functions() -> TestResult {
 }
 
 fn ebpf_proves_replacement_runs() -> TestResult {
-    let child = Command::new("/bin/kmend")
-        .args(["verify", SAMPLE, "--window", "4s", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("spawn kmend verify: {e}"))?;
     // Exercise the patched function while the probes watch.
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(6) {
-        let _ = read("/proc/cmdline")?;
+    let (ok, v) = verify_while(SAMPLE, "4s", || {
+        read("/proc/cmdline")?;
         std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().map_err(|e| format!("wait kmend verify: {e}"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    check(out.status.success(), || {
-        format!("verify: {}: {stdout} {}", out.status, String::from_utf8_lossy(&out.stderr))
+        Ok(())
     })?;
-    let v: serde_json::Value = serde_json::from_str(&stdout).map_err(|e| format!("verify json: {e}: {stdout}"))?;
+    check(ok, || format!("verify failed: {v}"))?;
     let f = &v["functions"][0];
     check(v["proven"] == true, || format!("not proven: {v}"))?;
     check(f["replacement_hits"].as_u64().unwrap_or(0) > 0, || format!("replacement not hit: {f}"))?;
