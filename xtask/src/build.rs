@@ -1,6 +1,8 @@
 //! `cargo xtask build`: every artifact the VM needs, for each guest kernel,
 //! each step incremental.
 
+use anyhow::Context as _;
+
 use std::{
     collections::BTreeMap,
     fs,
@@ -48,13 +50,17 @@ const PATCH_DIRS: &[&str] = &[
 
 /// Patches built from upstream C diffs (xtask/src/diff_patch), for the
 /// stock kernel (the builder compiles single objects in its build tree):
-/// every `tests/patches/stable_*`, real upstream fixes.
+/// every `tests/patches/*` whose patch.toml names a `diff`: the real
+/// upstream fixes (`stable_*`) and the suite's own C-diff patches.
 fn diff_patch_dirs() -> anyhow::Result<Vec<PathBuf>> {
     let dir = paths::repo().join("tests/patches");
     let mut dirs: Vec<PathBuf> = fs::read_dir(&dir)?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("stable_")))
+        .filter(|p| {
+            fs::read_to_string(p.join("patch.toml"))
+                .is_ok_and(|toml| toml.lines().any(|l| l.split('=').next().is_some_and(|k| k.trim() == "diff")))
+        })
         .collect();
     dirs.sort();
     Ok(dirs)
@@ -65,7 +71,15 @@ fn diff_patch_dirs() -> anyhow::Result<Vec<PathBuf>> {
 pub struct Artifacts {
     pub kernel: Kernel,
     pub files: BTreeMap<String, PathBuf>,
+    /// Files outside the manifest, by their path in the guest: the patches
+    /// a `vm-test --patch` run tries ([`TRY_DIR`]).
+    pub extra: Vec<(String, PathBuf)>,
 }
+
+/// Where the guest finds the patches `cargo xtask vm-test --patch` tries:
+/// `<id>.kmpatch`, `<id>.trigger` (patch.toml's `trigger`, if any), and
+/// `order` (the ids, one per line, as given on the command line).
+pub const TRY_DIR: &str = "/lib/kmend/try";
 
 /// A `cargo` command with the environment every build here uses.
 ///
@@ -102,8 +116,9 @@ pub fn kernels(which: &[Flavor]) -> anyhow::Result<Vec<Kernel>> {
         .collect()
 }
 
-/// The modules and patches of one kernel, plus the userspace binaries.
-pub fn for_kernel(kernel: &Kernel, userspace: &BTreeMap<String, PathBuf>) -> anyhow::Result<Artifacts> {
+/// The modules and patches of one kernel, plus the userspace binaries, and
+/// the patches of `tried` (directories) under [`TRY_DIR`].
+pub fn for_kernel(kernel: &Kernel, userspace: &BTreeMap<String, PathBuf>, tried: &[PathBuf]) -> anyhow::Result<Artifacts> {
     let mods = modules::build(kernel)?;
     let mut files = userspace.clone();
     let mut dirs: Vec<PathBuf> = PATCH_DIRS.iter().map(|d| paths::repo().join(d)).collect();
@@ -116,19 +131,44 @@ pub fn for_kernel(kernel: &Kernel, userspace: &BTreeMap<String, PathBuf>) -> any
         files.insert(format!("{}.kmpatch", built.id), built.artifact);
     }
     files.insert("kmend.ko".into(), mods.kmend);
-    for f in mods.fixtures {
+    for f in &mods.fixtures {
         if let Some(name) = f.file_name().and_then(|n| n.to_str()) {
             files.insert(name.to_owned(), f.clone());
         }
     }
-    Ok(Artifacts { kernel: kernel.clone(), files })
+    let mut extra = Vec::new();
+    let mut order = String::new();
+    for dir in tried {
+        let built = patch::build(kernel, dir, &mods.kmend_symvers, &mods.fixtures)?;
+        extra.push((format!("{TRY_DIR}/{}.kmpatch", built.id), built.artifact.clone()));
+        if let Some(trigger) = &built.trigger {
+            let file = built.artifact.with_extension("trigger");
+            fs::write(&file, trigger).with_context(|| format!("write {}", file.display()))?;
+            extra.push((format!("{TRY_DIR}/{}.trigger", built.id), file));
+        }
+        order.push_str(&built.id);
+        order.push('\n');
+    }
+    if !tried.is_empty() {
+        let file = paths::cache().join("vm").join(format!("try-order-{}", kernel.flavor.name()));
+        fs::create_dir_all(paths::cache().join("vm"))?;
+        fs::write(&file, order).with_context(|| format!("write {}", file.display()))?;
+        extra.push((format!("{TRY_DIR}/order"), file));
+    }
+    Ok(Artifacts { kernel: kernel.clone(), files, extra })
 }
 
 /// Builds everything for the kernels asked for.
 pub fn all(which: &[Flavor]) -> anyhow::Result<Vec<Artifacts>> {
+    trying(which, &[])
+}
+
+/// Builds everything for the kernels asked for, plus the patches of
+/// `tried` (`vm-test --patch`).
+pub fn trying(which: &[Flavor], tried: &[PathBuf]) -> anyhow::Result<Vec<Artifacts>> {
     let kernels = kernels(which)?;
     let bins = userspace()?;
-    kernels.iter().map(|k| for_kernel(k, &bins)).collect()
+    kernels.iter().map(|k| for_kernel(k, &bins, tried)).collect()
 }
 
 /// `cargo xtask patch build <dir>`: against one kernel.

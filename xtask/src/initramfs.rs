@@ -67,8 +67,14 @@ impl Cpio {
 const BOOT_MODULE_DIR: &str = "/lib/boot-modules";
 
 /// Writes the initramfs for `files` (build outputs by name) to `out`, with
-/// `boot_modules` (in load order) under [`BOOT_MODULE_DIR`].
-pub fn write(files: &BTreeMap<String, PathBuf>, boot_modules: &[PathBuf], out: &Path) -> anyhow::Result<()> {
+/// `boot_modules` (in load order) under [`BOOT_MODULE_DIR`] and `extra`
+/// files at their guest paths (their directories created).
+pub fn write(
+    files: &BTreeMap<String, PathBuf>,
+    boot_modules: &[PathBuf],
+    extra: &[(String, PathBuf)],
+    out: &Path,
+) -> anyhow::Result<()> {
     let repo = paths::repo();
     let manifest = fs::read_to_string(repo.join(MANIFEST)).with_context(|| format!("read {MANIFEST}"))?;
     let mut cpio = Cpio { out: Vec::new(), ino: 0 };
@@ -109,6 +115,15 @@ pub fn write(files: &BTreeMap<String, PathBuf>, boot_modules: &[PathBuf], out: &
         let name = module.file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow!("bad module path {}", module.display()))?;
         let data = fs::read(module).with_context(|| format!("read {}", module.display()))?;
         cpio.entry(&format!("{BOOT_MODULE_DIR}/{i:02}-{name}"), 0o100644, (0, 0), &data);
+    }
+    let mut dirs = std::collections::BTreeSet::new();
+    for (guest, source) in extra {
+        let parent = Path::new(guest).parent().and_then(|d| d.to_str()).filter(|d| *d != "/");
+        if let Some(dir) = parent.filter(|d| dirs.insert((*d).to_owned())) {
+            cpio.entry(dir, 0o040755, (0, 0), &[]);
+        }
+        let data = fs::read(source).with_context(|| format!("read {}", source.display()))?;
+        cpio.entry(guest, 0o100644, (0, 0), &data);
     }
     cpio.entry("TRAILER!!!", 0, (0, 0), &[]);
     fs::write(out, &cpio.out).with_context(|| format!("write {}", out.display()))

@@ -59,6 +59,11 @@ struct Spec {
     /// patch directory): the functions come from it (xtask/src/diff_patch).
     #[serde(default)]
     diff: Option<String>,
+    /// A shell command that drives the patched code in the VM
+    /// (`cargo xtask vm-test --patch <dir>` runs it while `kmend verify`
+    /// watches); not part of the artifact.
+    #[serde(default)]
+    trigger: Option<String>,
     /// Hand-written replacements (patch.rs); none with `diff`.
     #[serde(rename = "function", default)]
     functions: Vec<SpecFunction>,
@@ -94,6 +99,8 @@ pub struct BuiltPatch {
     pub functions: Vec<String>,
     pub module: PathBuf,
     pub artifact: PathBuf,
+    /// patch.toml's `trigger`, for trying the patch in the VM.
+    pub trigger: Option<String>,
 }
 
 fn check_name(what: &str, s: &str) -> anyhow::Result<()> {
@@ -549,7 +556,7 @@ pub fn build(kernel: &Kernel, dir: &Path, extra_symbols: &Path, targets: &[PathB
             .args(["manifest.json", "patch.ko"]),
     )?;
     let functions = spec.functions.iter().map(|f| f.name.clone()).collect();
-    Ok(BuiltPatch { id: spec.id, functions, module, artifact })
+    Ok(BuiltPatch { id: spec.id, functions, module, artifact, trigger: spec.trigger })
 }
 
 #[cfg(test)]

@@ -2,13 +2,17 @@
 
 use std::process::Stdio;
 
-use anyhow::bail;
+use anyhow::{
+    bail,
+    ensure, //
+};
 
 use crate::{
     build::{
         self,
         Artifacts, //
     },
+    kernel::Flavor,
     vm::{
         self,
         ALL_KERNELS,
@@ -112,6 +116,9 @@ fn finish(tally: &Tally) -> anyhow::Result<()> {
 
 /// `cargo xtask vm-test`.
 pub fn vm_only(opts: &VmOptions) -> anyhow::Result<()> {
+    if !opts.patches.is_empty() {
+        return try_patches(opts);
+    }
     let mut tally = Tally::default();
     let all = build::all(&opts.kernels_or(ALL_KERNELS))?;
     match &opts.mode {
@@ -123,6 +130,21 @@ pub fn vm_only(opts: &VmOptions) -> anyhow::Result<()> {
             }
         }
         None => vm_suites(&all, opts, &mut tally)?,
+    }
+    finish(&tally)
+}
+
+/// `cargo xtask vm-test --patch <dir>...`: a patch author's one command.
+/// The guest's `try` mode applies the patches in order, runs `kmend verify`
+/// on each while its trigger runs, and reverts them; the host checks the
+/// kernel log as for the suite.
+fn try_patches(opts: &VmOptions) -> anyhow::Result<()> {
+    ensure!(opts.mode.is_none(), "--patch runs the guest's `try` mode: leave out --mode");
+    let mut tally = Tally::default();
+    for artifacts in build::trying(&opts.kernels_or(&[Flavor::Stock]), &opts.patches)? {
+        for _ in 0..opts.repeat {
+            add_run(vm::boot(&artifacts, "try", opts, false, None)?, &mut tally);
+        }
     }
     finish(&tally)
 }

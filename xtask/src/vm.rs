@@ -61,6 +61,11 @@ pub struct VmOptions {
     /// `vm-test` only: how many times to boot `--mode`.
     #[arg(long, default_value_t = 1)]
     pub repeat: u32,
+    /// `vm-test` only: try this patch directory (repeat for several,
+    /// applied in order): boot, apply, `kmend verify` while its `trigger`
+    /// runs, revert, kernel log checked. Default kernel: stock.
+    #[arg(long = "patch", value_name = "DIR")]
+    pub patches: Vec<PathBuf>,
 }
 
 impl VmOptions {
@@ -121,7 +126,7 @@ pub fn boot(artifacts: &Artifacts, mode: &str, opts: &VmOptions, echo_all: bool,
     let vm_dir = paths::cache().join("vm");
     fs::create_dir_all(&vm_dir)?;
     let initrd = vm_dir.join(format!("initramfs-{flavor}.cpio"));
-    initramfs::write(&artifacts.files, &artifacts.kernel.boot_modules, &initrd)?;
+    initramfs::write(&artifacts.files, &artifacts.kernel.boot_modules, &artifacts.extra, &initrd)?;
     let log = vm_dir.join(format!("console-{mode}-{flavor}.log"));
     // The debug kernel gets 4 vCPUs (stop_machine and the stack check across
     // more CPUs than host cores); the stock kernel the 2 the suite was

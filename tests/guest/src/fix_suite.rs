@@ -50,6 +50,7 @@ pub fn tests() -> Vec<Test> {
     if Path::new(&format!("{MODULE_DIR}/{DO_WAIT}.kmpatch")).exists() {
         tests.push(Test { name: "stable_fix_from_c_diff_runs_and_reverts", run: stable_fix_from_c_diff_runs_and_reverts });
         tests.push(Test { name: "real_fixes_apply_together_run_and_revert", run: real_fixes_apply_together_run_and_revert });
+        tests.push(Test { name: "static_twin_is_probed_where_it_is", run: static_twin_is_probed_where_it_is });
     } else {
         println!("kmend-guest: no patches built from C diffs for this kernel (they are built for the stock kernel)");
     }
@@ -87,6 +88,37 @@ fn target_named_by_its_alias_applies() -> TestResult {
     check(status.contains("__do_sys_getpgrp"), || format!("status does not name the function: {status}"))?;
     let after = pgrp();
     check(after == before, || format!("getpgrp after revert: {after}, before: {before}"))
+}
+
+/// The suite's C-diff patch to fs/proc/generic.c's `proc_single_open`
+/// (tests/patches/dup_static), a static whose name fs/proc/base.c has too.
+const TWIN: &str = "kmend_dup_static";
+
+/// `kmend verify` on a patched static whose name the kernel has twice:
+/// the probes must sit on the patched function (generic.c's, position 2),
+/// not on the first of that name (base.c's), while both run. Before, verify
+/// attached by name: the kernel refused the ambiguous name (EADDRNOTAVAIL),
+/// and older kernels probed the first one, whose body runs for every
+/// `/proc/<pid>/status`.
+fn static_twin_is_probed_where_it_is() -> TestResult {
+    let version = std::fs::read_to_string("/proc/version").map_err(|e| format!("/proc/version: {e}"))?;
+    apply(&format!("{TWIN}.kmpatch"))?;
+    let verified = verify_while(TWIN, "2s", || {
+        // generic.c's (patched) and base.c's (not) proc_single_open.
+        let during = std::fs::read_to_string("/proc/version").map_err(|e| format!("/proc/version: {e}"))?;
+        check(during == version, || format!("/proc/version with the patch: {during:?}"))?;
+        std::fs::read_to_string("/proc/self/status").map_err(|e| format!("/proc/self/status: {e}"))?;
+        std::thread::sleep(Duration::from_millis(20));
+        Ok(())
+    });
+    let reverted = revert(TWIN);
+    let (ok, v) = verified?;
+    reverted?;
+    let f = &v["functions"][0];
+    check(ok && v["proven"] == true, || format!("verify failed: {v}"))?;
+    check(f["old_body"].as_str().is_some_and(|p| p.starts_with("proc_single_open,2+")), || format!("old-body probe: {f}"))?;
+    check(f["replacement_hits"].as_u64().unwrap_or(0) > 0, || format!("replacement not hit: {f}"))?;
+    check(f["old_body_hits"].as_u64() == Some(0), || format!("old body ran: {f}"))
 }
 
 /// Reaps children the way every shell does: `wait4()` into `do_wait()`.

@@ -33,17 +33,33 @@ pub fn run_all(tests: &[Test]) {
     for t in tests {
         println!("kmend-guest: test {} ...", t.name);
         let _ = std::io::stdout().flush();
-        match (t.run)() {
-            Ok(()) => {
-                passed += 1;
-                println!("kmend-guest: test {} ... ok", t.name);
-            }
-            Err(e) => {
-                failed += 1;
-                println!("kmend-guest: test {} ... FAILED: {e}", t.name);
-            }
+        if report(t.name, (t.run)()) {
+            passed += 1;
+        } else {
+            failed += 1;
         }
     }
+    verdict(passed, failed);
+}
+
+/// Prints one test's result line (the host collects them); whether it passed.
+pub fn report(name: &str, result: TestResult) -> bool {
+    let ok = match result {
+        Ok(()) => {
+            println!("kmend-guest: test {name} ... ok");
+            true
+        }
+        Err(e) => {
+            println!("kmend-guest: test {name} ... FAILED: {e}");
+            false
+        }
+    };
+    let _ = std::io::stdout().flush();
+    ok
+}
+
+/// Prints the verdict line the host reads.
+pub fn verdict(passed: u32, failed: u32) {
     let release = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     println!("kmend-guest: verdict ({}): {passed} passed, {failed} failed", release.trim());
     let _ = std::io::stdout().flush();

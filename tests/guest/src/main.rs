@@ -3,7 +3,8 @@
 //!
 //! Modes: `test` (the end-to-end suite, [`suite`]), `demo` (the narrated
 //! walk-through, [`demo`]), `bench` (measurements, [`bench`]), `textpoke`
-//! (a control run without kmend, [`textpoke`]). The host (`cargo xtask`) reads the verdict
+//! (a control run without kmend, [`textpoke`]), `try` (the patches of
+//! `cargo xtask vm-test --patch`, [`try_patch`]). The host (`cargo xtask`) reads the verdict
 //! line and scans the console for kernel warnings.
 
 mod agent_suite;
@@ -15,6 +16,7 @@ mod harness;
 mod suite;
 mod switch_suite;
 mod textpoke;
+mod try_patch;
 
 /// Whether loopback was up when `kmend boot` ran on the second boot.
 pub static NETWORK_WAS_UP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -31,6 +33,7 @@ fn main() {
         "bench" => bench::run(),
         "test-reboot" => suite::run_second_boot(),
         "textpoke" => textpoke::run(),
+        "try" => try_patch::run(),
         other => println!("kmend-guest: unknown mode '{other}'"),
     }
     harness::power_off();

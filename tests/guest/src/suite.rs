@@ -123,8 +123,11 @@ fn control_rejects_bad_input() -> TestResult {
 /// point does count once the original runs again, so "0 hits" there meant
 /// something.
 fn ebpf_old_body_probe_counts_when_unpatched() -> TestResult {
-    let offset = kmend::kallsyms::body_offset("vmlinux", "cmdline_proc_show", 0).map_err(|e| format!("{e:#}"))?;
-    let counter = kmend::verify::HitCounter::attach("cmdline_proc_show", offset).map_err(|e| format!("{e:#}"))?;
+    let symbols = kmend::kallsyms::read().map_err(|e| format!("{e:#}"))?;
+    let (body, offset) =
+        kmend::kallsyms::body_address(&symbols, "vmlinux", "cmdline_proc_show", 0).map_err(|e| format!("{e:#}"))?;
+    let counter =
+        kmend::verify::HitCounter::attach(body, format!("cmdline_proc_show+{offset:#x}")).map_err(|e| format!("{e:#}"))?;
     for _ in 0..5 {
         let _ = read("/proc/cmdline")?;
     }

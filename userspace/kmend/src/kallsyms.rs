@@ -38,11 +38,15 @@ pub fn ftrace_site(addrs: &str, name: &str, func: u64) -> Option<u64> {
         .min()
 }
 
-/// Offset, from the symbol, of the first instruction of the body of
-/// `object:name` (the `sympos`-th of that name; 0: unique).
-pub fn body_offset(object: &str, name: &str, sympos: u64) -> anyhow::Result<u64> {
-    let kallsyms = fs::read_to_string("/proc/kallsyms").context("'/proc/kallsyms': read failed")?;
-    let func = resolve(&kallsyms, object, name, sympos).map_err(|e| anyhow!(e))?;
+/// `/proc/kallsyms`, read whole (root sees addresses).
+pub fn read() -> anyhow::Result<String> {
+    fs::read_to_string("/proc/kallsyms").context("'/proc/kallsyms': read failed")
+}
+
+/// The address of the first instruction of the body of `object:name` (the
+/// `sympos`-th of that name; 0: unique), and its offset from the symbol.
+pub fn body_address(kallsyms: &str, object: &str, name: &str, sympos: u64) -> anyhow::Result<(u64, u64)> {
+    let func = resolve(kallsyms, object, name, sympos).map_err(|e| anyhow!(e))?;
     let tracefs = TRACEFS
         .iter()
         .map(Path::new)
@@ -52,7 +56,8 @@ pub fn body_offset(object: &str, name: &str, sympos: u64) -> anyhow::Result<u64>
     let addrs = fs::read_to_string(&path).with_context(|| format!("'{}': read failed", path.display()))?;
     let site = ftrace_site(&addrs, name, func)
         .ok_or_else(|| anyhow!("'{object}:{name}': has no ftrace site at {func:#x}"))?;
-    Ok(site - func + FTRACE_CALL_LEN)
+    let body = site + FTRACE_CALL_LEN;
+    Ok((body, body - func))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! - [`status`]: the kernel's status text, parsed.
 //! - [`modinfo`]: reading a patch module file.
 //! - [`kallsyms`]: symbol and ftrace-site addresses, for the probes.
+//! - [`kprobe_at`]: a kprobe at an address (for names the kernel has twice).
 //! - [`verify`]: eBPF proof that the replacement runs and the old body does not.
 //! - [`exit`]: the exit codes, in one place.
 //! - [`paths`]: every file kmend uses, under one root (`KMEND_ROOT`).
@@ -31,6 +32,7 @@ pub mod fsutil;
 pub mod identity;
 pub mod journal;
 pub mod kallsyms;
+pub mod kprobe_at;
 pub mod modinfo;
 pub mod paths;
 pub mod policy;

@@ -2,7 +2,10 @@
 //!
 //! For every function of a patch, one hit-counting kprobe goes on the
 //! replacement's entry and one on the first instruction of the old body
-//! (past the ftrace call site, see [`crate::kallsyms`]). After the functions
+//! (past the ftrace call site, see [`crate::kallsyms`]), both at addresses
+//! resolved by object, name and position, so a patched `static` function
+//! whose name the kernel has twice is probed where it is ([`crate::kprobe_at`]).
+//! After the functions
 //! have been exercised, a function is *proven* when its replacement was hit
 //! and its old body never was.
 
@@ -28,6 +31,7 @@ use serde::Serialize;
 
 use crate::{
     kallsyms,
+    kprobe_at::AddressProbe,
     status::PatchStatus, //
 };
 
@@ -36,15 +40,17 @@ static HITCOUNT_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR")
 
 /// One attached hit counter.
 pub struct HitCounter {
+    /// Dropped before `ebpf`: detaches the probe, then unloads the program.
+    _probe: AddressProbe,
     ebpf: Ebpf,
     /// Where it is attached, for messages.
     pub point: String,
 }
 
 impl HitCounter {
-    /// Attaches a counter at `symbol + offset`.
-    pub fn attach(symbol: &str, offset: u64) -> anyhow::Result<Self> {
-        let point = format!("{symbol}+{offset:#x}");
+    /// Attaches a counter at `address`; `point` names it in messages
+    /// (`symbol+offset`).
+    pub fn attach(address: u64, point: String) -> anyhow::Result<Self> {
         let mut ebpf = Ebpf::load(HITCOUNT_OBJ).context("loading the hit-count probe")?;
         let program: &mut KProbe = ebpf
             .program_mut(HITCOUNT_PROGRAM)
@@ -52,10 +58,9 @@ impl HitCounter {
             .try_into()
             .context("hit-count program is not a kprobe")?;
         program.load().context("loading the hit-count program into the kernel")?;
-        program
-            .attach(symbol, offset)
-            .with_context(|| format!("attaching a kprobe at '{point}'"))?;
-        Ok(Self { ebpf, point })
+        let fd = program.fd().context("the loaded hit-count program has no descriptor")?;
+        let probe = AddressProbe::attach(address, fd).with_context(|| format!("attaching a kprobe at '{point}'"))?;
+        Ok(Self { _probe: probe, ebpf, point })
     }
 
     /// Hits so far.
@@ -102,13 +107,17 @@ pub struct PatchProof {
 impl PatchProbes {
     /// Attaches the counters for every function of `patch`.
     pub fn attach(patch: &PatchStatus) -> anyhow::Result<Self> {
+        let symbols = kallsyms::read()?;
         let mut functions = Vec::new();
         for f in &patch.functions {
-            let offset = kallsyms::body_offset(&f.object, &f.name, f.sympos)?;
+            let replacement = f.replacement_symbol();
+            let replacement_at = kallsyms::resolve(&symbols, &patch.id, replacement, 0).map_err(|e| anyhow!(e))?;
+            let (body, offset) = kallsyms::body_address(&symbols, &f.object, &f.name, f.sympos)?;
+            let name = if f.sympos > 0 { format!("{},{}", f.name, f.sympos) } else { f.name.clone() };
             functions.push(FunctionProbes {
                 target: f.name.clone(),
-                replacement: HitCounter::attach(f.replacement_symbol(), 0)?,
-                old_body: HitCounter::attach(&f.name, offset)?,
+                replacement: HitCounter::attach(replacement_at, format!("{replacement}+0x0"))?,
+                old_body: HitCounter::attach(body, format!("{name}+{offset:#x}"))?,
             });
         }
         Ok(Self { patch: patch.id.clone(), functions })
