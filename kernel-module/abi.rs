@@ -11,11 +11,12 @@
 
 use kernel::ffi::{
     c_char,
+    c_int,
     c_void, //
 };
 
 /// Version of [`KmendPatch`]; bumped on any layout change.
-pub(crate) const KMEND_ABI_VERSION: u32 = 2;
+pub(crate) const KMEND_ABI_VERSION: u32 = 3;
 
 /// Flag: this patch supersedes every applied patch (cumulative "replace").
 pub(crate) const KMEND_PATCH_REPLACE: u32 = 1 << 0;
@@ -50,6 +51,25 @@ pub(crate) struct KmendPatch {
     pub(crate) funcs: *const KmendFunc,
     /// CVEs this patch fixes, comma-separated (NUL-terminated, may be empty).
     pub(crate) cves: *const c_char,
+    /// Code run around the switches, each optional; see [`KmendCallbacks`].
+    pub(crate) callbacks: KmendCallbacks,
+}
+
+/// A patch's callbacks (the kernel livepatch's pre/post (un)patch
+/// callbacks, for the whole patch). Each is code of the patch module, runs
+/// in process context with no kmend lock but the one that orders switches,
+/// and may sleep. `pre_apply` runs before the apply's switch and may refuse
+/// it (a negative errno; nothing is switched); `post_apply` after it;
+/// `pre_revert` before a revert's switch; `post_revert` after it, and also
+/// after an apply that failed once `pre_apply` had succeeded, to undo it.
+/// The patches a cumulative patch supersedes get no callbacks (as with the
+/// kernel's atomic replace): the new patch takes their state over.
+#[repr(C)]
+pub(crate) struct KmendCallbacks {
+    pub(crate) pre_apply: Option<unsafe extern "C" fn() -> c_int>,
+    pub(crate) post_apply: Option<unsafe extern "C" fn()>,
+    pub(crate) pre_revert: Option<unsafe extern "C" fn()>,
+    pub(crate) post_revert: Option<unsafe extern "C" fn()>,
 }
 
 /// Makes the enclosing replacement function visible to ftrace, so that

@@ -20,6 +20,7 @@ use kernel::{
 };
 
 mod abi;
+mod callbacks;
 mod control;
 mod ftrace;
 mod kapi;

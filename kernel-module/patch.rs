@@ -11,6 +11,7 @@ use kernel::{
 
 use crate::{
     abi,
+    callbacks::Callbacks,
     module_notifier::ModuleRefRaw,
     ksym::{
         self,
@@ -64,6 +65,7 @@ pub(crate) struct Patch {
     pub(crate) cves: CString,
     pub(crate) owner: Owner,
     pub(crate) funcs: KVec<PatchFunc>,
+    pub(crate) callbacks: Callbacks,
     pub(crate) state: State,
 }
 
@@ -173,6 +175,10 @@ pub(crate) unsafe fn patch_from_abi(desc: *const abi::KmendPatch) -> Result<Patc
             GFP_KERNEL,
         )?;
     }
+    let callbacks = Callbacks::from_abi(&desc.callbacks, owner.name()).map_err(|sym| {
+        pr_err!("patch '{}': callback '{}' is not code of module '{}' (-22)\n", text(id), sym.as_str(), text(owner.name()));
+        EINVAL
+    })?;
     Ok(Patch {
         serial: 0,
         enabled_at: 0,
@@ -181,6 +187,7 @@ pub(crate) unsafe fn patch_from_abi(desc: *const abi::KmendPatch) -> Result<Patc
         cves,
         owner: Owner(desc.owner.cast()),
         funcs,
+        callbacks,
         state: State::Registered,
     })
 }

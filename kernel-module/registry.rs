@@ -22,6 +22,7 @@ use kernel::{
 
 use crate::{
     abi,
+    callbacks::Armed,
     kapi,
     ftrace,
     ksym::{
@@ -74,23 +75,51 @@ kernel::sync::global_lock! {
 /// until `timeout_ms`. One switch at a time ([`SWITCHING`], held across the
 /// retries); the registry ([`STATE`]) only for each try, so module loads and
 /// status reads do not wait for the retries.
+///
+/// The patch's callbacks (`callbacks.rs`) run around the switch, outside
+/// the registry lock: `pre_apply` first (it may refuse), then `post_apply`
+/// on success or `post_revert` on failure.
 pub(crate) fn enable(id: &[u8], reqs: &[KmendFuncReq], timeout_ms: u32) -> Result<u64, Refusal> {
     let _one_switch = SWITCHING.lock();
+    let callbacks = STATE.lock().armed_callbacks(id, false)?;
+    if let Some(c) = &callbacks {
+        c.pre_apply().map_err(|e| {
+            refuse(e, format_args!("patch '{}': its pre_apply callback refused", core::str::from_utf8(id).unwrap_or("?")))
+        })?;
+    }
     let result = transition::retry(timeout_ms, |last| STATE.lock().try_enable(id, reqs, timeout_ms, last));
-    let mut state = STATE.lock();
-    state.watch.disarm();
-    if result.is_err() {
-        // Sites prepared by an earlier try and left by a later one's error.
-        state.redirects.drop_unused();
+    {
+        let mut state = STATE.lock();
+        state.watch.disarm();
+        if result.is_err() {
+            // Sites prepared by an earlier try and left by a later one's error.
+            state.redirects.drop_unused();
+        }
+    }
+    match (&callbacks, &result) {
+        (Some(c), Ok(_)) => c.post_apply(),
+        (Some(c), Err(_)) => c.post_revert(),
+        (None, _) => {}
     }
     result
 }
 
-/// Reverts enabled patch `id`, retrying as [`enable`] does.
+/// Reverts enabled patch `id`, retrying as [`enable`] does; its callbacks
+/// run around the switch: `pre_revert`, then `post_revert` on success or
+/// `post_apply` if it stays applied.
 pub(crate) fn revert(id: &[u8], timeout_ms: u32) -> Result<u64, Refusal> {
     let _one_switch = SWITCHING.lock();
+    let callbacks = STATE.lock().armed_callbacks(id, true)?;
+    if let Some(c) = &callbacks {
+        c.pre_revert();
+    }
     let result = transition::retry(timeout_ms, |last| STATE.lock().try_revert(id, timeout_ms, last));
     STATE.lock().watch.disarm();
+    match (&callbacks, &result) {
+        (Some(c), Ok(_)) => c.post_revert(),
+        (Some(c), Err(_)) => c.post_apply(),
+        (None, _) => {}
+    }
     result
 }
 
@@ -125,6 +154,20 @@ impl Registry {
         self.gone = KVec::new();
         self.patches = KVec::new();
         self.redirects.drop_unused();
+    }
+
+    /// The callbacks of patch `id` with its module held, if it has any and
+    /// is in the state the switch starts from (`enabled`); otherwise `None`
+    /// and the switch's own checks report what is wrong.
+    fn armed_callbacks(&self, id: &[u8], enabled: bool) -> Result<Option<Armed>, Refusal> {
+        let Some(p) = self.position(id).map(|pos| &self.patches[pos]) else { return Ok(None) };
+        if !p.callbacks.any() || p.enabled() != enabled {
+            return Ok(None);
+        }
+        // SAFETY: `owner` is the live module that registered this patch (it
+        // unregisters from its exit, under this lock).
+        let module = unsafe { ModuleRef::get(p.owner.0) }?;
+        Ok(Some(Armed::new(p.callbacks, module)))
     }
 
     fn position(&self, id: &[u8]) -> Option<usize> {

@@ -67,6 +67,35 @@ struct Spec {
     /// Hand-written replacements (patch.rs); none with `diff`.
     #[serde(rename = "function", default)]
     functions: Vec<SpecFunction>,
+    /// Functions run around the switches (kernel-module/abi.rs
+    /// `KmendCallbacks`): in patch.rs, or functions the diff adds.
+    #[serde(default)]
+    callbacks: SpecCallbacks,
+}
+
+/// `[callbacks]` of patch.toml: function names, each optional.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct SpecCallbacks {
+    pre_apply: Option<String>,
+    post_apply: Option<String>,
+    pre_revert: Option<String>,
+    post_revert: Option<String>,
+}
+
+impl SpecCallbacks {
+    /// `(field, function, returns an errno)` for each one given.
+    fn named(&self) -> Vec<(&'static str, &str, bool)> {
+        [
+            ("pre_apply", &self.pre_apply, true),
+            ("post_apply", &self.post_apply, false),
+            ("pre_revert", &self.pre_revert, false),
+            ("post_revert", &self.post_revert, false),
+        ]
+        .into_iter()
+        .filter_map(|(field, name, ret)| Some((field, name.as_deref()?, ret)))
+        .collect()
+    }
 }
 
 fn one() -> u32 {
@@ -121,6 +150,9 @@ fn read_spec(dir: &Path) -> anyhow::Result<Spec> {
         (Some(_), false) => bail!("{}: a patch has either a diff or [[function]]s, not both", path.display()),
         _ => {}
     }
+    for (_, name, _) in spec.callbacks.named() {
+        check_name("callback", name)?;
+    }
     for f in &spec.functions {
         check_name("function", &f.name)?;
         check_name("object", &f.object)?;
@@ -142,6 +174,9 @@ fn generate(spec: &Spec, dir: &Path) -> anyhow::Result<String> {
         for f in &spec.functions {
             writeln!(decls, "        pub(crate) fn {}();", f.replacement)?;
         }
+        for (_, name, ret) in spec.callbacks.named() {
+            writeln!(decls, "        pub(crate) fn {name}(){};", if ret { " -> kernel::ffi::c_int" } else { "" })?;
+        }
         format!(
             "/// The changed functions, compiled from the fixed C source.\nmod replacements {{\n    unsafe extern \"C\" {{\n{decls}    }}\n}}"
         )
@@ -149,6 +184,15 @@ fn generate(spec: &Spec, dir: &Path) -> anyhow::Result<String> {
         let patch_rs = dir.join("patch.rs").canonicalize().with_context(|| format!("{}/patch.rs", dir.display()))?;
         format!("#[path = \"{}\"]\nmod replacements;", patch_rs.display())
     };
+    let mut callbacks = String::new();
+    for (field, ret) in [("pre_apply", true), ("post_apply", false), ("pre_revert", false), ("post_revert", false)] {
+        let given = spec.callbacks.named().into_iter().find(|(f, _, _)| *f == field).map(|(_, name, _)| name);
+        let value = match given {
+            Some(name) => format!("Some(replacements::{name} as unsafe extern \"C\" fn(){})", if ret { " -> c_int" } else { "" }),
+            None => "None".to_owned(),
+        };
+        writeln!(callbacks, "            {field}: {value},")?;
+    }
     let mut funcs = String::new();
     for f in &spec.functions {
         writeln!(
@@ -203,6 +247,8 @@ fn with_descriptor<R>(owner: *mut c_void, f: impl FnOnce(&abi::KmendPatch) -> R)
         nfuncs: funcs.len() as u32,
         funcs: funcs.as_ptr(),
         cves: c"{cves}".as_ptr().cast(),
+        callbacks: abi::KmendCallbacks {{
+{callbacks}        }},
     }};
     f(&patch)
 }}
@@ -234,6 +280,7 @@ impl Drop for KmendPatchModule {{
         funcs = funcs,
         flags = if spec.replace { "abi::KMEND_PATCH_REPLACE" } else { "0" },
         cves = spec.cves.join(","),
+        callbacks = callbacks,
     ))
 }
 
@@ -441,7 +488,8 @@ pub fn build(kernel: &Kernel, dir: &Path, extra_symbols: &Path, targets: &[PathB
     // objects next to the generated descriptor.
     let fix = match &spec.diff {
         Some(diff) => {
-            let fix = crate::diff_patch::build_objects(kernel, &dir.join(diff), &spec.id, &out)?;
+            let callbacks: Vec<String> = spec.callbacks.named().iter().map(|(_, name, _)| (*name).to_owned()).collect();
+            let fix = crate::diff_patch::build_objects(kernel, &dir.join(diff), &spec.id, &callbacks, &out)?;
             spec.functions = fix
                 .targets
                 .iter()

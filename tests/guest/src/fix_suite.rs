@@ -51,6 +51,7 @@ pub fn tests() -> Vec<Test> {
         tests.push(Test { name: "stable_fix_from_c_diff_runs_and_reverts", run: stable_fix_from_c_diff_runs_and_reverts });
         tests.push(Test { name: "real_fixes_apply_together_run_and_revert", run: real_fixes_apply_together_run_and_revert });
         tests.push(Test { name: "static_twin_is_probed_where_it_is", run: static_twin_is_probed_where_it_is });
+        tests.push(Test { name: "shadow_variable_lives_until_the_revert_callback", run: shadow_variable_lives_until_the_revert_callback });
     } else {
         println!("kmend-guest: no patches built from C diffs for this kernel (they are built for the stock kernel)");
     }
@@ -119,6 +120,44 @@ fn static_twin_is_probed_where_it_is() -> TestResult {
     check(f["old_body"].as_str().is_some_and(|p| p.starts_with("proc_single_open,2+")), || format!("old-body probe: {f}"))?;
     check(f["replacement_hits"].as_u64().unwrap_or(0) > 0, || format!("replacement not hit: {f}"))?;
     check(f["old_body_hits"].as_u64() == Some(0), || format!("old body ran: {f}"))
+}
+
+/// The suite's C-diff patch with a shadow variable and callbacks
+/// (tests/patches/shadow).
+const SHADOW: &str = "kmend_shadow";
+
+/// `/proc/version`'s read count, as the shadow patch prints it.
+fn shadow_reads() -> Result<Option<u64>, String> {
+    let text = std::fs::read_to_string("/proc/version").map_err(|e| format!("/proc/version: {e}"))?;
+    let count = text.lines().find_map(|l| l.strip_prefix("kmend-shadow: read "));
+    count.map(|n| n.trim().parse().map_err(|e| format!("/proc/version: {e}: {text:?}"))).transpose()
+}
+
+/// A fix that keeps state beside an existing kernel object (a shadow
+/// variable on the UTS namespace: the kernel's klp_shadow API) and frees
+/// it from a post_revert callback; pre_apply runs before the switch. The
+/// count goes on while applied, and starts again after a revert and a new
+/// apply: the callback freed the variable (without it the count would go
+/// on from where it was, the variable left behind in the kernel).
+fn shadow_variable_lives_until_the_revert_callback() -> TestResult {
+    check(shadow_reads()?.is_none(), || "/proc/version counts reads before the patch".into())?;
+    apply(&format!("{SHADOW}.kmpatch"))?;
+    let counts = (shadow_reads(), shadow_reads(), shadow_reads());
+    revert(SHADOW)?;
+    let counts = (counts.0?, counts.1?, counts.2?);
+    check(counts == (Some(1), Some(2), Some(3)), || format!("read counts while applied: {counts:?}"))?;
+    check(shadow_reads()?.is_none(), || "/proc/version still counts after revert".into())?;
+
+    let log = String::from_utf8_lossy(&crate::harness::sh("/bin/dmesg", &[]).stdout).into_owned();
+    let pre = log.find("kmend-shadow: pre_apply");
+    let post = log.find("kmend-shadow: post_revert");
+    check(pre.is_some() && post.is_some() && pre < post, || format!("callbacks in the kernel log: pre_apply at {pre:?}, post_revert at {post:?}"))?;
+
+    apply(&format!("{SHADOW}.kmpatch"))?;
+    let again = shadow_reads();
+    revert(SHADOW)?;
+    let again = again?;
+    check(again == Some(1), || format!("first read after re-apply counts {again:?}: the shadow variable outlived the revert"))
 }
 
 /// Reaps children the way every shell does: `wait4()` into `do_wait()`.

@@ -99,11 +99,13 @@ struct Sym {
 /// Copies the changed functions of `patched` into a new object.
 /// `orig_names`: the functions and variables of the original object;
 /// `prefix`: what replacements are named (`<prefix><function>`);
-/// `provided`: symbols the patch module itself defines (kmend's ABI).
+/// `roots`: functions the diff adds that are kept though no changed code
+/// calls them (the patch's callbacks).
 pub fn extract(
     patched: &[u8],
     orig_names: &BTreeSet<String>,
     changes: &Changes,
+    roots: &[String],
     kernel: &KernelSymbols,
     prefix: &str,
 ) -> anyhow::Result<Extracted> {
@@ -146,7 +148,8 @@ pub fn extract(
 
     // What to keep: the changed code, and what only it can provide.
     let mut keep: HashSet<usize> = HashSet::new();
-    let mut queue: Vec<SectionId> = syms.values().filter(|s| s.st_type == elf::STT_FUNC && wanted(&s.name)).filter_map(|s| s.section).collect();
+    let root = |name: &str| wanted(name) || (changes.added.contains(name) && roots.iter().any(|r| r == name));
+    let mut queue: Vec<SectionId> = syms.values().filter(|s| s.st_type == elf::STT_FUNC && root(&s.name)).filter_map(|s| s.section).collect();
     let mut entries: BTreeMap<usize, Vec<u64>> = BTreeMap::new();
     loop {
         while let Some(id) = queue.pop() {

@@ -49,7 +49,9 @@ pub struct FixObjects {
 
 /// Builds the objects of the fix `diff` for patch `id` into `out` (the
 /// patch module's build directory), as prebuilt objects kbuild links.
-pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, out: &Path) -> anyhow::Result<FixObjects> {
+/// `callbacks`: functions the diff adds that the patch's descriptor names
+/// (kept, with their names, though no changed code calls them).
+pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, callbacks: &[String], out: &Path) -> anyhow::Result<FixObjects> {
     let text = fs::read_to_string(diff).with_context(|| format!("read {}", diff.display()))?;
     let files = compile::touched_files(&text).with_context(|| format!("{}", diff.display()))?;
     let work = out.join("diff");
@@ -57,6 +59,7 @@ pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, out: &Path) -> anyh
     let symbols = kernel_symbols(kernel)?;
     let mut objects = Vec::new();
     let mut targets: Vec<Target> = Vec::new();
+    let mut found: Vec<String> = Vec::new();
     for (n, pair) in pairs.iter().enumerate() {
         let orig = fs::read(&pair.orig).with_context(|| format!("read {}", pair.orig.display()))?;
         let patched = fs::read(&pair.patched).with_context(|| format!("read {}", pair.patched.display()))?;
@@ -74,7 +77,7 @@ pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, out: &Path) -> anyh
             println!("xtask: {}: no function's code changed", pair.source);
             continue;
         }
-        let extracted = extract::extract(&patched, &defined_names(&orig)?, &changes, &symbols, &format!("{id}__"))
+        let extracted = extract::extract(&patched, &defined_names(&orig)?, &changes, callbacks, &symbols, &format!("{id}__"))
             .with_context(|| format!("{}: copying the changed functions", pair.source))?;
         let names = |t: &[Target]| t.iter().map(|t| t.name.clone()).collect::<Vec<_>>().join(", ");
         println!("xtask: {}: replaces {}", pair.source, names(&extracted.targets));
@@ -95,6 +98,10 @@ pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, out: &Path) -> anyh
         fs::write(out.join(format!(".{name}.cmd")), "")?;
         objects.push(name);
         targets.extend(extracted.targets);
+        found.extend(extracted.helpers);
+    }
+    if let Some(missing) = callbacks.iter().find(|c| !found.contains(*c)) {
+        bail!("{}: callback '{missing}' is not a function the diff adds (a global one, so the compiler keeps it)", diff.display());
     }
     if targets.is_empty() {
         bail!(

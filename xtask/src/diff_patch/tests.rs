@@ -152,7 +152,7 @@ ffffffff81a00000 T not_exported
 ";
     let kernel = KernelSymbols::parse(map, "0x0\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n");
     let names: BTreeSet<String> = ["user", "fixed", "helper", "other"].map(String::from).into();
-    let out = extract(&patched, &names, &changes, &kernel, "kp_x__").unwrap();
+    let out = extract(&patched, &names, &changes, &[], &kernel, "kp_x__").unwrap();
     assert_eq!(out.targets.len(), 1);
     assert_eq!((out.targets[0].name.as_str(), out.targets[0].sympos, out.targets[0].replacement.as_str()), ("fixed", 0, "kp_x__fixed"));
     // The static helper has two copies in the kernel; this object's lies
@@ -194,6 +194,28 @@ fn ambiguous_static_is_refused_not_guessed() {
     // Two static helpers and no way to tell which is this object's.
     let kernel = KernelSymbols::parse("ffffffff81000100 t helper\nffffffff81000200 T fixed\nffffffff81900000 t helper\n", "");
     let names: BTreeSet<String> = ["fixed", "helper"].map(String::from).into();
-    let err = extract(&patched, &names, &changes, &kernel, "kp_x__").err().expect("must refuse");
+    let err = extract(&patched, &names, &changes, &[], &kernel, "kp_x__").err().expect("must refuse");
     assert!(format!("{err:#}").contains("helper"), "{err:#}");
+}
+
+#[test]
+fn callbacks_the_diff_adds_are_kept_other_additions_are_not() {
+    let orig = object(&[Func { name: "fixed", global: true, code: CALL_LEA, calls: &[], string: None }], "");
+    let fixed = Func { name: "fixed", global: true, code: CALL_LEA_PATCHED, calls: &[], string: None };
+    // Two new global functions no changed code calls: one is a callback.
+    let callback = Func { name: "kp_post_revert", global: true, code: &[0x90, 0xc3], calls: &[], string: None };
+    let unused = Func { name: "unused_new", global: true, code: &[0xcc, 0xc3], calls: &[], string: None };
+    let patched = object(&[fixed, callback, unused], "");
+    let changes = compare(&orig, &patched).unwrap();
+    let kernel = KernelSymbols::parse("ffffffff81000200 T fixed\n", "");
+    let names: BTreeSet<String> = ["fixed"].map(String::from).into();
+    let roots = ["kp_post_revert".to_owned()];
+    let out = extract(&patched, &names, &changes, &roots, &kernel, "kp_x__").unwrap();
+    assert_eq!(out.helpers, ["kp_post_revert"]);
+    let file = object::File::parse(&*out.object).unwrap();
+    let symbols: Vec<&str> = file.symbols().filter_map(|s| s.name().ok()).collect();
+    assert!(symbols.contains(&"kp_post_revert") && !symbols.contains(&"unused_new"), "{symbols:?}");
+    // Without the root, the callback is dropped like any uncalled addition.
+    let out = extract(&patched, &names, &changes, &[], &kernel, "kp_x__").unwrap();
+    assert!(out.helpers.is_empty(), "{:?}", out.helpers);
 }
