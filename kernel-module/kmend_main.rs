@@ -28,6 +28,7 @@ mod ksym;
 mod module_notifier;
 mod module_targets;
 mod modref;
+mod park;
 mod patch;
 mod redirect;
 mod refusal;
@@ -60,7 +61,8 @@ struct KmendModule {
 }
 
 impl kernel::InPlaceModule for KmendModule {
-    fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
+    fn init(module: &'static ThisModule) -> impl PinInit<Self, Error> {
+        park::init(module.as_ptr());
         // SAFETY: called once, before `/dev/kmend` exists and before any patch
         // module can resolve `kmend_register_patch`.
         unsafe { registry::STATE.init() };
@@ -81,7 +83,9 @@ impl PinnedDrop for KmendModule {
     fn drop(self: Pin<&mut Self>) {
         // Patch modules depend on kmend, so none is registered any more and
         // every redirection is gone; `_running` frees what the registry
-        // still owns when it drops, after this.
+        // still owns when it drops, after this. No thread is parked any
+        // more (each held kmend), but one may still be leaving `park`.
+        park::drain();
         pr_info!("unloaded\n");
     }
 }

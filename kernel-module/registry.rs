@@ -30,6 +30,10 @@ use crate::{
         Symbol, //
     },
     modref::ModuleRef,
+    park::{
+        self,
+        Parking, //
+    },
     patch::{
         Patch,
         PatchFunc,
@@ -87,7 +91,9 @@ pub(crate) fn enable(id: &[u8], reqs: &[KmendFuncReq], timeout_ms: u32) -> Resul
             refuse(e, format_args!("patch '{}': its pre_apply callback refused", core::str::from_utf8(id).unwrap_or("?")))
         })?;
     }
-    let result = transition::retry(timeout_ms, |last| STATE.lock().try_enable(id, reqs, timeout_ms, last));
+    let mut parking = Parking::new();
+    let result = transition::retry(timeout_ms, |last| STATE.lock().try_enable(id, reqs, timeout_ms, last, &mut parking));
+    park::end_of_switch();
     {
         let mut state = STATE.lock();
         state.watch.disarm();
@@ -113,7 +119,9 @@ pub(crate) fn revert(id: &[u8], timeout_ms: u32) -> Result<u64, Refusal> {
     if let Some(c) = &callbacks {
         c.pre_revert();
     }
-    let result = transition::retry(timeout_ms, |last| STATE.lock().try_revert(id, timeout_ms, last));
+    let mut parking = Parking::new();
+    let result = transition::retry(timeout_ms, |last| STATE.lock().try_revert(id, timeout_ms, last, &mut parking));
+    park::end_of_switch();
     STATE.lock().watch.disarm();
     match (&callbacks, &result) {
         (Some(c), Ok(_)) => c.post_revert(),
@@ -261,8 +269,18 @@ impl Registry {
     /// Tries a switch once: `Some(pause)` when done, `None` when a thread
     /// is in the way; on the `last` try that is a refusal naming the thread
     /// and the function.
-    fn run_switch(watch: &mut SchedWatch, ranges: &[Busy], names: &[CString], stores: &[Store], timeout: u32, id: &str, last: bool) -> Result<Option<u64>, Refusal> {
-        match transition::attempt(ranges, stores, watch)? {
+    #[allow(clippy::too_many_arguments)]
+    fn run_switch(
+        watch: &mut SchedWatch,
+        ranges: &[Busy],
+        names: &[CString],
+        stores: &[Store],
+        timeout: u32,
+        id: &str,
+        last: bool,
+        parking: &mut Parking,
+    ) -> Result<Option<u64>, Refusal> {
+        match transition::attempt(ranges, stores, watch, Some(parking))? {
             Switched::Done(p) => {
                 pr_info!("patch '{}': switched: pause {} ns (check and switch {} ns, {} {} re-checked stopped, {} checked before)\n",
                     id, p.total_ns, p.work_ns, p.rechecked, if p.watched { "threads that ran" } else { "threads" }, p.tasks);
@@ -294,7 +312,7 @@ impl Registry {
     /// none does. `None`: a thread is in the way (see [`Self::run_switch`]);
     /// the slots prepared stay for the next try (they change nothing), and
     /// everything is verified again then: the registry may change between.
-    fn try_enable(&mut self, id: &[u8], reqs: &[KmendFuncReq], timeout: u32, last: bool) -> Result<Option<u64>, Refusal> {
+    fn try_enable(&mut self, id: &[u8], reqs: &[KmendFuncReq], timeout: u32, last: bool, parking: &mut Parking) -> Result<Option<u64>, Refusal> {
         let sid = core::str::from_utf8(id).unwrap_or("?");
         let Some(pos) = self.position(id) else {
             return Err(refuse(ENOENT, format_args!("enable: no patch '{sid}' is loaded")));
@@ -375,7 +393,7 @@ impl Registry {
         }
 
         // 4. Switch.
-        let pause = match Self::run_switch(&mut self.watch, &ranges, &names, &stores, timeout, sid, last) {
+        let pause = match Self::run_switch(&mut self.watch, &ranges, &names, &stores, timeout, sid, last, parking) {
             Ok(Some(pause)) => pause,
             Ok(None) => return Ok(None),
             Err(r) => {
@@ -413,7 +431,7 @@ impl Registry {
 
     /// Tries once to revert an enabled patch: its functions go back to what
     /// ran before it. `None`: a thread is in the way.
-    fn try_revert(&mut self, id: &[u8], timeout: u32, last: bool) -> Result<Option<u64>, Refusal> {
+    fn try_revert(&mut self, id: &[u8], timeout: u32, last: bool, parking: &mut Parking) -> Result<Option<u64>, Refusal> {
         let sid = core::str::from_utf8(id).unwrap_or("?");
         let Some(pos) = self.position(id) else {
             return Err(refuse(ENOENT, format_args!("revert: no patch '{sid}' is loaded")));
@@ -436,7 +454,7 @@ impl Registry {
                 stores.push(Store { tramp: slot.trampoline(), target: slot.effective_of(below) }, GFP_KERNEL)?;
             }
         }
-        let Some(pause) = Self::run_switch(&mut self.watch, &ranges, &names, &stores, timeout, sid, last)? else {
+        let Some(pause) = Self::run_switch(&mut self.watch, &ranges, &names, &stores, timeout, sid, last, parking)? else {
             return Ok(None);
         };
         for slot in self.redirects.slots.iter_mut() {

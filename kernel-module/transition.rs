@@ -22,6 +22,7 @@ use kernel::bindings;
 
 use crate::{
     kapi,
+    park::Parking,
     sched_watch::{
         Held,
         Ran,
@@ -83,7 +84,10 @@ const MAX_RETRY_DELAY_MS: u32 = 8;
 type Clean = KVec<(usize, u64)>;
 
 /// What the check without stopping learns for the stopped one.
-struct PreCheck {
+struct PreCheck<'p> {
+    /// Where to ask user threads found asleep in the way to park
+    /// (`park.rs`); `None`: they only block.
+    parking: Option<&'p mut Parking>,
     /// Threads found clean while off-CPU (for the full stopped walk).
     clean: Clean,
     /// Threads seen on a CPU, held: their stacks were moving, so the stopped
@@ -96,11 +100,12 @@ struct PreCheck {
 }
 
 /// Which walk [`find_blocker`] makes.
-enum Walk<'a> {
+enum Walk<'a, 'p> {
     /// Without stopping anyone: tasks on a CPU are walked too (a busy one
     /// saves a stop) but their stacks are moving, so they never count as
-    /// clean, and an unreliable walk of one is not held against it.
-    Pre(&'a mut PreCheck),
+    /// clean, and an unreliable walk of one is not held against it. A
+    /// sleeping user thread in the way is asked to park.
+    Pre(&'a mut PreCheck<'p>),
     /// With the machine stopped, every thread: all are off-CPU except the
     /// stoppers (one per CPU, running only stop_machine and kmend), which
     /// are skipped; so is every thread the pre-check found clean that has
@@ -114,7 +119,7 @@ enum Walk<'a> {
 }
 
 /// Checks one thread's stack against `ranges`.
-fn visit(task: &TaskRef, ranges: &[Busy], buf: &mut [c_ulong], walk: &mut Walk<'_>, walked: &mut usize) -> Option<Blocker> {
+fn visit(task: &TaskRef, ranges: &[Busy], buf: &mut [c_ulong], walk: &mut Walk<'_, '_>, walked: &mut usize) -> Option<Blocker> {
     let (switches, on_cpu) = task.switches();
     match walk {
         Walk::Stopped(clean) => {
@@ -148,6 +153,11 @@ fn visit(task: &TaskRef, ranges: &[Busy], buf: &mut [c_ulong], walk: &mut Walk<'
     for &addr in stack {
         let addr = addr as usize;
         if let Some(r) = ranges.iter().find(|r| addr >= r.start && addr < r.end) {
+            if let (Walk::Pre(pre), false) = (&mut *walk, on_cpu) {
+                if let Some(parking) = pre.parking.as_deref_mut() {
+                    parking.ask(task);
+                }
+            }
             return blocker(r.name);
         }
     }
@@ -186,7 +196,7 @@ fn sort_by_key<T>(v: &mut [T], key: impl Fn(&T) -> usize) {
     }
 }
 
-fn find_blocker(ranges: &[Busy], buf: &mut [c_ulong], mut walk: Walk<'_>, walked: &mut usize) -> Option<Blocker> {
+fn find_blocker(ranges: &[Busy], buf: &mut [c_ulong], mut walk: Walk<'_, '_>, walked: &mut usize) -> Option<Blocker> {
     let mut found = None;
     if let Walk::Ran(list) = walk {
         for (i, &t) in list.iter().enumerate() {
@@ -241,8 +251,10 @@ pub(crate) enum Switched {
 /// of `stores` at once: first a walk without stopping anyone, then, if that
 /// finds no thread in the way, the check again and the stores with the
 /// machine stopped. One try: callers retry a blocked switch (`core.rs`,
-/// without holding the registry between tries).
-pub(crate) fn attempt(ranges: &[Busy], stores: &[Store], watch: &mut SchedWatch) -> Result<Switched> {
+/// without holding the registry between tries). User threads the first
+/// walk finds asleep in the way are asked to park (`parking`, `park.rs`),
+/// so that a later try finds them out of the way.
+pub(crate) fn attempt(ranges: &[Busy], stores: &[Store], watch: &mut SchedWatch, parking: Option<&mut Parking>) -> Result<Switched> {
     // Nothing may fail once the first store is made: check every jump first.
     if stores.iter().any(|s| !trampoline::reaches(s.tramp, s.target)) {
         return Err(ERANGE);
@@ -253,6 +265,7 @@ pub(crate) fn attempt(ranges: &[Busy], stores: &[Store], watch: &mut SchedWatch)
     // context.
     let mut ran = Held::for_watch(watch)?;
     let mut pre = PreCheck {
+        parking,
         clean: KVec::with_capacity(512, GFP_KERNEL)?,
         // Threads seen running during the walk: a few per CPU (more makes
         // the stopped check walk every thread).

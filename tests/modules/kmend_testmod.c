@@ -9,6 +9,11 @@
  *                             kmend_testmod_deep(); write 3: it sleeps in
  *                             usleep_range_state(), a vmlinux __sched
  *                             function; write 0: it leaves
+ *  /proc/kmend_testmod_wait   read: sleeps interruptibly in
+ *                             kmend_testmod_wait_here() until released,
+ *                             then reads "old" (what that function
+ *                             returned: 1 old, 2 a replacement); write 1:
+ *                             release the readers, 0: the next ones wait
  *  /proc/kmend_bench          write N: call kmend_bench_target() N times;
  *                             read: nanoseconds the last run took
  *  kmend_bench_f0..f9         ten small functions for a 10-function patch
@@ -33,6 +38,7 @@
 
 int kmend_testmod_show(struct seq_file *m, void *v);
 void kmend_testmod_sleepy(void);
+int kmend_testmod_wait_here(void);
 int kmend_bench_target(int x);
 
 noinline int kmend_testmod_show(struct seq_file *m, void *v)
@@ -125,6 +131,54 @@ static const struct proc_ops show_ops = {
 	.proc_read = seq_read,
 	.proc_lseek = seq_lseek,
 	.proc_release = single_release,
+};
+
+static DECLARE_WAIT_QUEUE_HEAD(wait_queue);
+static atomic_t wait_released = ATOMIC_INIT(0);
+
+/*
+ * Where a user thread sleeps, interruptibly, for the parking test. noipa:
+ * without it GCC sees that this returns only 1 or an error and folds the
+ * caller's choice of text to "old", so a replacement returning 2 would be
+ * ignored (interprocedural value ranges: a live-patching hazard).
+ */
+noinline __attribute__((__noipa__)) int kmend_testmod_wait_here(void)
+{
+	if (wait_event_interruptible(wait_queue, atomic_read(&wait_released)))
+		return -ERESTARTSYS;
+	return 1;
+}
+
+static ssize_t wait_read(struct file *f, char __user *buf, size_t len, loff_t *off)
+{
+	int ret;
+
+	if (*off)
+		return 0;
+	ret = kmend_testmod_wait_here();
+	if (ret < 0)
+		return ret;
+	return simple_read_from_buffer(buf, len, off, ret == 1 ? "old\n" : "new\n", 4);
+}
+
+static ssize_t wait_write(struct file *f, const char __user *buf, size_t len, loff_t *off)
+{
+	int v;
+	int err = kstrtoint_from_user(buf, len, 10, &v);
+
+	if (err)
+		return err;
+	if (v < 0 || v > 1)
+		return -EINVAL;
+	atomic_set(&wait_released, v);
+	if (v)
+		wake_up_all(&wait_queue);
+	return len;
+}
+
+static const struct proc_ops wait_ops = {
+	.proc_read = wait_read,
+	.proc_write = wait_write,
 };
 
 static ssize_t hold_write(struct file *f, const char __user *buf, size_t len, loff_t *off)
@@ -291,6 +345,7 @@ static int __init kmend_testmod_init(void)
 {
 	if (!proc_create("kmend_testmod", 0444, NULL, &show_ops) ||
 	    !proc_create("kmend_testmod_hold", 0200, NULL, &hold_ops) ||
+	    !proc_create("kmend_testmod_wait", 0600, NULL, &wait_ops) ||
 	    !proc_create("kmend_bench", 0600, NULL, &bench_ops) ||
 	    !proc_create("kmend_peek", 0600, NULL, &peek_ops) ||
 	    !proc_create("kmend_stop", 0600, NULL, &stop_ops))
@@ -303,6 +358,7 @@ fail:
 	remove_proc_entry("kmend_stop", NULL);
 	remove_proc_entry("kmend_peek", NULL);
 	remove_proc_entry("kmend_bench", NULL);
+	remove_proc_entry("kmend_testmod_wait", NULL);
 	remove_proc_entry("kmend_testmod_hold", NULL);
 	remove_proc_entry("kmend_testmod", NULL);
 	return -ENOMEM;
@@ -312,9 +368,13 @@ static void __exit kmend_testmod_exit(void)
 {
 	atomic_set(&hold, 0);
 	kthread_stop(sleeper);
+	/* Readers still asleep go; removing the entry waits for them. */
+	atomic_set(&wait_released, 1);
+	wake_up_all(&wait_queue);
 	remove_proc_entry("kmend_stop", NULL);
 	remove_proc_entry("kmend_peek", NULL);
 	remove_proc_entry("kmend_bench", NULL);
+	remove_proc_entry("kmend_testmod_wait", NULL);
 	remove_proc_entry("kmend_testmod_hold", NULL);
 	remove_proc_entry("kmend_testmod", NULL);
 }

@@ -39,6 +39,7 @@ const PATCH_DIRS: &[&str] = &[
     "tests/patches/sleepy",
     "tests/patches/deep",
     "tests/patches/schedsleep",
+    "tests/patches/waiter",
     "tests/patches/tailcall",
     "tests/patches/foreign",
     "tests/patches/hammer",

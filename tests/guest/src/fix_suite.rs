@@ -50,6 +50,7 @@ pub fn tests() -> Vec<Test> {
     if Path::new(&format!("{MODULE_DIR}/{DO_WAIT}.kmpatch")).exists() {
         tests.push(Test { name: "stable_fix_from_c_diff_runs_and_reverts", run: stable_fix_from_c_diff_runs_and_reverts });
         tests.push(Test { name: "real_fixes_apply_together_run_and_revert", run: real_fixes_apply_together_run_and_revert });
+        tests.push(Test { name: "thread_asleep_in_the_target_is_parked_not_refused", run: thread_asleep_in_the_target_is_parked_not_refused });
         tests.push(Test { name: "static_twin_is_probed_where_it_is", run: static_twin_is_probed_where_it_is });
         tests.push(Test { name: "shadow_variable_lives_until_the_revert_callback", run: shadow_variable_lives_until_the_revert_callback });
     } else {
@@ -219,6 +220,65 @@ fn stable_fix_from_c_diff_runs_and_reverts() -> TestResult {
 
     revert(DO_WAIT)?;
     reap_children(10)
+}
+
+/// Where a thread sleeps (`/proc/<pid>/wchan`: the function, as kallsyms
+/// names it).
+fn wchan(pid: u32) -> Result<String, String> {
+    std::fs::read_to_string(format!("/proc/{pid}/wchan")).map_err(|e| format!("/proc/{pid}/wchan: {e}"))
+}
+
+/// Waits up to 10 s for thread `pid` to sleep in `function`.
+fn sleeps_in(pid: u32, function: &str) -> TestResult {
+    let start = std::time::Instant::now();
+    loop {
+        let now = wchan(pid)?;
+        if now == function {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            return Err(format!("pid {pid} sleeps in '{now}', not '{function}'"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A thread waits (`waitpid`) for a child that sleeps for the whole test:
+/// it is asleep inside `do_wait` the whole time, where the
+/// all-threads-clean switch used to retry and then refuse (exit 4, naming
+/// the thread). Now kmend asks it to park on its way back to user mode
+/// (`park.rs`): the apply succeeds, the wait restarts in the copied
+/// `do_wait` (its wchan names the copy), the revert parks it again back
+/// into the original, and when the child is killed the wait returns its
+/// status. (A thread of this program, not a shell: busybox's `wait` sleeps
+/// in `sigsuspend`.)
+fn thread_asleep_in_the_target_is_parked_not_refused() -> TestResult {
+    use std::os::unix::process::ExitStatusExt as _;
+    let mut child = Command::new("/bin/sleep").arg("600").spawn().map_err(|e| format!("spawn sleep: {e}"))?;
+    let child_pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        // SAFETY: gettid has no arguments and cannot fail.
+        let _ = tx.send(unsafe { libc::gettid() } as u32);
+        child.wait()
+    });
+    let tid = rx.recv().map_err(|e| format!("waiter thread: {e}"))?;
+    let result = (|| {
+        sleeps_in(tid, "do_wait")?;
+        apply(&format!("{DO_WAIT}.kmpatch"))?;
+        sleeps_in(tid, &format!("{DO_WAIT}__do_wait"))?;
+        revert(DO_WAIT)?;
+        sleeps_in(tid, "do_wait")
+    })();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child_pid as i32, libc::SIGTERM) };
+    let waited = waiter.join().map_err(|_| "waiter thread panicked".to_owned())?;
+    if result.is_err() {
+        let _ = kmend(&["revert", DO_WAIT]);
+    }
+    result?;
+    let status = waited.map_err(|e| format!("waitpid: {e}"))?;
+    check(status.signal() == Some(libc::SIGTERM), || format!("waitpid after the switches reported {status}, want killed by SIGTERM"))
 }
 
 /// Drives the code the fixes changed: `/proc/interrupts` (irq_seq_show),

@@ -45,6 +45,7 @@ pub fn tests() -> Vec<Test> {
     vec![
         Test { name: "patched_path_has_no_indirect_branch", run: patched_path_has_no_indirect_branch },
         Test { name: "sched_sleeper_blocks_until_it_leaves", run: sched_sleeper_blocks_until_it_leaves },
+        Test { name: "user_thread_asleep_in_the_target_is_parked", run: user_thread_asleep_in_the_target_is_parked },
         Test { name: "module_load_refused_leaves_nothing_redirected", run: module_load_refused_leaves_nothing_redirected },
         Test { name: "apply_racing_rmmod_of_its_target", run: apply_racing_rmmod_of_its_target },
         Test { name: "pending_patches_stack_in_enable_order", run: pending_patches_stack_in_enable_order },
@@ -218,6 +219,32 @@ fn sched_sleeper_blocks_until_it_leaves() -> TestResult {
         thread::sleep(Duration::from_millis(300));
         apply("kmend_schedsleep.ko")?;
         revert("kmend_schedsleep")
+    })
+}
+
+/// A user thread asleep (interruptibly) in the target, reading
+/// `/proc/kmend_testmod_wait`: before parking, the apply retried for 5 s
+/// and was refused, naming the thread. Now kmend parks it on its way back
+/// to user mode: the apply succeeds at once, and the thread's read, which
+/// the kernel restarts, runs the replacement and returns "new" without
+/// anyone releasing it.
+fn user_thread_asleep_in_the_target_is_parked() -> TestResult {
+    const WAIT: &str = "/proc/kmend_testmod_wait";
+    with_testmod(|| {
+        std::fs::write(WAIT, "0").map_err(|e| format!("{WAIT}: {e}"))?;
+        let reader = thread::spawn(|| std::fs::read_to_string(WAIT));
+        thread::sleep(Duration::from_millis(300));
+        let (code, out, err) = kmend(&["apply", &format!("{MODULE_DIR}/kmend_waiter.ko")]);
+        // Whatever happened, nobody stays asleep in the module.
+        let release = std::fs::write(WAIT, "1").map_err(|e| format!("{WAIT}: {e}"));
+        let read = reader.join().map_err(|_| "reader panicked".to_owned())?;
+        if code == 0 {
+            revert("kmend_waiter")?;
+        }
+        release?;
+        check(code == 0, || format!("apply while a user thread sleeps in the target: exit {code}: {out} {err}"))?;
+        let read = read.map_err(|e| format!("read {WAIT}: {e}"))?;
+        check(read == "new\n", || format!("the sleeping reader got {read:?}: its read did not restart in the replacement"))
     })
 }
 
