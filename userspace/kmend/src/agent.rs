@@ -293,6 +293,10 @@ impl Agent {
             let channel = self.config.policy.channel.clone();
             Ok((CheckReport { time, feed: url, kernel, channel, plan }, fetcher))
         })();
+        let succeeded = match &result {
+            Ok(_) => Some(time),
+            Err(_) => state.last_check.as_ref().and_then(LastCheck::last_success),
+        };
         state.last_check = Some(match &result {
             Ok((r, feed)) => LastCheck {
                 time,
@@ -301,6 +305,7 @@ impl Agent {
                 target: r.plan.target.clone(),
                 error: None,
                 signed: Some(feed.signed()),
+                succeeded,
             },
             Err(e) => LastCheck {
                 time,
@@ -309,6 +314,7 @@ impl Agent {
                 target: Vec::new(),
                 error: Some(proxy::redact_text(&e.to_string())),
                 signed: None,
+                succeeded,
             },
         });
         state.save(&self.paths)?;

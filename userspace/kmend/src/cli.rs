@@ -76,6 +76,14 @@ pub enum Command {
     },
     /// List the CVEs fixed by the applied patches.
     Cves,
+    /// Print Prometheus metrics: patches applied, effective version, last
+    /// check and its age, state (docs/agent.md).
+    Metrics {
+        /// Write them to this file, atomically (node_exporter's textfile
+        /// collector), instead of printing.
+        #[arg(long)]
+        textfile: Option<PathBuf>,
+    },
     /// Compliance export: applied patches, CVEs and the journal.
     Report {
         /// Output format.

@@ -48,6 +48,9 @@ pub struct Config {
     pub auto_update: bool,
     /// Longest time one feed request may take.
     pub timeout: Duration,
+    /// The daemon writes `kmend metrics` here after each check (an absolute
+    /// path, e.g. in node_exporter's textfile directory).
+    pub metrics_textfile: Option<String>,
 }
 
 impl Default for Config {
@@ -63,6 +66,7 @@ impl Default for Config {
             install_on_reboot: true,
             auto_update: true,
             timeout: Duration::from_secs(60),
+            metrics_textfile: None,
         }
     }
 }
@@ -83,6 +87,7 @@ struct Raw {
     install_on_reboot: Option<bool>,
     auto_update: Option<bool>,
     timeout: Option<Spanned<String>>,
+    metrics_textfile: Option<Spanned<String>>,
 }
 
 /// A config file kmend cannot use.
@@ -188,6 +193,12 @@ impl Config {
                 return Err(value_err("ca_certs", ca, format!("'{}' is not an absolute path", ca.get_ref())));
             }
             c.ca_certs = Some(ca.get_ref().clone());
+        }
+        if let Some(m) = &raw.metrics_textfile {
+            if !m.get_ref().starts_with('/') {
+                return Err(value_err("metrics_textfile", m, format!("'{}' is not an absolute path", m.get_ref())));
+            }
+            c.metrics_textfile = Some(m.get_ref().clone());
         }
         c.install_on_reboot = raw.install_on_reboot.unwrap_or(c.install_on_reboot);
         c.auto_update = raw.auto_update.unwrap_or(c.auto_update);

@@ -6,6 +6,7 @@
 //! - [`modinfo`]: reading a patch module file.
 //! - [`kallsyms`]: symbol and ftrace-site addresses, for the probes.
 //! - [`kprobe_at`]: a kprobe at an address (for names the kernel has twice).
+//! - [`metrics`]: the status as Prometheus metrics.
 //! - [`verify`]: eBPF proof that the replacement runs and the old body does not.
 //! - [`exit`]: the exit codes, in one place.
 //! - [`paths`]: every file kmend uses, under one root (`KMEND_ROOT`).
@@ -33,6 +34,7 @@ pub mod identity;
 pub mod journal;
 pub mod kallsyms;
 pub mod kprobe_at;
+pub mod metrics;
 pub mod modinfo;
 pub mod paths;
 pub mod policy;

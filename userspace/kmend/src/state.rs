@@ -125,6 +125,18 @@ pub struct LastCheck {
     /// it expires (the publisher must re-sign before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signed: Option<SignedFeed>,
+    /// When the feed was last checked successfully, kept across failed
+    /// checks (for monitoring: how stale is what this machine knows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub succeeded: Option<Timestamp>,
+}
+
+impl LastCheck {
+    /// When the feed was last checked successfully, if ever (this check,
+    /// or one before it that a failed check remembered).
+    pub fn last_success(&self) -> Option<Timestamp> {
+        if self.error.is_none() { Some(self.time) } else { self.succeeded }
+    }
 }
 
 /// What a check trusted of the feed's signed metadata.
@@ -257,5 +269,21 @@ mod tests {
         fs::write(paths.state_file(), "{not json").unwrap();
         let err = State::load(&paths).unwrap_err().to_string();
         assert!(err.contains("state.json") && err.contains("corrupt"), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod last_check_tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_check_remembers_the_last_success() {
+        let t = |s| Timestamp::from_unix(s);
+        let ok = LastCheck { time: t(100), feed: "f".into(), supported: Some(true), target: Vec::new(), error: None, signed: None, succeeded: Some(t(100)) };
+        assert_eq!(ok.last_success(), Some(t(100)));
+        let failed = LastCheck { time: t(200), error: Some("down".into()), succeeded: ok.last_success(), ..ok.clone() };
+        assert_eq!(failed.last_success(), Some(t(100)), "a failed check keeps when the feed last answered");
+        let never = LastCheck { succeeded: None, ..failed };
+        assert_eq!(never.last_success(), None);
     }
 }

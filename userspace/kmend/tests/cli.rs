@@ -277,3 +277,45 @@ fn a_bare_module_is_applied_like_a_managed_patch() {
     assert!(root.applied().is_empty());
     assert_eq!(root.run(&["uname", "-r"]).stdout.trim(), RELEASE);
 }
+
+#[test]
+fn metrics_show_what_status_shows_and_write_a_textfile() {
+    let root = Root::new();
+    let work = tempfile::tempdir().unwrap();
+    let a = artifact(work.path(), &Patch { cves: &["CVE-2026-11", "CVE-2026-12"], ..Patch::new("kp_a", 1) });
+    let b = artifact(work.path(), &Patch { cves: &["CVE-2026-12"], function: "meminfo_proc_show", ..Patch::new("kp_b", 3) });
+    let empty = root.run(&["metrics"]);
+    assert_eq!(empty.code, 0, "{empty}");
+    assert!(empty.stdout.contains("\nkmend_patches_applied 0\n"), "{empty}");
+    assert!(empty.stdout.contains("kmend_state{state=\"nothing_applied\"} 1"), "{empty}");
+    assert!(!empty.stdout.contains("kmend_last_check_timestamp_seconds"), "never checked: no check time: {empty}");
+    for f in [&a, &b] {
+        assert_eq!(root.run(&["apply", f.to_str().unwrap()]).code, 0);
+    }
+    let r = root.run(&["metrics"]);
+    assert_eq!(r.code, 0, "{r}");
+    for line in [
+        "# TYPE kmend_patches_applied gauge",
+        "\nkmend_patches_applied 2\n",
+        "kmend_patch_applied{id=\"kp_a\",version=\"1\"} 1",
+        "kmend_patch_applied{id=\"kp_b\",version=\"3\"} 1",
+        &format!("kmend_effective_version{{release=\"{RELEASE}\",effective=\"{RELEASE}-kmend3\"}} 1"),
+        "\nkmend_cves_fixed 2\n",
+        "kmend_state{state=\"nothing_applied\"} 0",
+    ] {
+        assert!(r.stdout.contains(line), "missing {line:?} in:\n{r}");
+    }
+    let current: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with("kmend_state{") && l.ends_with(" 1")).collect();
+    assert_eq!(current.len(), 1, "exactly one current state: {current:?}");
+
+    // The textfile: the same text, written whole, nothing else left there.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("kmend.prom");
+    let w = root.run(&["metrics", "--textfile", file.to_str().unwrap()]);
+    assert_eq!(w.code, 0, "{w}");
+    assert_eq!(fs::read_to_string(&file).unwrap(), r.stdout);
+    assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "no temporary left beside it");
+    let missing = root.run(&["metrics", "--textfile", dir.path().join("no/such/dir/kmend.prom").to_str().unwrap()]);
+    assert_eq!(missing.code, 4, "{missing}");
+    assert!(missing.stderr.contains("no/such/dir/kmend.prom") && missing.stderr.contains("write failed"), "{missing}");
+}

@@ -286,3 +286,36 @@ fn daemon_logs_never_show_feed_credentials() {
     assert!(log.contains("update failed") && log.contains("http://***@127.0.0.1"), "{log}");
     assert!(!log.contains("s3cret"), "{log}");
 }
+
+#[test]
+fn daemon_writes_metrics_and_remembers_the_last_success() {
+    let root = Root::new();
+    let work = tempfile::tempdir().unwrap();
+    let metrics = tempfile::tempdir().unwrap();
+    let file = metrics.path().join("kmend.prom");
+    let feed = Feed::new();
+    feed.publish("stable", &time_from_now(-86400), &[artifact(work.path(), &Patch::new("kp_a", 1))]);
+    let server = Server::start(&feed.root());
+    let extra = format!("interval = \"1s\"\njitter = \"0\"\nauto_update = true\nmetrics_textfile = \"{}\"", file.display());
+    root.config(&feed.config(&server.url, &extra));
+    let mut child = root.cmd(&["daemon"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let text = || std::fs::read_to_string(&file).unwrap_or_default();
+    let value = |t: &str, name: &str| t.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).map(str::to_owned);
+    wait_for("metrics after the first cycle", LIMIT, || text().contains("\nkmend_patches_applied 1\n"));
+    let first = text();
+    assert_eq!(value(&first, "kmend_last_check_success").as_deref(), Some("1"), "{first}");
+    let success = value(&first, "kmend_last_successful_check_timestamp_seconds").expect("a success time");
+    // The feed goes away: the next cycle fails, and says when it last worked.
+    drop(server);
+    wait_for("metrics after a failed cycle", LIMIT, || value(&text(), "kmend_last_check_success").as_deref() == Some("0"));
+    let failed = text();
+    assert_eq!(value(&failed, "kmend_last_successful_check_timestamp_seconds"), Some(success), "{failed}");
+    assert!(value(&failed, "kmend_last_successful_check_age_seconds").is_some(), "{failed}");
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut exited = None;
+    wait_for("the daemon to exit after SIGTERM", LIMIT, || {
+        exited = child.try_wait().unwrap();
+        exited.is_some()
+    });
+}

@@ -69,6 +69,12 @@ fn cycle() -> Cycle {
             false
         }
     };
+    if let Some(file) = &agent.config.metrics_textfile {
+        let written = super::metrics::text(&Paths::from_env()).and_then(|t| super::metrics::write(std::path::Path::new(file), &t));
+        if let Err(e) = written {
+            tracing::warn!("metrics not written: {e:#}");
+        }
+    }
     Cycle { interval, jitter, ok }
 }
 

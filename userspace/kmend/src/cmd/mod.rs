@@ -19,6 +19,7 @@ mod daemon;
 mod doctor;
 mod feed;
 mod inspect;
+mod metrics;
 mod report;
 mod revert;
 mod status;
@@ -39,6 +40,7 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         Command::Info { id } => inspect::info(&id, json),
         Command::Uname { all, .. } => inspect::uname(all, json),
         Command::Cves => inspect::cves(json),
+        Command::Metrics { textfile } => metrics::run(textfile.as_deref(), json),
         Command::Report { verify: true, .. } => report::verify(json),
         Command::Report { format, .. } => report::run(format, json),
         Command::Doctor { output } => doctor::run(output.as_deref(), json),
