@@ -94,12 +94,16 @@ pub fn cargo() -> Command {
     c
 }
 
+/// Cargo's target directory (`$CARGO_TARGET_DIR`, else `target/`).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| paths::repo().join("target"), PathBuf::from)
+}
+
 /// Static (musl) userspace binaries for the guest, with the probes embedded.
 pub fn userspace() -> anyhow::Result<BTreeMap<String, PathBuf>> {
     println!("xtask: building userspace ({})", paths::MUSL_TARGET);
     exec(cargo().args(["build", "--release", "--target", paths::MUSL_TARGET, "-p", "kmend", "-p", "kmend-guest"]))?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| paths::repo().join("target"), PathBuf::from);
-    let dir = target.join(paths::MUSL_TARGET).join("release");
+    let dir = target_dir().join(paths::MUSL_TARGET).join("release");
     Ok(["kmend", "kmend-guest"].iter().map(|b| ((*b).to_owned(), dir.join(b))).collect())
 }
 

@@ -20,6 +20,7 @@ mod fixes;
 mod initramfs;
 mod kernel;
 mod modules;
+mod package;
 mod patch;
 mod paths;
 mod pins;
@@ -56,6 +57,8 @@ enum Command {
         #[arg(long)]
         only: Option<String>,
     },
+    /// Build the agent's Debian package (target/debian/kmend_<version>_amd64.deb).
+    Package,
     /// Build a patch from source (patch.toml + patch.rs, or a C diff) into a .kmpatch artifact.
     #[command(subcommand)]
     Patch(PatchCommand),
@@ -82,6 +85,7 @@ fn main() -> ExitCode {
         Command::Test(opts) => test::all(&opts),
         Command::Demo(opts) => vm::demo(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::Package => package::build(None).map(|_| ()),
         Command::Fixes { only } => fixes::run(only.as_deref()),
         Command::Patch(PatchCommand::Build { dir, kernel }) => build::one_patch(&dir, kernel),
     };

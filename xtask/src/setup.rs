@@ -43,6 +43,8 @@ const CARGO_TOOLS: &[(&str, &str, &str)] = &[
     // (crate, version, binary)
     // 0.10.3 links the Rust toolchain's own LLVM: no system LLVM needed.
     ("bpf-linker", "0.10.3", "bpf-linker"),
+    // The agent's Debian package (`cargo xtask package`).
+    ("cargo-deb", "3.8.0", "cargo-deb"),
 ];
 
 /// Runs every setup step.
@@ -106,7 +108,7 @@ fn rust_components() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn cargo_tools() -> anyhow::Result<()> {
+pub fn cargo_tools() -> anyhow::Result<()> {
     let root = paths::cache().join("tools");
     for (krate, version, bin) in CARGO_TOOLS {
         let path = root.join("bin").join(bin);

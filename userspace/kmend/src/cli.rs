@@ -113,6 +113,17 @@ pub enum Command {
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         window: Duration,
     },
+    /// Print a shell completion script for bash, zsh or fish.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (kmend.1 and one per verb) into a directory.
+    #[command(hide = true)]
+    Manpages {
+        /// Directory to write into (created if missing).
+        dir: PathBuf,
+    },
     /// Build and inspect patch artifacts.
     #[command(subcommand)]
     Artifact(ArtifactCommand),

@@ -214,6 +214,23 @@ mod tests {
         Config::parse(text, Path::new("/etc/kmend/kmend.toml"))
     }
 
+    /// The package's /etc/kmend/kmend.toml (dist/kmend.toml): as shipped it
+    /// configures nothing, and every example it shows, uncommented, is a
+    /// valid setting of a key kmend knows.
+    #[test]
+    fn the_shipped_config_and_its_examples_are_valid() {
+        let shipped = include_str!("../dist/kmend.toml");
+        let c = parse(shipped).unwrap();
+        assert_eq!(c.feed_url, None);
+        let examples: Vec<&str> = shipped.lines().filter_map(|l| l.strip_prefix('#')).filter(|l| l.contains(" = ")).collect();
+        assert!(examples.len() >= 12, "{examples:?}");
+        for line in &examples {
+            parse(line).unwrap_or_else(|e| panic!("example '{line}': {e}"));
+        }
+        let all = parse(&examples.join("\n")).unwrap();
+        assert_eq!(all.feed_url.as_deref(), Some("https://patches.example.com/kmend"));
+    }
+
     #[test]
     fn reads_every_key() {
         let c = parse(

@@ -240,6 +240,29 @@ fn daemon_applies_updates_and_stops_cleanly_on_sigterm() {
 }
 
 #[test]
+fn daemon_started_before_its_config_picks_it_up() {
+    // The package starts kmend.service on install, before the admin has
+    // written /etc/kmend/kmend.toml: writing it must be all it takes, with
+    // no restart and no wait of a default jitter (up to 15 min) or of the
+    // failure backoff.
+    let root = Root::new();
+    let work = tempfile::tempdir().unwrap();
+    let feed = Feed::new();
+    feed.publish("stable", &time_from_now(-86400), &[artifact(work.path(), &Patch::new("kp_a", 1))]);
+    let server = Server::start(&feed.root());
+    let mut child = root.cmd(&["daemon"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    thread::sleep(Duration::from_secs(1));
+    root.config(&feed.config(&server.url, "jitter = \"0\""));
+    wait_for("the daemon to apply kp_a once configured", Duration::from_secs(25), || root.applied() == ["kp_a"]);
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    child.wait().unwrap();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(log.contains("no feed configured"), "{log}");
+}
+
+#[test]
 fn boot_refuses_a_cached_artifact_changed_since_it_was_applied() {
     let root = Root::new();
     let work = tempfile::tempdir().unwrap();

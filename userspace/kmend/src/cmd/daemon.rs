@@ -6,7 +6,8 @@
 //! call the feed together. A failed cycle is retried with exponential
 //! backoff (30 s, 1 min, 2 min... up to `interval`), each wait randomised
 //! between half and all of it ("equal jitter"). The
-//! config is re-read each cycle. SIGTERM or SIGINT stop it cleanly: a
+//! config is re-read each cycle; with no `feed_url` yet (a fresh install),
+//! every 10 s, so writing the config is all it takes. SIGTERM or SIGINT stop it cleanly: a
 //! cycle in progress is finished first, so an apply is never cut short.
 //! The blocking agent work runs on tokio's blocking pool.
 
@@ -29,6 +30,11 @@ use tokio::signal::unix::{
 
 /// First retry delay after a failed cycle.
 const BACKOFF_BASE: Duration = Duration::from_secs(30);
+
+/// How often a daemon with no `feed_url` looks at its config again: a
+/// freshly installed package starts the daemon before the admin writes
+/// the config, and the admin should not need to restart it.
+const UNCONFIGURED_RECHECK: Duration = Duration::from_secs(10);
 
 /// What one cycle tells the scheduler.
 struct Cycle {
@@ -59,6 +65,10 @@ fn cycle() -> Cycle {
     };
     let ok = match result {
         Ok(()) => true,
+        Err(e @ AgentError::NoFeed(_)) => {
+            tracing::warn!("{e}; looking again every {}s", UNCONFIGURED_RECHECK.as_secs());
+            return Cycle { interval: UNCONFIGURED_RECHECK, jitter: Duration::ZERO, ok: true };
+        }
         // Not a transient failure: retrying sooner would not help.
         Err(AgentError::Policy(e @ PolicyError::Unsupported { .. })) => {
             tracing::warn!("{e}");
@@ -95,9 +105,11 @@ fn next_wait(c: &Cycle, failures: u32) -> Duration {
 }
 
 /// The wait before the first cycle: a random part of the configured
-/// jitter (none when `jitter = "0"`).
+/// jitter (none when `jitter = "0"`, nor before a feed is configured).
 fn first_wait() -> Duration {
-    let jitter = Agent::new(Paths::from_env(), "daemon".into()).map(|a| a.config.jitter).unwrap_or_default();
+    let jitter = Agent::new(Paths::from_env(), "daemon".into())
+        .map(|a| if a.config.feed_url.is_some() { a.config.jitter } else { Duration::ZERO })
+        .unwrap_or_default();
     random_up_to(jitter)
 }
 

@@ -19,6 +19,7 @@ mod daemon;
 mod doctor;
 mod feed;
 mod inspect;
+mod manual;
 mod metrics;
 mod report;
 mod revert;
@@ -47,6 +48,8 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         Command::Daemon => daemon::run(json),
         Command::Boot => boot::run(json),
         Command::Verify { id, window } => verify::run(&id, window, json),
+        Command::Completions { shell } => manual::completions(shell),
+        Command::Manpages { dir } => manual::manpages(&dir, json),
         Command::Artifact(c) => artifact::run(c, json),
         Command::Feed(c) => feed::run(c, json),
     }
