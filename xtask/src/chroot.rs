@@ -9,7 +9,10 @@
 
 use std::{
     fs,
-    path::PathBuf,
+    path::{
+        Path,
+        PathBuf, //
+    },
     process::Command,
     time::Instant,
 };
@@ -39,12 +42,22 @@ use crate::{
 #[derive(Clone)]
 pub struct Chroot {
     root: PathBuf,
+    /// `lower:upper:work` when the root is an overlay (see [`ENTER`]).
+    overlay: Option<String>,
 }
 
 /// Runs a command in the chroot, in a clean environment, with each
-/// directory of `$KMEND_BINDS` (one a line) bound at its own path.
+/// directory of `$KMEND_BINDS` (one a line) bound at its own path. With
+/// `$KMEND_OVERLAY` (`lower:upper:work`) the root is first made an overlay
+/// of a read-only `lower` root and a writable `upper` directory.
 const ENTER: &str = r#"set -e
 root=$1; dir=$2; shift 2
+if [ -n "$KMEND_OVERLAY" ]; then
+    lower=${KMEND_OVERLAY%%:*}; rest=${KMEND_OVERLAY#*:}
+    upper=${rest%%:*}; work=${rest#*:}
+    mkdir -p "$root" "$upper" "$work"
+    mount -t overlay overlay -o "lowerdir=$lower,upperdir=$upper,workdir=$work" "$root"
+fi
 binds=$KMEND_BINDS
 IFS='
 '
@@ -64,7 +77,7 @@ pub fn ensure() -> anyhow::Result<Chroot> {
     let stamp_key = key(&[pins::SUITE.as_bytes(), versions.join(" ").as_bytes(), pins::CHROOT_PACKAGES.join(" ").as_bytes()]);
     let dir = paths::cache().join(format!("chroot/{}-{stamp_key}", pins::SUITE));
     let root = dir.join("root");
-    let chroot = Chroot { root };
+    let chroot = Chroot { root, overlay: None };
     let stamp = dir.join("stamp");
     if stamp_matches(&stamp, &stamp_key) {
         return Ok(chroot);
@@ -77,19 +90,8 @@ pub fn ensure() -> anyhow::Result<Chroot> {
         fs::remove_dir_all(&dir).with_context(|| format!("remove the incomplete chroot {}", dir.display()))?;
     }
     fs::create_dir_all(&dir)?;
-    let archive = debian::archive()?;
     println!("xtask: creating the {} toolchain chroot (about 5 min cold), log: {}", pins::SUITE, log("chroot").display());
-    exec_logged(
-        Command::new("debootstrap")
-            .args(["--variant=minbase", &format!("--keyring={}", archive.keyring), pins::SUITE])
-            .arg(&chroot.root)
-            .arg(&archive.uri)
-            // The host's debootstrap may predate the suite: sid's script fits every
-            // current suite.
-            .arg("/usr/share/debootstrap/scripts/sid"),
-        &log("chroot"),
-    )
-    .context("debootstrap of the toolchain chroot")?;
+    debootstrap(&chroot.root, &[], &log("chroot")).context("debootstrap of the toolchain chroot")?;
     exec_logged(chroot.command("/").args(["apt-get", NO_VALID_UNTIL, "update", "-q"]), &log("chroot-apt"))?;
     exec_logged(
         chroot
@@ -106,11 +108,37 @@ pub fn ensure() -> anyhow::Result<Chroot> {
     Ok(chroot)
 }
 
+/// A minbase Debian root of [`pins::SUITE`] in `root`, with `include`d
+/// packages, from the machine's Debian archive.
+pub fn debootstrap(root: &Path, include: &[&str], log: &Path) -> anyhow::Result<()> {
+    let archive = debian::archive()?;
+    let mut cmd = Command::new("debootstrap");
+    cmd.args(["--variant=minbase", &format!("--keyring={}", archive.keyring)]);
+    if !include.is_empty() {
+        cmd.arg(format!("--include={}", include.join(",")));
+    }
+    cmd.arg(pins::SUITE)
+        .arg(root)
+        .arg(&archive.uri)
+        // The host's debootstrap may predate the suite: sid's script fits every
+        // current suite.
+        .arg("/usr/share/debootstrap/scripts/sid");
+    exec_logged(&mut cmd, log)
+}
+
 fn log(name: &str) -> PathBuf {
     paths::cache().join(format!("logs/{name}.log"))
 }
 
 impl Chroot {
+    /// A throwaway copy of the root `lower`: every command sees `lower`
+    /// with the changes made so far in `scratch`, and `lower` itself never
+    /// changes.
+    pub fn overlay(lower: &Path, scratch: &Path) -> Self {
+        let overlay = format!("{}:{}:{}", lower.display(), scratch.join("upper").display(), scratch.join("work").display());
+        Self { root: scratch.join("root"), overlay: Some(overlay) }
+    }
+
     /// A command to run inside the chroot, in `dir` (a path under the cache
     /// or the repository, which are bound at their own paths, or inside the
     /// chroot); add the program and its arguments.
@@ -128,7 +156,8 @@ impl Chroot {
         c.args(["--mount", "--propagation", "private", "--", "sh", "-c", ENTER, "sh"])
             .arg(&self.root)
             .arg(dir.as_ref())
-            .env("KMEND_BINDS", binds.join("\n"));
+            .env("KMEND_BINDS", binds.join("\n"))
+            .env("KMEND_OVERLAY", self.overlay.as_deref().unwrap_or(""));
         c
     }
 

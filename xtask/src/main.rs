@@ -21,10 +21,12 @@ mod initramfs;
 mod kernel;
 mod modules;
 mod package;
+mod package_test;
 mod patch;
 mod paths;
 mod pins;
 mod run;
+mod server_root;
 mod setup;
 mod stock_kernel;
 mod test;
@@ -57,8 +59,12 @@ enum Command {
         #[arg(long)]
         only: Option<String>,
     },
-    /// Build the agent's Debian package (target/debian/kmend_<version>_amd64.deb).
-    Package,
+    /// Build the agent's Debian package (target/packages/kmend_<version>_amd64.deb).
+    Package {
+        /// Then install, upgrade, remove and purge it in a Debian root (part of `test`).
+        #[arg(long)]
+        test: bool,
+    },
     /// Build a patch from source (patch.toml + patch.rs, or a C diff) into a .kmpatch artifact.
     #[command(subcommand)]
     Patch(PatchCommand),
@@ -85,7 +91,12 @@ fn main() -> ExitCode {
         Command::Test(opts) => test::all(&opts),
         Command::Demo(opts) => vm::demo(&opts),
         Command::Bench(opts) => bench::run(&opts),
-        Command::Package => package::build(None).map(|_| ()),
+        Command::Package { test: false } => package::build(None).map(|_| ()),
+        Command::Package { test: true } => package_test::run().and_then(|(passed, failed)| {
+            println!("{passed} passed, {failed} failed");
+            anyhow::ensure!(failed == 0, "{failed} package check(s) failed");
+            Ok(())
+        }),
         Command::Fixes { only } => fixes::run(only.as_deref()),
         Command::Patch(PatchCommand::Build { dir, kernel }) => build::one_patch(&dir, kernel),
     };

@@ -29,7 +29,8 @@ use crate::{
 
 /// Where the package lands.
 pub fn out_dir() -> PathBuf {
-    build::target_dir().join("debian")
+    // Not target/debian: cargo-deb clears that on every run.
+    build::target_dir().join("packages")
 }
 
 /// Builds the package; `revision` overrides the Debian revision (`1`),
@@ -43,7 +44,8 @@ pub fn build(revision: Option<&str>) -> anyhow::Result<PathBuf> {
     // release directory: the generated files live there.
     let dist = kmend.parent().context("kmend binary has no directory")?.join("kmend-dist");
     generate_docs(kmend, &dist)?;
-    let out = out_dir();
+    // cargo-deb may clear its output directory: another revision gets its own.
+    let out = revision.map_or_else(out_dir, |r| out_dir().join(format!("revision-{r}")));
     fs::create_dir_all(&out)?;
     let mut deb = build::cargo();
     deb.args(["deb", "-p", "kmend", "--no-build", "--target", paths::MUSL_TARGET, "--output"]).arg(&out);

@@ -71,6 +71,20 @@ pub const CHROOT_PACKAGES: &[&str] = &[
     "zstd",
 ];
 
+/// What a Debian server of [`SUITE`] is made of, on top of minbase: the
+/// root that the package test installs kmend's package into (systemd as
+/// init, udev, kmod, networking, ssh and python3 for Ansible).
+pub const SERVER_PACKAGES: &[&str] = &[
+    "systemd",
+    "systemd-sysv",
+    "udev",
+    "kmod",
+    "iproute2",
+    "init-system-helpers",
+    "openssh-server",
+    "python3",
+];
+
 /// The C compiler as the stock kernel's build names it.
 pub const CROSS_COMPILE: &str = "x86_64-linux-gnu-";
 pub const CC: &str = "x86_64-linux-gnu-gcc-16";

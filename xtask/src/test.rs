@@ -154,6 +154,9 @@ pub fn all(opts: &VmOptions) -> anyhow::Result<()> {
     let mut tally = Tally::default();
     let all = build::all(&opts.kernels_or(ALL_KERNELS))?;
     host_tests(&mut tally)?;
+    let (passed, failed) = crate::package_test::run()?;
+    tally.passed += passed;
+    tally.failed += failed;
     vm_suites(&all, opts, &mut tally)?;
     finish(&tally)
 }
