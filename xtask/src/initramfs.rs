@@ -75,8 +75,19 @@ pub fn write(
     extra: &[(String, PathBuf)],
     out: &Path,
 ) -> anyhow::Result<()> {
+    write_from(MANIFEST, files, boot_modules, extra, out)
+}
+
+/// [`write`] from another manifest (`vm-images/server-initramfs.txt`).
+pub fn write_from(
+    manifest_path: &str,
+    files: &BTreeMap<String, PathBuf>,
+    boot_modules: &[PathBuf],
+    extra: &[(String, PathBuf)],
+    out: &Path,
+) -> anyhow::Result<()> {
     let repo = paths::repo();
-    let manifest = fs::read_to_string(repo.join(MANIFEST)).with_context(|| format!("read {MANIFEST}"))?;
+    let manifest = fs::read_to_string(repo.join(manifest_path)).with_context(|| format!("read {manifest_path}"))?;
     let mut cpio = Cpio { out: Vec::new(), ino: 0 };
     for (n, line) in manifest.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
@@ -84,7 +95,7 @@ pub fn write(
             continue;
         }
         let f: Vec<&str> = line.split_whitespace().collect();
-        let bad = || anyhow!("{MANIFEST}:{}: cannot read '{line}'", n + 1);
+        let bad = || anyhow!("{manifest_path}:{}: cannot read '{line}'", n + 1);
         let mode = u32::from_str_radix(f.get(2).ok_or_else(bad)?, 8).map_err(|_| bad())?;
         match (f[0], f.len()) {
             ("dir", 3) => cpio.entry(f[1], 0o040000 | mode, (0, 0), &[]),
@@ -100,11 +111,11 @@ pub fn write(
                     Some(name) => files
                         .get(name)
                         .cloned()
-                        .ok_or_else(|| anyhow!("{MANIFEST}:{}: no build output named '{name}'", n + 1))?,
+                        .ok_or_else(|| anyhow!("{manifest_path}:{}: no build output named '{name}'", n + 1))?,
                     None if f[3].starts_with('/') => PathBuf::from(f[3]),
                     None => repo.join(f[3]),
                 };
-                let data = fs::read(&source).with_context(|| format!("{MANIFEST}:{}: read {}", n + 1, source.display()))?;
+                let data = fs::read(&source).with_context(|| format!("{manifest_path}:{}: read {}", n + 1, source.display()))?;
                 cpio.entry(f[1], 0o100000 | mode, (0, 0), &data);
             }
             _ => return Err(bad()),

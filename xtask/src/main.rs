@@ -27,6 +27,7 @@ mod paths;
 mod pins;
 mod run;
 mod server_root;
+mod server_vm;
 mod setup;
 mod stock_kernel;
 mod test;
@@ -51,6 +52,9 @@ enum Command {
     Test(vm::VmOptions),
     /// Boot the VM and show a live patch applied, proven and reverted.
     Demo(vm::VmOptions),
+    /// The end-to-end test alone: a Debian server with systemd installs the
+    /// package and is patched from a signed feed, then reboots (part of `test`).
+    ServerTest(vm::VmOptions),
     /// Measure per-call overhead (kmend vs klp) and the switch pause in the VM.
     Bench(vm::VmOptions),
     /// Turn the upstream fixes between two Debian kernel sources into live patches; print the table.
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
         Command::Test(opts) => test::all(&opts),
         Command::Demo(opts) => vm::demo(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::ServerTest(opts) => test::server_only(&opts),
         Command::Package { test: false } => package::build(None).map(|_| ()),
         Command::Package { test: true } => package_test::run().and_then(|(passed, failed)| {
             println!("{passed} passed, {failed} failed");

@@ -42,7 +42,21 @@ pub fn exec_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<()> {
     let file = fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
     cmd.stdout(file.try_clone()?).stderr(file);
     let start = std::time::Instant::now();
-    let status = cmd.status().with_context(|| format!("failed to start {cmd:?}"))?;
+    let mut child = cmd.spawn().with_context(|| format!("failed to start {cmd:?}"))?;
+    // A long step says it is alive once a minute: elapsed time and the
+    // last line of its log, not minutes of silence.
+    let mut next_note = HEARTBEAT;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        if start.elapsed() >= next_note {
+            next_note += HEARTBEAT;
+            let last = last_line(log);
+            println!("xtask:   ... {} min, {}", start.elapsed().as_secs() / 60, last.chars().take(100).collect::<String>());
+        }
+    };
     let secs = start.elapsed().as_secs_f64();
     if secs >= 10.0 {
         // Long steps say what they cost, so a slow cold run can be read.
@@ -55,6 +69,24 @@ pub fn exec_logged(cmd: &mut Command, log: &Path) -> anyhow::Result<()> {
         bail!("{cmd:?} failed: {status}; last lines of {}:\n{}", log.display(), tail.join("\n"));
     }
     Ok(())
+}
+
+/// How often a long logged step reports progress.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The last non-empty line of a log (its tail only is read).
+fn last_line(log: &Path) -> String {
+    use std::io::{
+        Read as _,
+        Seek as _,
+        SeekFrom,
+    };
+    let Ok(mut f) = fs::File::open(log) else { return String::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(4096)));
+    let mut tail = Vec::new();
+    let _ = f.read_to_end(&mut tail);
+    String::from_utf8_lossy(&tail).lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim().to_owned()
 }
 
 /// Hex SHA-256 of some byte strings (a cache key).

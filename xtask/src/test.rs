@@ -149,6 +149,25 @@ fn try_patches(opts: &VmOptions) -> anyhow::Result<()> {
     finish(&tally)
 }
 
+/// The end-to-end test on a Debian server (stock kernel only).
+fn server(all: &[Artifacts], opts: &VmOptions, tally: &mut Tally) -> anyhow::Result<()> {
+    let Some(stock) = all.iter().find(|a| a.kernel.flavor == Flavor::Stock) else {
+        return Ok(());
+    };
+    for run in crate::server_vm::run(stock, opts)? {
+        add_run(run, tally);
+    }
+    Ok(())
+}
+
+/// `cargo xtask server-test`.
+pub fn server_only(opts: &VmOptions) -> anyhow::Result<()> {
+    let mut tally = Tally::default();
+    let all = build::all(&[Flavor::Stock])?;
+    server(&all, opts, &mut tally)?;
+    finish(&tally)
+}
+
 /// `cargo xtask test`.
 pub fn all(opts: &VmOptions) -> anyhow::Result<()> {
     let mut tally = Tally::default();
@@ -158,5 +177,6 @@ pub fn all(opts: &VmOptions) -> anyhow::Result<()> {
     tally.passed += passed;
     tally.failed += failed;
     vm_suites(&all, opts, &mut tally)?;
+    server(&all, opts, &mut tally)?;
     finish(&tally)
 }

@@ -176,6 +176,12 @@ pub fn boot(artifacts: &Artifacts, mode: &str, opts: &VmOptions, echo_all: bool,
         },
         log.display()
     );
+    watch(&mut qemu, &log, Duration::from_secs(opts.timeout), echo_all)
+}
+
+/// Runs `qemu`, copying its serial console to `log` and collecting test
+/// lines, the verdict and kernel problems, until it exits or `timeout`.
+pub fn watch(qemu: &mut Command, log: &std::path::Path, timeout: Duration, echo_all: bool) -> anyhow::Result<GuestRun> {
     let mut child = qemu
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -193,9 +199,9 @@ pub fn boot(artifacts: &Artifacts, mode: &str, opts: &VmOptions, echo_all: bool,
         }
     });
 
-    let mut file = fs::File::create(&log).with_context(|| format!("create {}", log.display()))?;
-    let mut run = GuestRun { log: log.clone(), verdict: None, tests: Vec::new(), problems: Vec::new(), timed_out: false };
-    let deadline = Instant::now() + Duration::from_secs(opts.timeout);
+    let mut file = fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    let mut run = GuestRun { log: log.to_path_buf(), verdict: None, tests: Vec::new(), problems: Vec::new(), timed_out: false };
+    let deadline = Instant::now() + timeout;
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(line) => {
@@ -234,7 +240,7 @@ pub fn boot(artifacts: &Artifacts, mode: &str, opts: &VmOptions, echo_all: bool,
 /// back to jiffies and measures nothing shorter than a tick. TCG's TSC runs
 /// at the host's rate, so the host's frequency, declared reliable, gives the
 /// guest a nanosecond clock for the benchmark and the suite's timeouts.
-fn tsc_params() -> String {
+pub fn tsc_params() -> String {
     let khz = fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {
