@@ -28,6 +28,8 @@ use std::{
 
 use serde::Serialize;
 
+mod core_module;
+
 use crate::{
     artifact::{
         self,
@@ -96,6 +98,10 @@ use crate::{
 pub enum AgentError {
     #[error("no feed configured: set feed_url in '{0}'")]
     NoFeed(PathBuf),
+    #[error(
+        "kernel {kernel} is not supported: kmend.ko is not loaded and channel '{channel}' of the feed has no core module for it"
+    )]
+    NoCore { kernel: String, channel: String },
     #[error("{0}")]
     Config(#[from] ConfigError),
     #[error("{0}")]
@@ -159,6 +165,9 @@ pub struct UpdateReport {
 pub struct BootReport {
     /// Why nothing was done, when it was disabled.
     pub disabled: Option<String>,
+    /// The core module loaded from the cache, if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub core: Option<String>,
     pub reapplied: Vec<String>,
     pub blocked: Vec<String>,
     pub skipped: Vec<(String, String)>,
@@ -281,13 +290,18 @@ impl Agent {
         Ok((index, feed, url))
     }
 
-    fn check_locked(&self, state: &mut State, force: bool) -> Result<(CheckReport, TrustedFeed), AgentError> {
+    /// Checks the feed; `load_core`: also loads the feed's core module if
+    /// kmend.ko is not loaded (an update; a check changes nothing).
+    fn check_locked(&self, state: &mut State, force: bool, load_core: bool) -> Result<(CheckReport, TrustedFeed), AgentError> {
         let time = Timestamp::now();
         // Stored and shown: never with its credentials.
         let feed_url = proxy::redact(self.config.feed_url.as_deref().unwrap_or_default());
         let result = (|| {
             let kernel = self.identity()?;
             let (index, fetcher, url) = self.fetch_index()?;
+            if load_core {
+                self.ensure_core(state, &index, &fetcher, &kernel)?;
+            }
             let applied = self.applied_refs(state)?;
             let plan = policy::plan(&index, &kernel, &self.config.policy, time, &applied, &state.blocked_refs(), force)?;
             let channel = self.config.policy.channel.clone();
@@ -310,7 +324,8 @@ impl Agent {
             Err(e) => LastCheck {
                 time,
                 feed: feed_url,
-                supported: matches!(e, AgentError::Policy(PolicyError::Unsupported { .. })).then_some(false),
+                supported: matches!(e, AgentError::Policy(PolicyError::Unsupported { .. }) | AgentError::NoCore { .. })
+                    .then_some(false),
                 target: Vec::new(),
                 error: Some(proxy::redact_text(&e.to_string())),
                 signed: None,
@@ -324,6 +339,11 @@ impl Agent {
     /// Applied patches as the policy sees them: recorded in the state and
     /// still listed by the kernel.
     fn applied_refs(&self, state: &State) -> Result<Vec<policy::PatchRef>, AgentError> {
+        // No kmend.ko: nothing is applied (a check before the first update
+        // of a machine that gets its core module from the feed).
+        if !self.kernel.core_loaded() {
+            return Ok(Vec::new());
+        }
         let status = self.kernel.status()?;
         Ok(state.applied.iter().filter(|p| status.patch(&p.id).is_some()).map(AppliedPatch::patch_ref).collect())
     }
@@ -334,7 +354,7 @@ impl Agent {
         let _lock = self.lock()?;
         let mut state = State::load(&self.paths)?;
         self.recover(&mut state)?;
-        Ok(self.check_locked(&mut state, force)?.0)
+        Ok(self.check_locked(&mut state, force, false)?.0)
     }
 
     /// Checks the feed, downloads what the policy selects and applies it.
@@ -344,7 +364,7 @@ impl Agent {
         let _lock = self.lock()?;
         let mut state = State::load(&self.paths)?;
         self.recover(&mut state)?;
-        let (check, fetcher) = self.check_locked(&mut state, force)?;
+        let (check, fetcher) = self.check_locked(&mut state, force, true)?;
         let mut ready = Vec::new();
         for entry in &check.plan.apply {
             ready.push((self.download(&fetcher, entry, &check.kernel)?, entry.released));
@@ -619,7 +639,18 @@ impl Agent {
         self.recover(&mut state)?;
         report.blocked = state.blocked.iter().map(|b| b.id.clone()).collect();
         let kernel = self.identity()?;
-        let status = self.kernel.status()?;
+        match self.reload_core(&mut state, &kernel) {
+            Some(Ok(version)) => report.core = Some(format!("kmend.ko version {version} loaded from the cache")),
+            Some(Err(e)) => report.failed.push((artifact::CORE_ID.to_owned(), e)),
+            None => {}
+        }
+        if !self.kernel.core_loaded() && !state.applied.is_empty() {
+            let why = "kmend.ko is not loaded (no core module cached for this kernel)".to_owned();
+            report.failed.extend(state.applied.iter().map(|p| (p.id.clone(), why.clone())));
+            state.save(&self.paths)?;
+            return Ok(report);
+        }
+        let status = if self.kernel.core_loaded() { self.kernel.status()? } else { Default::default() };
         for record in state.applied.clone() {
             if status.patch(&record.id).is_some() {
                 report.skipped.push((record.id.clone(), "already applied".into()));

@@ -54,7 +54,15 @@ pub struct Manifest {
     /// SHA-256 of `patch.ko`, lowercase hex.
     #[serde(default)]
     pub module_sha256: String,
+    /// Not a patch: kmend.ko itself, built for `kernel` (id [`CORE_ID`], no
+    /// functions). A feed carries one per kernel, so machines need no
+    /// compiler; the agent loads it before the first patch.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub core: bool,
 }
+
+/// The module name, and artifact id, of the core module.
+pub const CORE_ID: &str = "kmend";
 
 pub use crate::target::Function;
 
@@ -112,7 +120,13 @@ impl Manifest {
         if self.kernel.build_id.is_empty() || !is_hex(&self.kernel.build_id) {
             return bad(format!("kernel.build_id '{}' is not lowercase hex", self.kernel.build_id));
         }
-        if self.functions.is_empty() {
+        if self.core {
+            if self.id != CORE_ID || !self.functions.is_empty() || self.replace {
+                return bad(format!("a core artifact has id '{CORE_ID}', no functions and no replace"));
+            }
+        } else if self.id == CORE_ID {
+            return bad(format!("id '{CORE_ID}' is the core module's: a patch needs another"));
+        } else if self.functions.is_empty() {
             return bad("no functions".into());
         }
         for f in &self.functions {
@@ -263,7 +277,21 @@ pub(crate) mod tests {
                 section: None,
             }],
             module_sha256: String::new(),
+            core: false,
         }
+    }
+
+    #[test]
+    fn core_artifacts_are_kmend_with_no_functions_and_patches_are_not_kmend() {
+        let mut core = manifest(CORE_ID);
+        core.core = true;
+        assert!(core.validate().unwrap_err().to_string().contains("no functions"), "a core with functions");
+        core.functions.clear();
+        core.validate().unwrap();
+        core.id = "kp_core".into();
+        assert!(core.validate().is_err(), "a core not named kmend");
+        let patch = manifest(CORE_ID);
+        assert!(patch.validate().unwrap_err().to_string().contains("core module's"), "a patch named kmend");
     }
 
     #[test]

@@ -37,8 +37,11 @@ pub enum Summary {
 /// Everything `status`, `list`, `cves`, `uname` and `report` show.
 #[derive(Debug, Serialize)]
 pub struct Overview {
-    /// Version of the kernel's status format.
+    /// Version of the kernel's status format (0: kmend.ko not loaded).
     pub version: u32,
+    /// Whether kmend.ko is loaded; when not, nothing is applied and
+    /// `kmend update` loads the feed's core module for this kernel.
+    pub core_loaded: bool,
     /// What the kernel runs (from kmend.ko), oldest first.
     pub patches: Vec<crate::status::PatchStatus>,
     pub kernel: Option<KernelIdentity>,
@@ -67,7 +70,8 @@ pub fn effective_release(release: &str, managed: &[AppliedPatch]) -> String {
 impl Overview {
     /// Reads the kernel's status and kmend's state (no network).
     pub fn gather(paths: &Paths, kernel: &Kernel) -> Result<Self, AgentError> {
-        let status: KernelStatus = kernel.status()?;
+        let core_loaded = kernel.core_loaded();
+        let status: KernelStatus = if core_loaded { kernel.status()? } else { KernelStatus::default() };
         let state = State::load(paths)?;
         let (kernel_id, kernel_error) = match KernelIdentity::running(paths) {
             Ok(k) => (Some(k), None),
@@ -93,6 +97,7 @@ impl Overview {
         };
         Ok(Self {
             version: status.version,
+            core_loaded,
             patches: status.patches,
             kernel: kernel_id,
             kernel_error,

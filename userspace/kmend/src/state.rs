@@ -56,6 +56,23 @@ pub struct State {
     pub blocked: Vec<BlockedPatch>,
     #[serde(default)]
     pub last_check: Option<LastCheck>,
+    /// kmend.ko as kmend loaded it from the feed (its artifact cached for
+    /// boot); absent when kmend.ko came from elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core: Option<CoreModule>,
+}
+
+/// The core module kmend loaded from a feed's core artifact.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CoreModule {
+    pub version: u32,
+    /// The kernel it was built for (a new kernel at boot makes it stale).
+    pub kernel: crate::identity::KernelIdentity,
+    /// SHA-256 of the cached artifact.
+    pub sha256: String,
+    /// File name of the artifact in the cache directory.
+    pub file: String,
+    pub loaded_at: Timestamp,
 }
 
 /// A patch applied from an artifact (a bare `.ko` is not recorded: it has

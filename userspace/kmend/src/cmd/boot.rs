@@ -16,6 +16,9 @@ pub fn run(json: bool) -> anyhow::Result<Exit> {
         if let Some(why) = &report.disabled {
             println!("boot re-apply disabled: {why}");
         }
+        if let Some(core) = &report.core {
+            println!("{core}");
+        }
         for id in &report.reapplied {
             println!("patch '{id}' re-applied");
         }

@@ -74,6 +74,10 @@ fn cycle() -> Cycle {
             tracing::warn!("{e}");
             true
         }
+        Err(e @ AgentError::NoCore { .. }) => {
+            tracing::warn!("{e}");
+            true
+        }
         Err(e) => {
             tracing::error!("update failed: {}", kmend::proxy::redact_text(&e.to_string()));
             false

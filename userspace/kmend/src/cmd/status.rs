@@ -32,6 +32,9 @@ pub fn run(json: bool) -> anyhow::Result<Exit> {
         None => println!("kernel: {} ({})", o.effective_version, o.kernel_error.as_deref().unwrap_or("unknown")),
     }
     println!("effective version: {}", o.effective_version);
+    if !o.core_loaded {
+        println!("kmend.ko is not loaded: `kmend update` (or the daemon) loads the feed's core module for this kernel");
+    }
     if o.patches.is_empty() {
         println!("no patches applied");
     } else {

@@ -17,7 +17,7 @@ use kmend::{
 fn or_unsupported<T>(result: Result<T, AgentError>) -> anyhow::Result<Result<T, Exit>> {
     match result {
         Ok(r) => Ok(Ok(r)),
-        Err(e @ AgentError::Policy(PolicyError::Unsupported { .. })) => {
+        Err(e @ (AgentError::Policy(PolicyError::Unsupported { .. }) | AgentError::NoCore { .. })) => {
             eprintln!("kmend: {e}");
             Ok(Err(Exit::Unsupported))
         }

@@ -107,7 +107,7 @@ pub fn add(dir: &Path, channel: &str, released: Timestamp, artifacts: &[PathBuf]
     let path = dir.join(INDEX);
     write_public(&path, &index.to_bytes())?;
     let kernels = index.channels.get(channel).map(|c| c.kernels.as_slice()).unwrap_or_default();
-    Ok(kernels.iter().flat_map(|k| k.patches.iter().cloned()).collect())
+    Ok(kernels.iter().flat_map(|k| k.core.iter().chain(&k.patches).cloned()).collect())
 }
 
 /// Checks a feed directory the way an agent would, from the trusted root
@@ -123,7 +123,7 @@ pub fn verify_dir(dir: &Path, root: &Path) -> Result<usize, BuildError> {
     let mut checked = 0;
     for channel in index.channels.values() {
         for kernel in &channel.kernels {
-            for p in &kernel.patches {
+            for p in kernel.core.iter().chain(&kernel.patches) {
                 let file = dir.join(&p.url);
                 let problem = |problem: String| BuildError::Patch { label: p.label(), path: file.clone(), problem };
                 let name = p.url.strip_prefix(&format!("{PATCH_DIR}/")).unwrap_or(&p.url);
@@ -134,6 +134,9 @@ pub fn verify_dir(dir: &Path, root: &Path) -> Result<usize, BuildError> {
                 let a = Artifact::from_bytes(&data).map_err(|e| problem(e.to_string()))?;
                 if a.manifest.id != p.id || a.manifest.version != p.version || a.manifest.kernel != kernel.identity() {
                     return Err(problem("manifest id, version or kernel differs from index.json".into()));
+                }
+                if a.manifest.core != kernel.core.as_ref().is_some_and(|c| std::ptr::eq(c, p)) {
+                    return Err(problem("a core module listed as a patch, or a patch as the core module".into()));
                 }
                 checked += 1;
             }

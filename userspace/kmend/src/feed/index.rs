@@ -47,6 +47,10 @@ pub struct KernelEntry {
     /// In release order, oldest first.
     #[serde(default)]
     pub patches: Vec<PatchEntry>,
+    /// kmend.ko built for this kernel (a core artifact), loaded by the
+    /// agent before the first patch when it is not loaded yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub core: Option<PatchEntry>,
 }
 
 /// One patch as the feed lists it.
@@ -133,6 +137,15 @@ impl Index {
                 return bad(format!("unknown channel '{name}' (known: {})", CHANNELS.join(", ")));
             }
             for k in &channel.kernels {
+                if let Some(c) = &k.core {
+                    let at = format!("channel '{name}', kernel '{}', core", k.release);
+                    if c.id != crate::artifact::CORE_ID {
+                        return bad(format!("{at}: id '{}' is not '{}'", c.id, crate::artifact::CORE_ID));
+                    }
+                    if !safe_relative_url(&c.url) || c.sha256.len() != 64 || !c.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                        return bad(format!("{at}: url must be patches/<file name> and sha256 64 hex digits"));
+                    }
+                }
                 for p in &k.patches {
                     let at = || format!("channel '{name}', kernel '{}', patch '{}'", k.release, p.id);
                     if crate::sys::check_id(&p.id).is_err() {
@@ -166,8 +179,20 @@ impl Index {
             .map(|k| k.patches.as_slice())
     }
 
+    /// The core module of `channel` for `kernel`, if the feed has one.
+    pub fn core_for(&self, channel: &str, kernel: &KernelIdentity) -> Option<&PatchEntry> {
+        self.channels
+            .get(channel)?
+            .kernels
+            .iter()
+            .find(|k| k.release == kernel.release && k.build_id == kernel.build_id)?
+            .core
+            .as_ref()
+    }
+
     /// Adds `artifact` (stored at `url`, `size` bytes with hash `sha256`)
-    /// to `channel`; an entry with the same id is replaced.
+    /// to `channel`; an entry with the same id is replaced. A core
+    /// artifact becomes the kernel's `core`.
     pub fn add(&mut self, channel: &str, artifact: &Artifact, released: Timestamp, url: String, size: u64, sha256: String) {
         let m = &artifact.manifest;
         let kernels = &mut self.channels.entry(channel.to_owned()).or_default().kernels;
@@ -178,14 +203,13 @@ impl Index {
                     release: m.kernel.release.clone(),
                     build_id: m.kernel.build_id.clone(),
                     patches: Vec::new(),
+                    core: None,
                 });
                 kernels.sort_by(|a, b| (&a.release, &a.build_id).cmp(&(&b.release, &b.build_id)));
                 kernels.iter().position(|k| k.identity() == m.kernel).unwrap_or_default()
             }
         };
-        let patches = &mut kernels[pos].patches;
-        patches.retain(|p| p.id != m.id);
-        patches.push(PatchEntry {
+        let entry = PatchEntry {
             id: m.id.clone(),
             version: m.version,
             released,
@@ -195,7 +219,14 @@ impl Index {
             url,
             replace: m.replace,
             description: m.description.clone(),
-        });
+        };
+        if m.core {
+            kernels[pos].core = Some(entry);
+            return;
+        }
+        let patches = &mut kernels[pos].patches;
+        patches.retain(|p| p.id != m.id);
+        patches.push(entry);
         patches.sort_by(|a, b| (a.released, a.version, &a.id).cmp(&(b.released, b.version, &b.id)));
     }
 

@@ -274,7 +274,7 @@ pub fn sign(dir: &Path, keys: &[SecretKey], expires: Duration) -> Result<Publish
     let mut files = vec![(INDEX.to_owned(), index_path)];
     for channel in index.channels.values() {
         for kernel in &channel.kernels {
-            for p in &kernel.patches {
+            for p in kernel.core.iter().chain(&kernel.patches) {
                 let name = p.url.strip_prefix(&format!("{PATCH_DIR}/")).unwrap_or(&p.url).to_owned();
                 if !files.iter().any(|(n, _)| *n == name) {
                     files.push((name, dir.join(&p.url)));

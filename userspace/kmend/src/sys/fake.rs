@@ -105,6 +105,32 @@ impl FakeKernel {
         self.save(&state)
     }
 
+    /// Loading kmend.ko: the control device appears. The module must be
+    /// an ELF module named kmend (what finit_module and the name in its
+    /// .modinfo would decide); `KMEND_FAKE_LOAD_FAIL=kmend` refuses it.
+    pub fn load_core(&self, path: &Path) -> Result<(), SysError> {
+        let id = crate::artifact::CORE_ID;
+        let data = fs::read(path).map_err(|source| SysError::Io { op: "open", path: path.to_owned(), source })?;
+        let name = crate::modinfo::module_name_of(&data).map_err(|_| errno("load", id, libc::ENOEXEC))?;
+        if name != id {
+            return Err(self.fail(format!("core module is named '{name}', not '{id}'")));
+        }
+        if self.control.exists() {
+            return Err(errno("load", id, libc::EEXIST));
+        }
+        if std::env::var("KMEND_FAKE_LOAD_FAIL").is_ok_and(|v| v == id) {
+            return Err(errno("load", id, libc::EINVAL));
+        }
+        if let Some(dir) = self.control.parent() {
+            fs::create_dir_all(dir).map_err(|e| self.fail(format!("create {}: {e}", dir.display())))?;
+        }
+        fs::write(&self.control, b"").map_err(|e| self.fail(format!("create {}: {e}", self.control.display())))
+    }
+
+    pub fn core_loaded(&self) -> bool {
+        self.control.exists()
+    }
+
     pub fn unload_module(&self, name: &str) -> Result<(), SysError> {
         let mut state = self.load()?;
         if state.patches.iter().any(|p| p.id == name) {

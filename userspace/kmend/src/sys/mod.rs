@@ -119,6 +119,23 @@ impl Kernel {
         }
     }
 
+    /// Loads the core module (kmend.ko) from `path`: a plain module load,
+    /// after which the control device exists.
+    pub fn load_core(&self, path: &Path) -> Result<(), SysError> {
+        match self {
+            Self::Real { .. } => load_module(path, crate::artifact::CORE_ID),
+            Self::Fake(f) => f.load_core(path),
+        }
+    }
+
+    /// Whether kmend.ko is loaded (its control device exists).
+    pub fn core_loaded(&self) -> bool {
+        match self {
+            Self::Real { control } => control.exists(),
+            Self::Fake(f) => f.core_loaded(),
+        }
+    }
+
     /// Unloads module `name` (does not wait for users to go away).
     pub fn unload_module(&self, name: &str) -> Result<(), SysError> {
         match self {

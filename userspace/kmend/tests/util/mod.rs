@@ -224,6 +224,29 @@ pub fn artifact(dir: &Path, p: &Patch) -> PathBuf {
     out
 }
 
+/// Packs the core artifact: kmend.ko (a stand-in module named `kmend`)
+/// for the test kernel, version `version`.
+pub fn core_artifact(dir: &Path, version: u32) -> PathBuf {
+    let manifest = serde_json::json!({
+        "format": 1,
+        "id": "kmend",
+        "version": version,
+        "description": "kmend core module",
+        "kernel": { "release": RELEASE, "build_id": BUILD_ID },
+        "functions": [],
+        "core": true,
+    });
+    fs::create_dir_all(dir).unwrap();
+    let m = dir.join("kmend-core.json");
+    let ko = dir.join("kmend.ko");
+    let out = dir.join(format!("kmend-{version}.kmpatch"));
+    fs::write(&m, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    fs::write(&ko, fake_module("kmend")).unwrap();
+    let r = kmend([Path::new("artifact"), Path::new("pack"), Path::new("--manifest"), &m, Path::new("--module"), &ko, Path::new("-o"), &out]);
+    assert_eq!(r.code, 0, "artifact pack: {r}");
+    out
+}
+
 /// A feed directory with its signing keys.
 pub struct Feed {
     pub dir: tempfile::TempDir,
