@@ -10,6 +10,7 @@ use clap::{
     Subcommand, //
 };
 
+mod ansible;
 mod bench;
 mod build;
 mod chroot;

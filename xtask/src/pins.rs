@@ -73,7 +73,7 @@ pub const CHROOT_PACKAGES: &[&str] = &[
 
 /// What a Debian server of [`SUITE`] is made of, on top of minbase: the
 /// root that the package test installs kmend's package into (systemd as
-/// init, udev, kmod, networking, ssh and python3 for Ansible).
+/// init, udev, kmod, networking, ssh and python3 and python3-apt for Ansible).
 pub const SERVER_PACKAGES: &[&str] = &[
     "systemd",
     "systemd-sysv",
@@ -83,6 +83,7 @@ pub const SERVER_PACKAGES: &[&str] = &[
     "init-system-helpers",
     "openssh-server",
     "python3",
+    "python3-apt", // Ansible's apt module
 ];
 
 /// The C compiler as the stock kernel's build names it.

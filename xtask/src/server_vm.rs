@@ -11,8 +11,13 @@
 //! stopped: kmend-boot.service must have re-applied it from the cache
 //! before the network came up.
 //!
-//! Not yet as issue #11 asks: kmend.ko is installed in the image (loaded by
-//! systemd-modules-load), not fetched from the feed; the Ansible run.
+//! Between the two, the host runs the repository's Ansible role
+//! (deploy/ansible/roles/kmend) against the server over ssh (a loopback
+//! port forward) twice: the second run must change nothing.
+//!
+//! kmend.ko is not in the image: the feed carries it as the core artifact
+//! for the stock kernel, and the daemon loads it before the patch (and
+//! kmend-boot from its cache at the second boot).
 
 use std::{
     collections::BTreeMap,
@@ -39,6 +44,7 @@ use anyhow::{
 };
 
 use crate::{
+    ansible,
     build::Artifacts,
     initramfs,
     package,
@@ -65,8 +71,15 @@ impl Drop for FeedServer {
     }
 }
 
-/// Both boots; their runs, in order.
-pub fn run(stock: &Artifacts, opts: &VmOptions) -> anyhow::Result<Vec<GuestRun>> {
+/// What the end-to-end test produced: both boots in order, and the
+/// host's own checks (the Ansible runs) with their outcome.
+pub struct ServerRuns {
+    pub boots: Vec<GuestRun>,
+    pub host_checks: Vec<(String, bool)>,
+}
+
+/// Both boots, and the Ansible runs during the first.
+pub fn run(stock: &Artifacts, opts: &VmOptions) -> anyhow::Result<ServerRuns> {
     println!("xtask: end-to-end test on a Debian server (stock kernel, systemd, the package, a signed feed)");
     let kmend = stock.files.get("kmend").context("no kmend binary among the build outputs")?;
     let artifact = stock.files.get(&format!("{PATCH}.kmpatch")).with_context(|| format!("no {PATCH}.kmpatch among the stock kernel's patches"))?;
@@ -77,32 +90,116 @@ pub fn run(stock: &Artifacts, opts: &VmOptions) -> anyhow::Result<Vec<GuestRun>>
         fs::remove_dir_all(&dir).with_context(|| format!("remove {}", dir.display()))?;
     }
     fs::create_dir_all(&dir)?;
-    let (server, url) = feed(kmend, artifact, &dir.join("feed"))?;
+    let playbook = ansible::playbook()?;
+    let ssh_key = dir.join("ssh/id");
+    fs::create_dir_all(dir.join("ssh"))?;
+    exec(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&ssh_key))?;
+    let core = core_artifact(stock, kmend, &dir.join("core"))?;
+    let (server, url) = feed(kmend, &[&core, artifact], &dir.join("feed"))?;
     let root = dir.join("root");
-    populate(stock, &lower, &root, &deb, &dir.join("feed/metadata/1.root.json"), &url)?;
+    let feed_root = dir.join("feed/metadata/1.root.json");
+    populate(stock, &lower, &root, &deb, &feed_root, &url)?;
+    let authorized = fs::read_to_string(ssh_key.with_extension("pub"))?;
+    write(&root, "root/.ssh/authorized_keys", &authorized)?;
     let disk = dir.join("disk.img");
     exec(Command::new("mkfs.ext4").args(["-q", "-F", "-L", "kmend-server", "-d"]).arg(&root).arg(&disk).arg("2G"))
         .context("make the server's disk image")?;
     fs::remove_dir_all(&root).ok();
     let initrd = dir.join("initramfs.cpio");
     initramfs::write_from("vm-images/server-initramfs.txt", &BTreeMap::new(), &stock.kernel.boot_modules, &[], &initrd)?;
-    let mut runs = vec![boot(stock, &initrd, &disk, "install", opts)?];
+    let ssh_port = free_port()?;
+    let vars = serde_json::json!({
+        "kmend_feed_url": url,
+        "kmend_feed_root": feed_root,
+        "kmend_package": deb,
+        "kmend_jitter": "0",
+        "kmend_interval": "10m",
+    });
+    let mut host_checks = Vec::new();
+    let mut ansible_turn = |line: &str| {
+        if line.contains("kmend-guest: waiting for the host's Ansible runs") {
+            host_checks = ansible_twice(&playbook, ssh_port, &ssh_key, &vars);
+        }
+    };
+    let mut boots = vec![boot(stock, &initrd, &disk, "install", Some(ssh_port), opts, &mut ansible_turn)?];
+    if host_checks.is_empty() {
+        host_checks.push(("ansible: the guest never asked for the Ansible runs".to_owned(), false));
+    }
     // The second boot has no feed to reach.
     drop(server);
-    runs.push(boot(stock, &initrd, &disk, "reboot", opts)?);
-    Ok(runs)
+    boots.push(boot(stock, &initrd, &disk, "reboot", None, opts, &mut |_| {})?);
+    Ok(ServerRuns { boots, host_checks })
 }
 
-/// A signed feed with the patch, served on a free loopback port; the URL
-/// the guest reaches it by (QEMU's user network maps 10.0.2.2 to the host's
-/// loopback).
-fn feed(kmend: &Path, artifact: &Path, dir: &Path) -> anyhow::Result<(FeedServer, String)> {
+/// A free loopback port (for QEMU's ssh forward).
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The role, twice: the first run succeeds, the second changes nothing.
+/// Then the guest is told to go on.
+fn ansible_twice(playbook: &Path, port: u16, key: &Path, vars: &serde_json::Value) -> Vec<(String, bool)> {
+    let mut checks = Vec::new();
+    for (n, name) in [(1, "ansible: the role runs against the server"), (2, "ansible: a second run changes nothing")] {
+        let check = match ansible::run_play(playbook, port, key, vars) {
+            Ok(run) => {
+                let good = run.ok && (n == 1 || run.changed == Some(0));
+                let recap = run.output.lines().find(|l| l.starts_with("127.0.0.1") && l.contains("changed=")).unwrap_or("no recap").to_owned();
+                println!("{name} ... {} ({})", if good { "ok" } else { "FAILED" }, recap.split_whitespace().collect::<Vec<_>>().join(" "));
+                if !good {
+                    let tail: Vec<&str> = run.output.lines().rev().take(30).collect();
+                    println!("  {}", tail.into_iter().rev().collect::<Vec<_>>().join("\n  "));
+                }
+                good
+            }
+            Err(e) => {
+                println!("{name} ... FAILED: {e:#}");
+                false
+            }
+        };
+        checks.push((name.to_owned(), check));
+    }
+    let told = Command::new("ssh")
+        .args(["-q", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=30", "-p", &port.to_string(), "-i"])
+        .arg(key)
+        .args(["root@127.0.0.1", "touch /run/kmend-e2e-ansible-done"])
+        .status();
+    if !told.is_ok_and(|s| s.success()) {
+        println!("xtask: could not tell the server the Ansible runs are over (it waits 5 min)");
+    }
+    checks
+}
+
+/// kmend.ko for the stock kernel as a core artifact (docs/feed-format.md).
+fn core_artifact(stock: &Artifacts, kmend: &Path, dir: &Path) -> anyhow::Result<PathBuf> {
+    fs::create_dir_all(dir)?;
+    let manifest = serde_json::json!({
+        "format": 1,
+        "id": "kmend",
+        "version": 1,
+        "description": "kmend core module",
+        "kernel": { "release": stock.kernel.release, "build_id": crate::kernel::build_id(&stock.kernel.vmlinux)? },
+        "functions": [],
+        "core": true,
+    });
+    let path = dir.join("core.json");
+    fs::write(&path, manifest.to_string())?;
+    let out = dir.join("kmend-1.kmpatch");
+    let module = stock.files.get("kmend.ko").context("no kmend.ko")?;
+    exec(Command::new(kmend).args(["artifact", "pack", "--manifest"]).arg(&path).arg("--module").arg(module).arg("-o").arg(&out))?;
+    Ok(out)
+}
+
+/// A signed feed with the artifacts, served on a free loopback port; the
+/// URL the guest reaches it by (QEMU's user network maps 10.0.2.2 to the
+/// host's loopback).
+fn feed(kmend: &Path, artifacts: &[&Path], dir: &Path) -> anyhow::Result<(FeedServer, String)> {
     let keys = dir.with_file_name("keys");
     fs::create_dir_all(&keys)?;
     let key = keys.join("feed.key");
     exec(Command::new(kmend).args(["feed", "keygen", "--out"]).arg(keys.join("feed")))?;
     exec(Command::new(kmend).args(["feed", "init", "--dir"]).arg(dir).arg("--root-key").arg(&key))?;
-    exec(Command::new(kmend).args(["feed", "build", "--channel", "stable", "--dir"]).arg(dir).arg(artifact))?;
+    exec(Command::new(kmend).args(["feed", "build", "--channel", "stable", "--dir"]).arg(dir).args(artifacts))?;
     exec(Command::new(kmend).args(["feed", "sign", "--dir"]).arg(dir).arg("--key").arg(&key))?;
     let mut child = Command::new(kmend)
         .args(["feed", "serve", "--listen", "127.0.0.1:0", "--dir"])
@@ -120,24 +217,22 @@ fn feed(kmend: &Path, artifact: &Path, dir: &Path) -> anyhow::Result<(FeedServer
         .next()
         .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
         .ok_or_else(|| anyhow!("kmend feed serve printed no address: '{}'", first.trim()))?;
-    println!("xtask: feed with {PATCH} served on 127.0.0.1:{port}");
+    println!("xtask: feed with kmend.ko and {PATCH} served on 127.0.0.1:{port}");
     Ok((server, format!("http://10.0.2.2:{port}")))
 }
 
-/// The server's root: the cached Debian root, the stock kernel's modules
-/// and kmend.ko, networking, the test driver, and in /root/e2e/ what the
-/// driver installs (the package, the feed's root, the config lines).
+/// The server's root: the cached Debian root, the stock kernel's modules,
+/// networking, the test driver, and in /root/e2e/ what the driver
+/// installs (the package, the feed's root, the config lines).
 fn populate(stock: &Artifacts, lower: &Path, root: &Path, deb: &Path, feed_root: &Path, url: &str) -> anyhow::Result<()> {
     exec(Command::new("cp").arg("-a").arg(lower).arg(root)).context("copy the server root")?;
     let release = &stock.kernel.release;
     let modules = root.join(format!("usr/lib/modules/{release}"));
-    fs::create_dir_all(modules.join("updates"))?;
+    fs::create_dir_all(&modules)?;
     let stock_modules = stock.kernel.boot_modules.first().and_then(|m| m.parent()).and_then(Path::parent).map(|f| f.join("modules"));
     let stock_modules = stock_modules.filter(|m| m.is_dir()).context("the stock kernel's modules tree")?;
     exec(Command::new("cp").arg("-a").arg(&stock_modules).arg(modules.join("kernel")))?;
-    fs::copy(stock.files.get("kmend.ko").context("no kmend.ko")?, modules.join("updates/kmend.ko"))?;
     exec(Command::new("chroot").arg(root).args(["depmod", "-a", release]))?;
-    write(root, "etc/modules-load.d/kmend.conf", "kmend\n")?;
     write(root, "etc/fstab", "/dev/vda / ext4 rw,errors=remount-ro 0 1\n")?;
     write(root, "etc/hostname", "kmend-server\n")?;
     write(root, "etc/systemd/network/20-wired.network", "[Match]\nName=en* eth*\n\n[Network]\nDHCP=yes\n")?;
@@ -162,7 +257,15 @@ fn write(root: &Path, path: &str, text: &str) -> anyhow::Result<()> {
     fs::write(&p, text).with_context(|| format!("write {}", p.display()))
 }
 
-fn boot(stock: &Artifacts, initrd: &Path, disk: &Path, mode: &str, opts: &VmOptions) -> anyhow::Result<GuestRun> {
+fn boot(
+    stock: &Artifacts,
+    initrd: &Path,
+    disk: &Path,
+    mode: &str,
+    ssh_port: Option<u16>,
+    opts: &VmOptions,
+    on_line: &mut dyn FnMut(&str),
+) -> anyhow::Result<GuestRun> {
     let log = paths::cache().join(format!("vm/console-server-{mode}.log"));
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
@@ -175,7 +278,12 @@ fn boot(stock: &Artifacts, initrd: &Path, disk: &Path, mode: &str, opts: &VmOpti
         .arg(format!("console=ttyS0 panic=-1 {} kmend_e2e={mode}", vm::tsc_params()))
         .arg("-drive")
         .arg(format!("file={},format=raw,if=virtio", disk.display()))
-        .args(["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0"]);
+        .arg("-netdev")
+        .arg(match ssh_port {
+            Some(port) => format!("user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22"),
+            None => "user,id=net0".to_owned(),
+        })
+        .args(["-device", "virtio-net-pci,netdev=net0"]);
     if opts.kvm {
         qemu.args(["-accel", "kvm", "-cpu", "host"]);
     } else {
@@ -183,5 +291,5 @@ fn boot(stock: &Artifacts, initrd: &Path, disk: &Path, mode: &str, opts: &VmOpti
         qemu.args(["-accel", "tcg,thread=single", "-cpu", "max"]);
     }
     println!("xtask: booting the Debian server ({mode}), console log: {}", log.display());
-    vm::watch(&mut qemu, &log, Duration::from_secs(opts.timeout.max(900)), false)
+    vm::watch(&mut qemu, &log, Duration::from_secs(opts.timeout.max(900)), false, on_line)
 }

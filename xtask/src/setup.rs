@@ -36,6 +36,8 @@ const APT_PACKAGES: &[&str] = &[
     "musl-tools", // C code in static (musl) userspace crates
     "tinyproxy",  // a real HTTP proxy for the agent's proxy tests
     "openssl",    // a real TLS server and CA for the agent's TLS tests
+    "python3-venv",   // ansible-core for the end-to-end test, in a venv
+    "openssh-client", // Ansible reaches the test server over ssh
 ];
 
 /// Tools installed with `cargo install`, pinned.

@@ -154,7 +154,15 @@ fn server(all: &[Artifacts], opts: &VmOptions, tally: &mut Tally) -> anyhow::Res
     let Some(stock) = all.iter().find(|a| a.kernel.flavor == Flavor::Stock) else {
         return Ok(());
     };
-    for run in crate::server_vm::run(stock, opts)? {
+    let runs = crate::server_vm::run(stock, opts)?;
+    for (_, ok) in &runs.host_checks {
+        if *ok {
+            tally.passed += 1;
+        } else {
+            tally.failed += 1;
+        }
+    }
+    for run in runs.boots {
         add_run(run, tally);
     }
     Ok(())

@@ -176,12 +176,19 @@ pub fn boot(artifacts: &Artifacts, mode: &str, opts: &VmOptions, echo_all: bool,
         },
         log.display()
     );
-    watch(&mut qemu, &log, Duration::from_secs(opts.timeout), echo_all)
+    watch(&mut qemu, &log, Duration::from_secs(opts.timeout), echo_all, &mut |_| {})
 }
 
 /// Runs `qemu`, copying its serial console to `log` and collecting test
 /// lines, the verdict and kernel problems, until it exits or `timeout`.
-pub fn watch(qemu: &mut Command, log: &std::path::Path, timeout: Duration, echo_all: bool) -> anyhow::Result<GuestRun> {
+/// `on_line` sees every console line (the host's part of a test).
+pub fn watch(
+    qemu: &mut Command,
+    log: &std::path::Path,
+    timeout: Duration,
+    echo_all: bool,
+    on_line: &mut dyn FnMut(&str),
+) -> anyhow::Result<GuestRun> {
     let mut child = qemu
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -217,6 +224,7 @@ pub fn watch(qemu: &mut Command, log: &std::path::Path, timeout: Duration, echo_
                 if let Some(v) = parse_verdict(&line) {
                     run.verdict = Some(v);
                 }
+                on_line(&line);
                 if echo_all || problem || line.contains("kmend-guest:") {
                     println!("  | {line}");
                 }
