@@ -44,6 +44,7 @@ use crate::{
     feed::{
         self,
         index::{
+            Coverage,
             Index,
             IndexError,
             PatchEntry, //
@@ -150,6 +151,8 @@ pub struct CheckReport {
     pub kernel: KernelIdentity,
     pub channel: String,
     pub plan: Plan,
+    /// What the feed says live patches cover for this kernel.
+    pub coverage: Coverage,
 }
 
 /// What an update did.
@@ -305,7 +308,8 @@ impl Agent {
             let applied = self.applied_refs(state)?;
             let plan = policy::plan(&index, &kernel, &self.config.policy, time, &applied, &state.blocked_refs(), force)?;
             let channel = self.config.policy.channel.clone();
-            Ok((CheckReport { time, feed: url, kernel, channel, plan }, fetcher))
+            let coverage = index.kernel(&channel, &kernel).map(|k| k.coverage.clone()).unwrap_or_default();
+            Ok((CheckReport { time, feed: url, kernel, channel, plan, coverage }, fetcher))
         })();
         let succeeded = match &result {
             Ok(_) => Some(time),
@@ -320,6 +324,7 @@ impl Agent {
                 error: None,
                 signed: Some(feed.signed()),
                 succeeded,
+                coverage: Some(r.coverage.clone()),
             },
             Err(e) => LastCheck {
                 time,
@@ -330,6 +335,7 @@ impl Agent {
                 error: Some(proxy::redact_text(&e.to_string())),
                 signed: None,
                 succeeded,
+                coverage: None,
             },
         });
         state.save(&self.paths)?;

@@ -170,6 +170,28 @@ pub enum FeedCommand {
         #[arg(required = true)]
         artifacts: Vec<PathBuf>,
     },
+    /// Say what live patches cover for a kernel (every build of a release
+    /// on a channel): until when, end of life, CVEs that need a reboot.
+    /// Replaces what was said before; unsigns the feed like `build`.
+    Coverage {
+        #[arg(long)]
+        dir: PathBuf,
+        /// `stable` or `test`.
+        #[arg(long, value_parser = ["stable", "test"])]
+        channel: String,
+        /// The kernel release (`uname -r`), as listed in the feed.
+        #[arg(long)]
+        kernel: String,
+        /// Live patches for it end then (RFC 3339); after: "upgrade required".
+        #[arg(long)]
+        until: Option<String>,
+        /// The kernel reached its end of life.
+        #[arg(long)]
+        end_of_life: bool,
+        /// A known CVE no live patch fixes: `CVE-…` or `CVE-…=<fixed-in release>` (repeatable).
+        #[arg(long = "needs-reboot")]
+        needs_reboot: Vec<String>,
+    },
     /// Create a feed's signed root (metadata/1.root.json): the trust
     /// anchor every machine is given as /etc/kmend/root.json.
     Init {

@@ -22,6 +22,7 @@ use prometheus_client::{
 
 use crate::{
     report::{
+        CoverageState,
         Overview,
         Summary, //
     },
@@ -96,6 +97,16 @@ pub fn render(o: &Overview, now: Timestamp) -> String {
         state.get_or_create(&StateLabels { state: summary_name(s).to_owned() }).set(i64::from(s == o.summary));
     }
     r.register("state", "The state `kmend status` reports (1 for the current one)", state);
+    let coverage = Family::<StateLabels, Gauge>::default();
+    for s in [CoverageState::Covered, CoverageState::UpgradeRequired, CoverageState::EndOfLife, CoverageState::Unsupported, CoverageState::Unknown] {
+        let name = serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        coverage.get_or_create(&StateLabels { state: name }).set(i64::from(s == o.coverage.state));
+    }
+    r.register("coverage", "The kernel's live-patch coverage as the feed says (1 for the current state)", coverage);
+    r.register("cves_needing_reboot", "Known CVEs of this kernel that no live patch fixes", gauge(o.coverage.needs_reboot.len() as i64));
+    if let Some(until) = o.coverage.until {
+        r.register("coverage_until_timestamp_seconds", "When the feed's live patches for this kernel end", seconds(until.unix() as f64));
+    }
     if let Some(c) = &o.last_check {
         r.register("last_check_timestamp_seconds", "When the feed was last checked", seconds(c.time.unix() as f64));
         r.register("last_check_success", "Whether the last feed check succeeded", gauge(i64::from(c.error.is_none())));

@@ -216,7 +216,7 @@ mod tests {
             let k = kernel();
             index.channels.insert(
                 name.into(),
-                Channel { kernels: vec![KernelEntry { release: k.release, build_id: k.build_id, patches, core: None }] },
+                Channel { kernels: vec![KernelEntry { release: k.release, build_id: k.build_id, patches, core: None, coverage: Default::default() }] },
             );
         }
         index

@@ -8,7 +8,10 @@ use serde::Serialize;
 
 use crate::{
     agent::AgentError,
-    feed::index::PatchEntry,
+    feed::index::{
+        PatchEntry,
+        RebootCve, //
+    },
     identity::{
         self,
         KernelIdentity, //
@@ -22,7 +25,55 @@ use crate::{
     },
     status::KernelStatus,
     sys::Kernel,
+    timestamp::Timestamp,
 };
+
+/// The kernel's coverage, as Canonical's client reports it: whether live
+/// patches still come for it, or a reboot into a newer kernel is due.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CoverageState {
+    /// The feed makes live patches for this kernel.
+    Covered,
+    /// The feed's coverage of this kernel ended: reboot into a newer one.
+    UpgradeRequired,
+    /// The kernel reached its end of life: no more live patches.
+    EndOfLife,
+    /// The feed has nothing for this kernel.
+    Unsupported,
+    /// No successful check yet.
+    Unknown,
+}
+
+/// Coverage as `status` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct CoverageReport {
+    pub state: CoverageState,
+    /// When coverage ends (or ended), if the feed says.
+    pub until: Option<Timestamp>,
+    /// Known CVEs of this kernel that no live patch fixes.
+    pub needs_reboot: Vec<RebootCve>,
+}
+
+impl CoverageReport {
+    /// From the last check, judged at `now` (coverage can end between checks).
+    pub fn of(last: Option<&LastCheck>, now: Timestamp) -> Self {
+        let unknown = Self { state: CoverageState::Unknown, until: None, needs_reboot: Vec::new() };
+        let Some(last) = last else { return unknown };
+        if last.supported == Some(false) {
+            return Self { state: CoverageState::Unsupported, ..unknown };
+        }
+        let Some(c) = &last.coverage else { return unknown };
+        let state = if c.end_of_life {
+            CoverageState::EndOfLife
+        } else if c.until.is_some_and(|u| u < now) {
+            CoverageState::UpgradeRequired
+        } else {
+            CoverageState::Covered
+        };
+        Self { state, until: c.until, needs_reboot: c.needs_reboot.clone() }
+    }
+}
 
 /// The one-word summary `status` exits with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -55,6 +106,8 @@ pub struct Overview {
     pub last_check: Option<LastCheck>,
     /// What the last check selected that is not applied.
     pub pending: Vec<PatchEntry>,
+    /// What live patches cover for this kernel (from the last check).
+    pub coverage: CoverageReport,
     pub summary: Summary,
 }
 
@@ -95,6 +148,7 @@ impl Overview {
         } else {
             Summary::UpToDate
         };
+        let coverage = CoverageReport::of(state.last_check.as_ref(), Timestamp::now());
         Ok(Self {
             version: status.version,
             core_loaded,
@@ -106,6 +160,7 @@ impl Overview {
             blocked: state.blocked,
             last_check: state.last_check,
             pending,
+            coverage,
             summary,
         })
     }

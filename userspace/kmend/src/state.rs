@@ -146,6 +146,10 @@ pub struct LastCheck {
     /// checks (for monitoring: how stale is what this machine knows).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub succeeded: Option<Timestamp>,
+    /// What the feed said live patches cover for this kernel (a
+    /// successful check only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coverage: Option<crate::feed::index::Coverage>,
 }
 
 impl LastCheck {
@@ -296,7 +300,7 @@ mod last_check_tests {
     #[test]
     fn a_failed_check_remembers_the_last_success() {
         let t = |s| Timestamp::from_unix(s);
-        let ok = LastCheck { time: t(100), feed: "f".into(), supported: Some(true), target: Vec::new(), error: None, signed: None, succeeded: Some(t(100)) };
+        let ok = LastCheck { time: t(100), feed: "f".into(), supported: Some(true), target: Vec::new(), error: None, signed: None, succeeded: Some(t(100)), coverage: None };
         assert_eq!(ok.last_success(), Some(t(100)));
         let failed = LastCheck { time: t(200), error: Some("down".into()), succeeded: ok.last_success(), ..ok.clone() };
         assert_eq!(failed.last_success(), Some(t(100)), "a failed check keeps when the feed last answered");

@@ -11,6 +11,10 @@ use kmend::{
     exit::Exit,
     feed::{
         build,
+        index::{
+            Coverage,
+            RebootCve, //
+        },
         keys::{
             self,
             SecretKey, //
@@ -33,6 +37,27 @@ pub fn run(command: FeedCommand, json: bool) -> anyhow::Result<Exit> {
                 super::print_json(&json!({ "dir": dir, "channel": channel, "patches": listed }))?;
             } else {
                 println!("{}: channel '{channel}' lists {} patch(es); sign it with `kmend feed sign`", dir.display(), listed.len());
+            }
+        }
+        FeedCommand::Coverage { dir, channel, kernel, until, end_of_life, needs_reboot } => {
+            let until = until.as_deref().map(Timestamp::parse).transpose()?;
+            let needs_reboot = needs_reboot
+                .iter()
+                .map(|s| {
+                    let (cve, fixed_in) = s.split_once('=').unwrap_or((s, ""));
+                    anyhow::ensure!(
+                        !cve.is_empty() && !cve.contains(char::is_whitespace) && !cve.contains(','),
+                        "--needs-reboot '{s}': expected CVE-… or CVE-…=<release>"
+                    );
+                    Ok(RebootCve { cve: cve.to_owned(), fixed_in: fixed_in.to_owned() })
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let coverage = Coverage { until, end_of_life, needs_reboot };
+            let changed = build::set_coverage(&dir, &channel, &kernel, &coverage)?;
+            if json {
+                super::print_json(&json!({ "dir": dir, "channel": channel, "kernel": kernel, "coverage": coverage, "builds": changed }))?;
+            } else {
+                println!("{}: coverage of kernel {kernel} on '{channel}' set ({changed} build(s)); sign it with `kmend feed sign`", dir.display());
             }
         }
         FeedCommand::Init { dir, root_keys, threshold, keys: online, expires } => {

@@ -127,14 +127,23 @@ pub fn uname(all: bool, json: bool) -> anyhow::Result<Exit> {
     Ok(Exit::Ok)
 }
 
+/// CVEs fixed live (`CVE-… <patch ids>`, one a line, as KernelCare's
+/// cvelist), then the known CVEs of this kernel that only a new kernel
+/// and a reboot fix (`CVE-… reboot [<fixed-in release>]`, from the feed's
+/// coverage at the last check).
 pub fn cves(json: bool) -> anyhow::Result<Exit> {
-    let cves = overview()?.cves();
+    let o = overview()?;
+    let cves = o.cves();
+    let reboot = &o.coverage.needs_reboot;
     if json {
         let list: Vec<_> = cves.iter().map(|(c, p)| json!({ "cve": c, "patches": p })).collect();
-        super::print_json(&json!({ "cves": list }))?;
+        super::print_json(&json!({ "cves": list, "needs_reboot": reboot }))?;
     } else {
         for (cve, patches) in &cves {
             println!("{cve} {}", patches.join(","));
+        }
+        for r in reboot {
+            println!("{} reboot{}", r.cve, if r.fixed_in.is_empty() { String::new() } else { format!(" {}", r.fixed_in) });
         }
     }
     Ok(Exit::Ok)

@@ -5,6 +5,8 @@ use kmend::{
     exit::Exit,
     paths::Paths,
     report::{
+        CoverageReport,
+        CoverageState,
         Overview,
         Summary, //
     },
@@ -34,6 +36,11 @@ pub fn run(json: bool) -> anyhow::Result<Exit> {
     println!("effective version: {}", o.effective_version);
     if !o.core_loaded {
         println!("kmend.ko is not loaded: `kmend update` (or the daemon) loads the feed's core module for this kernel");
+    }
+    println!("coverage: {}", coverage_line(&o.coverage));
+    if !o.coverage.needs_reboot.is_empty() {
+        let cves: Vec<&str> = o.coverage.needs_reboot.iter().map(|c| c.cve.as_str()).collect();
+        println!("  {} known CVE(s) need a new kernel and a reboot: {} (`kmend cves`)", cves.len(), cves.join(", "));
     }
     if o.patches.is_empty() {
         println!("no patches applied");
@@ -81,4 +88,19 @@ pub fn run(json: bool) -> anyhow::Result<Exit> {
     };
     println!("state: {summary}");
     Ok(exit_of(o.summary))
+}
+
+/// The coverage state in words, with what to do about it.
+fn coverage_line(c: &CoverageReport) -> String {
+    let until = c.until.map(|u| u.to_string()).unwrap_or_default();
+    match c.state {
+        CoverageState::Covered if c.until.is_some() => format!("covered: live patches for this kernel until {until}"),
+        CoverageState::Covered => "covered: live patches for this kernel".into(),
+        CoverageState::UpgradeRequired => {
+            format!("upgrade required: live patches for this kernel ended {until}; plan a reboot into a newer kernel")
+        }
+        CoverageState::EndOfLife => "end of life: no more live patches for this kernel; plan a reboot into a newer kernel".into(),
+        CoverageState::Unsupported => "unsupported: the feed has no live patches for this kernel".into(),
+        CoverageState::Unknown => "unknown (no successful check yet: `kmend check`)".into(),
+    }
 }

@@ -15,6 +15,7 @@ use super::{
     PATCH_DIR,
     index::{
         CHANNELS,
+        Coverage,
         Index,
         IndexError,
         PatchEntry, //
@@ -62,6 +63,8 @@ pub enum BuildError {
     Fetch(#[from] crate::fetch::FetchError),
     #[error("patch {label}: '{path}' {problem}")]
     Patch { label: String, path: PathBuf, problem: String },
+    #[error("channel '{channel}' lists no kernel '{release}': add its patches (`kmend feed build`) first")]
+    NoKernel { channel: String, release: String },
 }
 
 /// Writes a feed file world-readable (0644), so that a web server running
@@ -108,6 +111,25 @@ pub fn add(dir: &Path, channel: &str, released: Timestamp, artifacts: &[PathBuf]
     write_public(&path, &index.to_bytes())?;
     let kernels = index.channels.get(channel).map(|c| c.kernels.as_slice()).unwrap_or_default();
     Ok(kernels.iter().flat_map(|k| k.core.iter().chain(&k.patches).cloned()).collect())
+}
+
+/// Sets the coverage of kernel `release` on `channel` of the feed in `dir`
+/// (every build of it the channel lists) and rewrites index.json; returns
+/// how many kernel entries it changed. Nothing is published until `kmend
+/// feed sign`.
+pub fn set_coverage(dir: &Path, channel: &str, release: &str, coverage: &Coverage) -> Result<usize, BuildError> {
+    if !CHANNELS.contains(&channel) {
+        return Err(BuildError::Channel(channel.to_owned()));
+    }
+    let path = dir.join(INDEX);
+    let mut index = Index::parse(&fs::read(&path).map_err(fsutil::at("read", &path))?).map_err(|source| BuildError::Index { path: path.clone(), source })?;
+    let changed = index.set_coverage(channel, release, coverage);
+    if changed == 0 {
+        return Err(BuildError::NoKernel { channel: channel.to_owned(), release: release.to_owned() });
+    }
+    index.generated = Timestamp::now();
+    write_public(&path, &index.to_bytes())?;
+    Ok(changed)
 }
 
 /// Checks a feed directory the way an agent would, from the trusted root

@@ -51,6 +51,40 @@ pub struct KernelEntry {
     /// agent before the first patch when it is not loaded yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub core: Option<PatchEntry>,
+    /// What live patching covers for this kernel (`kmend feed coverage`).
+    #[serde(default, skip_serializing_if = "Coverage::is_default")]
+    pub coverage: Coverage,
+}
+
+/// What the publisher says live patches cover for one kernel, as the
+/// vendors tell their users when to plan a reboot.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coverage {
+    /// Until when the publisher makes live patches for this kernel; after
+    /// it: "upgrade required" (reboot into a newer kernel to stay fixed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Timestamp>,
+    /// The kernel's end of life: no live patches for it any more.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub end_of_life: bool,
+    /// Known CVEs of this kernel that live patches do not fix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs_reboot: Vec<RebootCve>,
+}
+
+/// A CVE that only a newer kernel (and a reboot) fixes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RebootCve {
+    pub cve: String,
+    /// The kernel release that fixes it, if known.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub fixed_in: String,
+}
+
+impl Coverage {
+    fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
 }
 
 /// One patch as the feed lists it.
@@ -179,6 +213,23 @@ impl Index {
             .map(|k| k.patches.as_slice())
     }
 
+    /// The kernel entry of `channel` for `kernel`, if the feed has one.
+    pub fn kernel(&self, channel: &str, kernel: &KernelIdentity) -> Option<&KernelEntry> {
+        self.channels.get(channel)?.kernels.iter().find(|k| k.release == kernel.release && k.build_id == kernel.build_id)
+    }
+
+    /// Sets the coverage of every build of kernel `release` on `channel`;
+    /// returns how many kernel entries it changed (0: none of that release).
+    pub fn set_coverage(&mut self, channel: &str, release: &str, coverage: &Coverage) -> usize {
+        let Some(c) = self.channels.get_mut(channel) else { return 0 };
+        let mut n = 0;
+        for k in c.kernels.iter_mut().filter(|k| k.release == release) {
+            k.coverage = coverage.clone();
+            n += 1;
+        }
+        n
+    }
+
     /// The core module of `channel` for `kernel`, if the feed has one.
     pub fn core_for(&self, channel: &str, kernel: &KernelIdentity) -> Option<&PatchEntry> {
         self.channels
@@ -204,6 +255,7 @@ impl Index {
                     build_id: m.kernel.build_id.clone(),
                     patches: Vec::new(),
                     core: None,
+                    coverage: Coverage::default(),
                 });
                 kernels.sort_by(|a, b| (&a.release, &a.build_id).cmp(&(&b.release, &b.build_id)));
                 kernels.iter().position(|k| k.identity() == m.kernel).unwrap_or_default()
