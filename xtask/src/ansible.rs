@@ -76,6 +76,9 @@ pub fn run_play(playbook: &Path, port: u16, key: &Path, vars: &serde_json::Value
         .env("ANSIBLE_HOST_KEY_CHECKING", "False")
         .env("ANSIBLE_SSH_ARGS", "-o UserKnownHostsFile=/dev/null -o ConnectTimeout=30")
         .env("ANSIBLE_NOCOLOR", "1")
+        // One ssh round trip per task instead of several: the guest runs
+        // under emulation, where every process start counts.
+        .env("ANSIBLE_PIPELINING", "True")
         .env("ANSIBLE_LOCAL_TEMP", paths::cache().join("ansible-tmp"))
         .output()
         .context("run ansible-playbook")?;

@@ -95,7 +95,7 @@ pub fn run(stock: &Artifacts, opts: &VmOptions) -> anyhow::Result<ServerRuns> {
     fs::create_dir_all(dir.join("ssh"))?;
     exec(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&ssh_key))?;
     let core = core_artifact(stock, kmend, &dir.join("core"))?;
-    let (server, url) = feed(kmend, &[&core, artifact], &dir.join("feed"))?;
+    let (server, url) = feed(kmend, &[&core, artifact], &stock.kernel.release, &dir.join("feed"))?;
     let root = dir.join("root");
     let feed_root = dir.join("feed/metadata/1.root.json");
     populate(stock, &lower, &root, &deb, &feed_root, &url)?;
@@ -193,13 +193,21 @@ fn core_artifact(stock: &Artifacts, kmend: &Path, dir: &Path) -> anyhow::Result<
 /// A signed feed with the artifacts, served on a free loopback port; the
 /// URL the guest reaches it by (QEMU's user network maps 10.0.2.2 to the
 /// host's loopback).
-fn feed(kmend: &Path, artifacts: &[&Path], dir: &Path) -> anyhow::Result<(FeedServer, String)> {
+fn feed(kmend: &Path, artifacts: &[&Path], release: &str, dir: &Path) -> anyhow::Result<(FeedServer, String)> {
     let keys = dir.with_file_name("keys");
     fs::create_dir_all(&keys)?;
     let key = keys.join("feed.key");
     exec(Command::new(kmend).args(["feed", "keygen", "--out"]).arg(keys.join("feed")))?;
     exec(Command::new(kmend).args(["feed", "init", "--dir"]).arg(dir).arg("--root-key").arg(&key))?;
     exec(Command::new(kmend).args(["feed", "build", "--channel", "stable", "--dir"]).arg(dir).args(artifacts))?;
+    // Covered for 90 days, with one CVE (made up) that needs a reboot.
+    let until = crate::run::output(Command::new("date").args(["-u", "-d", "+90 days", "+%Y-%m-%dT%H:%M:%SZ"]))?;
+    exec(
+        Command::new(kmend)
+            .args(["feed", "coverage", "--channel", "stable", "--kernel", release, "--until", until.trim()])
+            .args(["--needs-reboot", "CVE-2026-99999=7.2.13", "--dir"])
+            .arg(dir),
+    )?;
     exec(Command::new(kmend).args(["feed", "sign", "--dir"]).arg(dir).arg("--key").arg(&key))?;
     let mut child = Command::new(kmend)
         .args(["feed", "serve", "--listen", "127.0.0.1:0", "--dir"])
