@@ -365,12 +365,30 @@ impl Agent {
 
     /// Checks the feed, downloads what the policy selects and applies it.
     /// Nothing is applied unless every download is complete and verified.
+    /// The outcome is kept in the state (metrics: `kmend_last_update_success`).
     pub fn update(&self, force: bool) -> Result<UpdateReport, AgentError> {
         self.require_feed()?;
         let _lock = self.lock()?;
         let mut state = State::load(&self.paths)?;
         self.recover(&mut state)?;
-        let (check, fetcher) = self.check_locked(&mut state, force, true)?;
+        let result = self.update_locked(&mut state, force);
+        let error = result.as_ref().err().map(|e| proxy::redact_text(&e.to_string()));
+        state.last_update = Some(state::UpdateOutcome { time: Timestamp::now(), error });
+        state.save(&self.paths)?;
+        result
+    }
+
+    /// Records the outcome of a `kmend verify` (under the lock, so that a
+    /// concurrent update does not lose it).
+    pub fn record_verification(&self, v: state::Verification) -> Result<(), AgentError> {
+        let _lock = self.lock()?;
+        let mut state = State::load(&self.paths)?;
+        state.record_verification(v);
+        Ok(state.save(&self.paths)?)
+    }
+
+    fn update_locked(&self, state: &mut State, force: bool) -> Result<UpdateReport, AgentError> {
+        let (check, fetcher) = self.check_locked(state, force, true)?;
         let mut ready = Vec::new();
         for entry in &check.plan.apply {
             ready.push((self.download(&fetcher, entry, &check.kernel)?, entry.released));
@@ -380,11 +398,11 @@ impl Agent {
         // returned, so the machine stays at the level it had.
         let mut applied: Vec<AppliedPatch> = Vec::new();
         for (artifact, released) in ready {
-            match self.install(&mut state, &artifact, Some(released), "apply") {
+            match self.install(state, &artifact, Some(released), "apply") {
                 Ok(record) => applied.push(record),
                 Err(e) => {
                     for done in applied.iter().rev() {
-                        if let Err(undo) = self.revert_locked(&mut state, &done.id, "rollback") {
+                        if let Err(undo) = self.revert_locked(state, &done.id, "rollback") {
                             tracing::error!("patch '{}' stays applied: rollback failed: {undo}", done.id);
                         }
                     }
@@ -397,7 +415,7 @@ impl Agent {
             let status = self.kernel.status()?;
             for id in &check.plan.supersede {
                 if status.patch(id).is_some() {
-                    self.revert_locked(&mut state, id, "supersede")?;
+                    self.revert_locked(state, id, "supersede")?;
                     superseded.push(id.clone());
                 }
             }

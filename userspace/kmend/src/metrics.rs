@@ -46,6 +46,11 @@ struct StateLabels {
     state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IdLabels {
+    id: String,
+}
+
 /// A gauge holding seconds (a timestamp or an age).
 type Seconds = Gauge<f64, AtomicU64>;
 
@@ -97,6 +102,22 @@ pub fn render(o: &Overview, now: Timestamp) -> String {
         state.get_or_create(&StateLabels { state: summary_name(s).to_owned() }).set(i64::from(s == o.summary));
     }
     r.register("state", "The state `kmend status` reports (1 for the current one)", state);
+    if let Some(u) = &o.last_update {
+        r.register("last_update_timestamp_seconds", "When the last update (daemon or by hand) ran", seconds(u.time.unix() as f64));
+        r.register("last_update_success", "Whether the last update succeeded (0: see `kmend status`, the journal)", gauge(i64::from(u.error.is_none())));
+    }
+    let verified = Family::<IdLabels, Gauge>::default();
+    let old_hits = Family::<IdLabels, Gauge>::default();
+    let verified_at = Family::<IdLabels, Seconds>::default();
+    for v in &o.verifications {
+        let id = IdLabels { id: v.id.clone() };
+        verified.get_or_create(&id).set(i64::from(v.proven));
+        old_hits.get_or_create(&id).set(i64::try_from(v.old_body_hits).unwrap_or(i64::MAX));
+        verified_at.get_or_create(&id).set(v.time.unix() as f64);
+    }
+    r.register("patch_verified", "Whether the last `kmend verify` of the patch proved it runs and the old code does not", verified);
+    r.register("patch_verify_old_body_hits", "Entries into the old body seen by the last `kmend verify` (should be 0)", old_hits);
+    r.register("patch_verified_timestamp_seconds", "When the patch was last verified", verified_at);
     let coverage = Family::<StateLabels, Gauge>::default();
     for s in [CoverageState::Covered, CoverageState::UpgradeRequired, CoverageState::EndOfLife, CoverageState::Unsupported, CoverageState::Unknown] {
         let name = serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();

@@ -108,6 +108,10 @@ pub struct Overview {
     pub pending: Vec<PatchEntry>,
     /// What live patches cover for this kernel (from the last check).
     pub coverage: CoverageReport,
+    /// How the last update went.
+    pub last_update: Option<crate::state::UpdateOutcome>,
+    /// The last `kmend verify` of each applied patch.
+    pub verifications: Vec<crate::state::Verification>,
     pub summary: Summary,
 }
 
@@ -149,6 +153,7 @@ impl Overview {
             Summary::UpToDate
         };
         let coverage = CoverageReport::of(state.last_check.as_ref(), Timestamp::now());
+        let verifications = state.verifications.iter().filter(|v| status.patch(&v.id).is_some()).cloned().collect();
         Ok(Self {
             version: status.version,
             core_loaded,
@@ -161,6 +166,8 @@ impl Overview {
             last_check: state.last_check,
             pending,
             coverage,
+            last_update: state.last_update,
+            verifications,
             summary,
         })
     }

@@ -60,6 +60,31 @@ pub struct State {
     /// boot); absent when kmend.ko came from elsewhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub core: Option<CoreModule>,
+    /// The outcome of the last `update` (the daemon's, or by hand).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update: Option<UpdateOutcome>,
+    /// The last `kmend verify` of each patch.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub verifications: Vec<Verification>,
+}
+
+/// How the last update went.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UpdateOutcome {
+    pub time: Timestamp,
+    /// `None`: it succeeded.
+    pub error: Option<String>,
+}
+
+/// The last eBPF verification of one patch.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Verification {
+    pub id: String,
+    pub time: Timestamp,
+    pub proven: bool,
+    /// Summed over the patch's functions.
+    pub replacement_hits: u64,
+    pub old_body_hits: u64,
 }
 
 /// The core module kmend loaded from a feed's core artifact.
@@ -226,6 +251,12 @@ impl State {
         self.applied.retain(|p| p.id != patch.id);
         self.blocked.retain(|b| b.id != patch.id);
         self.applied.push(patch);
+    }
+
+    /// Keeps `v` as the last verification of its patch.
+    pub fn record_verification(&mut self, v: Verification) {
+        self.verifications.retain(|o| o.id != v.id);
+        self.verifications.push(v);
     }
 
     /// Forgets `id`; returns its record.

@@ -322,3 +322,27 @@ fn metrics_show_what_status_shows_and_write_a_textfile() {
     assert_eq!(missing.code, 4, "{missing}");
     assert!(missing.stderr.contains("no/such/dir/kmend.prom") && missing.stderr.contains("write failed"), "{missing}");
 }
+
+#[test]
+fn metrics_say_whether_the_last_update_failed() {
+    // What an alert on the daemon's errors watches: the last update's
+    // outcome, kept until the next one.
+    let root = Root::new();
+    let work = tempfile::tempdir().unwrap();
+    let feed = Feed::new();
+    feed.publish("stable", &time_from_now(-3600), &[artifact(work.path(), &Patch::new("kp_a", 1))]);
+    let server = Server::start(&feed.root());
+    root.config(&feed.config(&server.url, ""));
+    assert!(!root.run(&["metrics"]).stdout.contains("kmend_last_update_success"), "no update yet");
+    let mut update = root.cmd(&["update"]);
+    update.env("KMEND_FAKE_LOAD_FAIL", "kp_a");
+    let failed = run(update);
+    assert_eq!(failed.code, 4, "{failed}");
+    let m = root.run(&["metrics"]).stdout;
+    assert!(m.contains("\nkmend_last_update_success 0\n"), "{m}");
+    assert!(m.contains("kmend_last_update_timestamp_seconds "), "{m}");
+    assert_eq!(root.run(&["update"]).code, 0);
+    assert!(root.run(&["metrics"]).stdout.contains("\nkmend_last_update_success 1\n"));
+    let status = root.run(&["status", "--json"]).json();
+    assert_eq!(status["last_update"]["error"], serde_json::Value::Null);
+}
