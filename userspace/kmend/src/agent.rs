@@ -465,17 +465,7 @@ impl Agent {
         if self.kernel.status()?.patch(&m.id).is_some() {
             return Err(AgentError::AlreadyApplied(m.id.clone()));
         }
-        let cache = self.paths.cache_dir();
-        let file = artifact.file_name();
-        let cached = cache.join(&file);
-        let bytes = artifact.to_bytes();
-        if fs::read(&cached).ok().as_deref() != Some(&bytes[..]) {
-            fsutil::write_atomic(&cached, &bytes).map_err(fsutil::at("write", &cached))?;
-        }
-        let mut module = fsutil::temp_in(&cache).map_err(fsutil::at("create temporary file in", &cache))?;
-        module.write_all(&artifact.module).map_err(fsutil::at("write", module.path()))?;
-        // Close it: the kernel refuses to load a file open for writing (ETXTBSY).
-        let module = module.into_temp_path();
+        let (file, bytes, module) = self.cache_and_stage(artifact)?;
         let marker = Marker {
             id: m.id.clone(),
             version: m.version,
@@ -496,6 +486,24 @@ impl Agent {
         self.journal(action, label, Some(m), Ok(()));
         tracing::info!("patch '{}' version {} applied", m.id, m.version);
         Ok(record)
+    }
+
+    /// Writes a verified artifact to the cache (for boot; unchanged bytes
+    /// are not rewritten) and its module to a closed temporary file there,
+    /// ready to load. Returns the cached file's name, its bytes and the
+    /// module's path (removed when dropped).
+    fn cache_and_stage(&self, artifact: &Artifact) -> Result<(String, Vec<u8>, tempfile::TempPath), AgentError> {
+        let cache = self.paths.cache_dir();
+        let file = artifact.file_name();
+        let cached = cache.join(&file);
+        let bytes = artifact.to_bytes();
+        if fs::read(&cached).ok().as_deref() != Some(&bytes[..]) {
+            fsutil::write_atomic(&cached, &bytes).map_err(fsutil::at("write", &cached))?;
+        }
+        let mut module = fsutil::temp_in(&cache).map_err(fsutil::at("create temporary file in", &cache))?;
+        module.write_all(&artifact.module).map_err(fsutil::at("write", module.path()))?;
+        // Closed: the kernel refuses to load a file open for writing (ETXTBSY).
+        Ok((file, bytes, module.into_temp_path()))
     }
 
     /// `kmend apply <artifact>`: verifies the artifact against the running

@@ -6,8 +6,6 @@
 //! before re-applying the patches. A kmend.ko loaded some other way (a
 //! local build, modules-load.d) is used as it is.
 
-use std::io::Write as _;
-
 use super::{
     Agent,
     AgentError,
@@ -76,17 +74,7 @@ impl Agent {
         let m = &artifact.manifest;
         let label = (CORE_ID, Some(m.version));
         self.check_kernel(artifact, &self.identity()?)?;
-        let cache = self.paths.cache_dir();
-        let file = artifact.file_name();
-        let cached = cache.join(&file);
-        let bytes = artifact.to_bytes();
-        if std::fs::read(&cached).ok().as_deref() != Some(&bytes[..]) {
-            fsutil::write_atomic(&cached, &bytes).map_err(fsutil::at("write", &cached))?;
-        }
-        let mut module = fsutil::temp_in(&cache).map_err(fsutil::at("create temporary file in", &cache))?;
-        module.write_all(&artifact.module).map_err(fsutil::at("write", module.path()))?;
-        // Closed: the kernel refuses a file open for writing (ETXTBSY).
-        let module = module.into_temp_path();
+        let (file, bytes, module) = self.cache_and_stage(artifact)?;
         if let Err(e) = self.kernel.load_core(&module) {
             self.journal(action, label, Some(m), Err(e.to_string()));
             return Err(e.into());
