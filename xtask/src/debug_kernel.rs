@@ -26,6 +26,7 @@ use crate::{
         jobs,
         make_in, //
     },
+    module_signing,
     paths,
     run::{
         exec_logged,
@@ -42,10 +43,20 @@ const FRAGMENT: &str = "vm-images/kernel.config";
 /// Configures and builds the debug kernel (or finds it up to date).
 pub fn build(chroot: &Chroot, src: &KernelSource) -> anyhow::Result<Kernel> {
     let repo = paths::repo();
-    let fragment = fs::read(repo.join(FRAGMENT)).with_context(|| format!("read {FRAGMENT}"))?;
+    let mut fragment = fs::read_to_string(repo.join(FRAGMENT)).with_context(|| format!("read {FRAGMENT}"))?;
+    // The kernel trusts the feed's module-signing certificate, as a
+    // machine that enrolled it does.
+    let cert = module_signing::certificate(&module_signing::key(chroot)?)?;
+    fragment.push_str(&format!("CONFIG_SYSTEM_TRUSTED_KEYS=\"{}\"\n", cert.display()));
+    let fragment = fragment.into_bytes();
     // Keyed by the options, not the comments around them.
     let options: Vec<&str> = std::str::from_utf8(&fragment)?.lines().map(str::trim).filter(|l| l.starts_with("CONFIG_")).collect();
-    let stamp_key = key(&[src.version.as_bytes(), options.join("\n").as_bytes(), chroot.toolchain_id()?.as_bytes()]);
+    let stamp_key = key(&[
+        src.version.as_bytes(),
+        options.join("\n").as_bytes(),
+        &fs::read(&cert)?,
+        chroot.toolchain_id()?.as_bytes(),
+    ]);
     let build = paths::cache().join(format!("build/debug-{}", src.version));
     let bzimage = build.join("arch/x86/boot/bzImage");
     let stamp = build.join(".kmend-stamp");

@@ -20,6 +20,7 @@ mod diff_patch;
 mod fixes;
 mod initramfs;
 mod kernel;
+mod module_signing;
 mod modules;
 mod package;
 mod package_test;

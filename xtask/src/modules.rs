@@ -17,6 +17,7 @@ use anyhow::Context as _;
 
 use crate::{
     kernel::Kernel,
+    module_signing,
     paths,
     run::exec_logged,
 };
@@ -27,6 +28,7 @@ pub struct Modules {
     /// Module.symvers of kmend.ko (what patch modules link against).
     pub kmend_symvers: PathBuf,
     /// Test fixtures (tests/modules): patch targets and the klp comparison.
+    /// All three are signed (see [`module_signing`]).
     pub fixtures: Vec<PathBuf>,
 }
 
@@ -39,10 +41,14 @@ pub fn build(kernel: &Kernel) -> anyhow::Result<Modules> {
     let fixtures_dir = kernel.out_dir("fixtures");
     mirror(&paths::repo().join("tests/modules"), &fixtures_dir)?;
     kbuild(kernel, &fixtures_dir, &[], &[], &format!("module-fixtures-{flavor}"))?;
+    let fixtures = ["kmend_testmod.ko", "klp_bench.ko"]
+        .iter()
+        .map(|m| module_signing::sign(kernel, &fixtures_dir.join(m)))
+        .collect::<anyhow::Result<_>>()?;
     Ok(Modules {
-        kmend: kernel.strip_debug(&dir.join("kmend.ko"))?,
+        kmend: module_signing::sign(kernel, &kernel.strip_debug(&dir.join("kmend.ko"))?)?,
         kmend_symvers: dir.join("Module.symvers"),
-        fixtures: ["kmend_testmod.ko", "klp_bench.ko"].iter().map(|m| fixtures_dir.join(m)).collect(),
+        fixtures,
     })
 }
 

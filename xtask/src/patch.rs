@@ -545,6 +545,8 @@ pub fn build(kernel: &Kernel, dir: &Path, extra_symbols: &Path, targets: &[PathB
         println!("xtask: {}: {moved} references resolved by the kernel when the module loads", spec.id);
         module = linked;
     }
+    // Signed last: the artifact's hash covers the signature too.
+    let module = crate::module_signing::sign(kernel, &module)?;
 
     let text = text_address(kernel)?;
     let mut functions = Vec::new();

@@ -135,6 +135,13 @@ pub fn boot(artifacts: &Artifacts, mode: &str, opts: &VmOptions, echo_all: bool,
         Flavor::Debug => "4",
         Flavor::Stock => "2",
     };
+    // The debug kernel enforces module signatures from the first instant,
+    // as a Secure Boot machine does (xtask/src/module_signing.rs); the stock
+    // kernel does not trust the feed's key, so it runs as Debian ships it.
+    let enforce = match artifacts.kernel.flavor {
+        Flavor::Debug => " module.sig_enforce=1",
+        Flavor::Stock => "",
+    };
 
     let mut qemu = Command::new("qemu-system-x86_64");
     qemu.args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
@@ -144,7 +151,7 @@ pub fn boot(artifacts: &Artifacts, mode: &str, opts: &VmOptions, echo_all: bool,
         .arg("-initrd")
         .arg(&initrd)
         .arg("-append")
-        .arg(format!("console=ttyS0 panic=-1 loglevel=7 {} kmend_guest={mode}", tsc_params()));
+        .arg(format!("console=ttyS0 panic=-1 loglevel=7 {}{enforce} kmend_guest={mode}", tsc_params()));
     if let Some(disk) = disk {
         // The guest's /var/lib/kmend, kept from one boot to the next.
         qemu.arg("-drive").arg(format!("file={},format=raw,if=virtio", disk.display()));

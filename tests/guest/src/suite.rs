@@ -35,7 +35,9 @@ pub fn run() {
     ];
     tests.extend(crate::core_suite::tests());
     tests.extend(crate::switch_suite::tests());
+    tests.extend(crate::fentry_suite::tests());
     tests.extend(crate::fix_suite::tests());
+    tests.extend(crate::signing_suite::first_boot_tests());
     tests.extend(crate::agent_suite::first_boot_tests());
     crate::harness::run_all(&tests);
 }
@@ -46,7 +48,10 @@ pub fn run_second_boot() {
         Ok(up) => crate::NETWORK_WAS_UP.store(up, std::sync::atomic::Ordering::Relaxed),
         Err(e) => println!("kmend-guest: second boot setup failed: {e}"),
     }
-    crate::harness::run_all(&crate::agent_suite::second_boot_tests());
+    let mut tests = crate::agent_suite::second_boot_tests();
+    // Last: lockdown cannot be lowered again.
+    tests.extend(crate::signing_suite::second_boot_tests());
+    crate::harness::run_all(&tests);
 }
 
 fn core_module_loads_and_unloads() -> TestResult {

@@ -30,12 +30,15 @@ pub mod exit;
 pub mod feed;
 pub mod fetch;
 pub mod fsutil;
+#[cfg(feature = "guest-fixtures")]
+pub mod guest_fixtures;
 pub mod identity;
 pub mod journal;
 pub mod kallsyms;
 pub mod kprobe_at;
 pub mod metrics;
 pub mod modinfo;
+pub mod module_signature;
 pub mod paths;
 pub mod policy;
 pub mod proxy;

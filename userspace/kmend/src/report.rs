@@ -112,6 +112,10 @@ pub struct Overview {
     pub last_update: Option<crate::state::UpdateOutcome>,
     /// The last `kmend verify` of each applied patch.
     pub verifications: Vec<crate::state::Verification>,
+    /// Whether the kernel loads only signed modules (Secure Boot lockdown,
+    /// `module.sig_enforce`): then the feed's modules must be signed by a
+    /// key it trusts.
+    pub module_signatures: crate::module_signature::Policy,
     pub summary: Summary,
 }
 
@@ -168,6 +172,7 @@ impl Overview {
             coverage,
             last_update: state.last_update,
             verifications,
+            module_signatures: crate::module_signature::Policy::read(paths),
             summary,
         })
     }

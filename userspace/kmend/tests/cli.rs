@@ -346,3 +346,46 @@ fn metrics_say_whether_the_last_update_failed() {
     let status = root.run(&["status", "--json"]).json();
     assert_eq!(status["last_update"]["error"], serde_json::Value::Null);
 }
+
+/// Appends a module signature trailer as `scripts/sign-file` lays it out
+/// (the bytes of the PKCS#7 message are not checked here: the kernel is the
+/// judge of those, as the VM suite's signing tests show).
+fn with_signature_trailer(mut ko: Vec<u8>, pkcs7: &[u8]) -> Vec<u8> {
+    ko.extend_from_slice(pkcs7);
+    ko.extend_from_slice(&[0, 0, 2, 0, 0, 0, 0, 0]);
+    ko.extend_from_slice(&(pkcs7.len() as u32).to_be_bytes());
+    ko.extend_from_slice(b"~Module signature appended~\n");
+    ko
+}
+
+#[test]
+fn publishers_see_which_modules_carry_no_signature() {
+    let work = tempfile::tempdir().unwrap();
+    let unsigned = artifact(work.path(), &Patch::new("kp_u", 1));
+    let plain = artifact(work.path(), &Patch::new("kp_s", 1));
+    // kp_s again, its module signed, packed from the same manifest.
+    let ko = work.path().join("kp_s.ko");
+    fs::write(&ko, with_signature_trailer(fs::read(&ko).unwrap(), b"pkcs7")).unwrap();
+    let signed = work.path().join("kp_s-signed.kmpatch");
+    let m = work.path().join("kp_s.json");
+    let r = kmend([Path::new("artifact"), Path::new("pack"), Path::new("--manifest"), &m, Path::new("--module"), &ko, Path::new("-o"), &signed]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_ne!(fs::read(&plain).unwrap(), fs::read(&signed).unwrap());
+
+    let r = kmend(["artifact", "inspect", unsigned.to_str().unwrap()]);
+    assert!(r.stdout.contains("module signature: none"), "{r}");
+    assert_eq!(kmend(["artifact", "inspect", unsigned.to_str().unwrap(), "--json"]).json()["module_signature"], serde_json::Value::Null);
+    let r = kmend(["artifact", "inspect", signed.to_str().unwrap()]);
+    assert!(r.stdout.contains("module signature: appended (PKCS#7, 5 bytes)"), "{r}");
+    assert_eq!(kmend(["artifact", "inspect", signed.to_str().unwrap(), "--json"]).json()["module_signature"]["len"], 5);
+
+    let feed = work.path().join("feed");
+    let r = kmend([
+        "feed", "build", "--dir", feed.to_str().unwrap(), "--channel", "stable", "--json",
+        unsigned.to_str().unwrap(), signed.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.json()["unsigned_modules"], serde_json::json!(["kp_u"]));
+    assert!(r.stderr.contains("warning: 'kp_u': its module carries no signature"), "{r}");
+    assert!(!r.stderr.contains("'kp_s'"), "{r}");
+}

@@ -34,7 +34,8 @@ pub fn run(command: ArtifactCommand, json: bool) -> anyhow::Result<Exit> {
             let a = Artifact::read(&file).with_context(|| format!("'{}'", file.display()))?;
             let m = &a.manifest;
             if json {
-                super::print_json(&json!({ "manifest": m, "module_size": a.module.len() }))?;
+                let signature = kmend::module_signature::appended(&a.module);
+                super::print_json(&json!({ "manifest": m, "module_size": a.module.len(), "module_signature": signature }))?;
             } else {
                 println!("id: {}", m.id);
                 println!("version: {}", m.version);
@@ -43,6 +44,10 @@ pub fn run(command: ArtifactCommand, json: bool) -> anyhow::Result<Exit> {
                 println!("cumulative: {}", if m.replace { "yes" } else { "no" });
                 println!("cves: {}", m.cves.join(", "));
                 println!("module: {} bytes, sha256 {}", a.module.len(), m.module_sha256);
+                match kmend::module_signature::appended(&a.module) {
+                    Some(s) => println!("module signature: appended (PKCS#7, {} bytes)", s.len),
+                    None => println!("module signature: none (loads only where the kernel does not enforce signatures)"),
+                }
                 println!("functions:");
                 for f in &m.functions {
                     println!("  {}:{} (sympos {}) -> {}", f.object, f.name, f.sympos, f.replacement);

@@ -86,6 +86,7 @@ pub fn run(output: Option<&Path>, json: bool) -> anyhow::Result<Exit> {
         ("kernel", format!("{identity}\n{} {} {} {} {}", u.sysname, u.nodename, u.release, u.version, u.machine)),
         ("config", config),
         ("kernel-status", status),
+        ("module-signatures", kmend::module_signature::Policy::read(&paths).describe()),
         ("state", read_or(&paths.state_file(), "(no state)")),
         ("applying", read_or(&paths.applying_marker(), "(no apply in progress)")),
         ("cache", cache.join("\n")),

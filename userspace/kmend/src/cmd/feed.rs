@@ -32,9 +32,14 @@ pub fn run(command: FeedCommand, json: bool) -> anyhow::Result<Exit> {
     match command {
         FeedCommand::Build { dir, channel, released, artifacts } => {
             let released = released.as_deref().map(Timestamp::parse).transpose()?.unwrap_or_else(Timestamp::now);
-            let listed = build::add(&dir, &channel, released, &artifacts)?;
+            let build::Added { listed, unsigned } = build::add(&dir, &channel, released, &artifacts)?;
+            for id in &unsigned {
+                eprintln!(
+                    "warning: '{id}': its module carries no signature: it will not load where the kernel insists on signed modules (Secure Boot). See agent.md, \"Secure Boot\""
+                );
+            }
             if json {
-                super::print_json(&json!({ "dir": dir, "channel": channel, "patches": listed }))?;
+                super::print_json(&json!({ "dir": dir, "channel": channel, "patches": listed, "unsigned_modules": unsigned }))?;
             } else {
                 println!("{}: channel '{channel}' lists {} patch(es); sign it with `kmend feed sign`", dir.display(), listed.len());
             }

@@ -38,6 +38,9 @@ pub fn run(json: bool) -> anyhow::Result<Exit> {
         println!("kmend.ko is not loaded: `kmend update` (or the daemon) loads the feed's core module for this kernel");
     }
     println!("coverage: {}", coverage_line(&o.coverage));
+    if o.module_signatures.insists() {
+        println!("{}: the feed's modules must be signed by a key this kernel trusts", o.module_signatures.describe());
+    }
     if !o.coverage.needs_reboot.is_empty() {
         let cves: Vec<&str> = o.coverage.needs_reboot.iter().map(|c| c.cve.as_str()).collect();
         println!("  {} known CVE(s) need a new kernel and a reboot: {} (`kmend cves`)", cves.len(), cves.join(", "));

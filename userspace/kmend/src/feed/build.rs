@@ -86,20 +86,33 @@ pub fn load_index(dir: &Path) -> Result<Index, BuildError> {
     }
 }
 
+/// What [`add`] did.
+pub struct Added {
+    /// Every entry the channel now lists.
+    pub listed: Vec<PatchEntry>,
+    /// Ids of the added artifacts whose module carries no signature: they
+    /// load only where the kernel does not insist on signatures.
+    pub unsigned: Vec<String>,
+}
+
 /// Adds artifacts to `channel` of the feed in `dir` (created if needed):
 /// copies each into `patches/`, lists it as released at `released`, and
 /// rewrites index.json. Nothing is published until `kmend feed sign`.
-pub fn add(dir: &Path, channel: &str, released: Timestamp, artifacts: &[PathBuf]) -> Result<Vec<PatchEntry>, BuildError> {
+pub fn add(dir: &Path, channel: &str, released: Timestamp, artifacts: &[PathBuf]) -> Result<Added, BuildError> {
     if !CHANNELS.contains(&channel) {
         return Err(BuildError::Channel(channel.to_owned()));
     }
     let mut index = load_index(dir)?;
     let patch_dir = dir.join(PATCH_DIR);
     fs::create_dir_all(&patch_dir).map_err(fsutil::at("create directory", &patch_dir))?;
+    let mut unsigned = Vec::new();
     for path in artifacts {
         let bytes = fs::read(path).map_err(fsutil::at("read", path))?;
         let artifact =
             Artifact::from_bytes(&bytes).map_err(|source| BuildError::Artifact { path: path.clone(), source })?;
+        if crate::module_signature::appended(&artifact.module).is_none() {
+            unsigned.push(artifact.manifest.id.clone());
+        }
         let name = artifact.file_name();
         let dest = patch_dir.join(&name);
         write_public(&dest, &bytes)?;
@@ -110,7 +123,8 @@ pub fn add(dir: &Path, channel: &str, released: Timestamp, artifacts: &[PathBuf]
     let path = dir.join(INDEX);
     write_public(&path, &index.to_bytes())?;
     let kernels = index.channels.get(channel).map(|c| c.kernels.as_slice()).unwrap_or_default();
-    Ok(kernels.iter().flat_map(|k| k.core.iter().chain(&k.patches).cloned()).collect())
+    let listed = kernels.iter().flat_map(|k| k.core.iter().chain(&k.patches).cloned()).collect();
+    Ok(Added { listed, unsigned })
 }
 
 /// Sets the coverage of kernel `release` on `channel` of the feed in `dir`

@@ -51,6 +51,14 @@ pub enum SysError {
         #[source]
         source: io::Error,
     },
+    #[error("patch '{id}': the kernel refused to load '{}': {why} ({source}). {}", .path.display(), crate::module_signature::REMEDY)]
+    Signature {
+        id: String,
+        path: PathBuf,
+        why: String,
+        #[source]
+        source: io::Error,
+    },
     #[error("invalid patch id '{0}': 1 to 63 characters of [A-Za-z0-9_.-]")]
     BadId(String),
     #[error("{0}")]
@@ -181,6 +189,10 @@ pub(crate) fn load_module(path: &Path, id: &str) -> Result<(), SysError> {
     };
     if ret != 0 {
         let source = io::Error::last_os_error();
+        let policy = crate::module_signature::Policy::read(&Paths::from_env());
+        if let Some(why) = crate::module_signature::refusal(&source, &policy) {
+            return Err(SysError::Signature { id: id.to_owned(), path: path.to_owned(), why, source });
+        }
         return Err(SysError::Patch { op: "load", id: id.to_owned(), hint: errno_hint(&source), source });
     }
     Ok(())
