@@ -113,6 +113,20 @@ pub enum Command {
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         window: Duration,
     },
+    /// Register this host with a fleet server, with its group's key; the
+    /// daemon then checks in after every cycle (docs/fleet.md).
+    Register {
+        /// The group's registration key (`kmend-fleet group add` prints it).
+        key: String,
+        /// The fleet server's URL, e.g. `https://fleet.example:8470`.
+        #[arg(long)]
+        server: String,
+        /// The name the server shows (default: this host's name).
+        #[arg(long)]
+        hostname: Option<String>,
+    },
+    /// Send this host's status to its fleet server now.
+    Checkin,
     /// Print a shell completion script for bash, zsh or fish.
     Completions {
         /// The shell.

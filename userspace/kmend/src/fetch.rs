@@ -183,6 +183,24 @@ impl Fetcher {
         Ok(out)
     }
 
+    /// POSTs `body` as JSON to `rel` (HTTP only), with `bearer` as the
+    /// `Authorization` token; returns the status code and at most `limit`
+    /// bytes of the answer.
+    pub fn post_json(&self, rel: &str, body: &serde_json::Value, bearer: Option<&str>, limit: u64) -> Result<(u16, Vec<u8>), FetchError> {
+        let url = self.url_of(rel);
+        let Some(agent) = &self.agent else { return Err(FetchError::BadUrl(url)) };
+        let mut request = agent.post(&url).header("content-type", "application/json");
+        if let Some(token) = bearer {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        let response = request.send(&serde_json::to_vec(body).unwrap_or_default()[..]).map_err(|e| self.network_error(&url, e))?;
+        let code = response.status().as_u16();
+        let mut answer = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(response.into_body().into_reader(), limit), &mut answer)
+            .map_err(|source| FetchError::Read { url, source })?;
+        Ok((code, answer))
+    }
+
     /// Streams `rel`, which must be exactly `size` bytes, into `out`.
     pub fn download(&self, rel: &str, size: u64, out: &mut dyn Write) -> Result<(), FetchError> {
         self.copy(self.url_of(rel), Some(size), size, out).map(|_| ())

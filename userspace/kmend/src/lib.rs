@@ -29,6 +29,7 @@ pub mod duration;
 pub mod exit;
 pub mod feed;
 pub mod fetch;
+pub mod fleet;
 pub mod fsutil;
 #[cfg(feature = "guest-fixtures")]
 pub mod guest_fixtures;

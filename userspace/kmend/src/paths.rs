@@ -68,6 +68,11 @@ impl Paths {
         self.at("/dev/kmsg")
     }
 
+    /// A registered host's fleet credentials (server, host id, token).
+    pub fn fleet_file(&self) -> PathBuf {
+        self.state_dir().join("fleet.json")
+    }
+
     /// The control device of kmend.ko.
     pub fn control_device(&self) -> PathBuf {
         self.at(kmend_common::uapi::CONTROL_DEVICE)

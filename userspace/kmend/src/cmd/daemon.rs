@@ -83,6 +83,12 @@ fn cycle() -> Cycle {
             false
         }
     };
+    // The fleet server hears about every cycle; when it is down, patching
+    // goes on and only this is logged.
+    match super::fleet::check_in_if_registered(&Paths::from_env()) {
+        Ok(_) => {}
+        Err(e) => tracing::warn!("fleet check-in failed: {}", kmend::proxy::redact_text(&format!("{e:#}"))),
+    }
     if let Some(file) = &agent.config.metrics_textfile {
         let written = super::metrics::text(&Paths::from_env()).and_then(|t| super::metrics::write(std::path::Path::new(file), &t));
         if let Err(e) = written {

@@ -18,6 +18,7 @@ mod boot;
 mod daemon;
 mod doctor;
 mod feed;
+mod fleet;
 mod inspect;
 mod manual;
 mod metrics;
@@ -48,6 +49,8 @@ pub fn run(args: Args) -> anyhow::Result<Exit> {
         Command::Daemon => daemon::run(json),
         Command::Boot => boot::run(json),
         Command::Verify { id, window } => verify::run(&id, window, json),
+        Command::Register { key, server, hostname } => fleet::register(&key, &server, hostname.as_deref(), json),
+        Command::Checkin => fleet::checkin(json),
         Command::Completions { shell } => manual::completions(shell),
         Command::Manpages { dir } => manual::manpages(&dir, json),
         Command::Artifact(c) => artifact::run(c, json),

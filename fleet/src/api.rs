@@ -1,0 +1,159 @@
+//! The HTTP API (JSON), under `/api/v1`:
+//!
+//! | method, path | who | what |
+//! |---|---|---|
+//! | `POST /api/v1/register` `{"key","hostname"}` | a host with its group's key | `201 {"host_id","token"}`; 401 for an unknown key |
+//! | `POST /api/v1/checkin` (any JSON object: `kmend status --json`) | a host, `Authorization: Bearer <token>` | 204; 401 for an unknown or revoked token |
+//! | `GET /api/v1/hosts` | admin token | every host with its last report |
+//! | `POST /api/v1/hosts/{id}/revoke` | admin token | 204; 404 unknown host |
+//! | `GET /healthz` | anyone | `ok` |
+//!
+//! Errors are `{"error": "..."}` with the status code.
+
+use std::sync::Arc;
+
+use axum::{
+    Json,
+    Router,
+    extract::{
+        Path,
+        State, //
+    },
+    http::{
+        HeaderMap,
+        StatusCode,
+        header, //
+    },
+    response::{
+        IntoResponse,
+        Response, //
+    },
+    routing::{
+        get,
+        post, //
+    },
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{
+    db::{
+        Db,
+        DbError, //
+    },
+    secret,
+};
+
+/// Largest request body accepted (a report of a host with many patches
+/// is a few KiB).
+const BODY_LIMIT: usize = 256 * 1024;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    /// SHA-256 of the admin token.
+    pub admin_digest: Arc<str>,
+}
+
+/// The API's routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/api/v1/register", post(register))
+        .route("/api/v1/checkin", post(check_in))
+        .route("/api/v1/hosts", get(hosts))
+        .route("/api/v1/hosts/{id}/revoke", post(revoke))
+        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state)
+}
+
+/// An error answer.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        tracing::error!("{e}");
+        Self(StatusCode::INTERNAL_SERVER_ERROR, "database error (see the server log)".into())
+    }
+}
+
+/// Runs a database call off the async threads.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, DbError> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("database task failed: {e}")))?
+        .map_err(ApiError::from)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
+}
+
+fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
+    match bearer(headers) {
+        Some(t) if secret::same(&secret::digest(t), &state.admin_digest) => Ok(()),
+        _ => Err(ApiError(StatusCode::UNAUTHORIZED, "admin token required (Authorization: Bearer <token>)".into())),
+    }
+}
+
+#[derive(Deserialize)]
+struct Registration {
+    key: String,
+    hostname: String,
+}
+
+async fn register(State(state): State<AppState>, Json(r): Json<Registration>) -> Result<Response, ApiError> {
+    if r.hostname.is_empty() || r.hostname.len() > 253 {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "hostname: 1 to 253 characters".into()));
+    }
+    let db = state.db.clone();
+    match blocking(move || db.register(&r.key, &r.hostname)).await? {
+        Some((host_id, token)) => Ok((StatusCode::CREATED, Json(json!({ "host_id": host_id, "token": token }))).into_response()),
+        None => Err(ApiError(StatusCode::UNAUTHORIZED, "unknown registration key".into())),
+    }
+}
+
+async fn check_in(State(state): State<AppState>, headers: HeaderMap, Json(report): Json<serde_json::Value>) -> Result<StatusCode, ApiError> {
+    let token = bearer(&headers).ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "host token required".into()))?.to_owned();
+    if !report.is_object() {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "a check-in is a JSON object (kmend status --json)".into()));
+    }
+    let db = state.db.clone();
+    match blocking(move || db.check_in(&token, &report)).await? {
+        Some(_) => Ok(StatusCode::NO_CONTENT),
+        None => Err(ApiError(StatusCode::UNAUTHORIZED, "unknown or revoked host token: register again".into())),
+    }
+}
+
+async fn hosts(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let db = state.db.clone();
+    let hosts = blocking(move || db.hosts()).await?;
+    Ok(Json(json!({ "hosts": hosts })).into_response())
+}
+
+async fn revoke(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<StatusCode, ApiError> {
+    require_admin(&state, &headers)?;
+    let db = state.db.clone();
+    if blocking(move || db.revoke(id, "admin")).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError(StatusCode::NOT_FOUND, format!("no host {id} with a live token")))
+    }
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}

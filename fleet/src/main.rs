@@ -1,0 +1,110 @@
+//! `kmend-fleet`: the fleet server's command line (docs/fleet.md).
+//!
+//! Exit codes: 0 success, 1 failure (the message says what and why), 2 bad
+//! command line.
+
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::Arc,
+};
+
+use anyhow::Context as _;
+use clap::{
+    Parser,
+    Subcommand, //
+};
+use kmend_fleet::{
+    api::AppState,
+    db::Db,
+    secret,
+};
+
+#[derive(Parser)]
+#[command(name = "kmend-fleet", version, about = "kmend's fleet server: hosts register, check in, and are listed")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API until SIGTERM or SIGINT.
+    Serve {
+        /// The SQLite database file (created if missing).
+        #[arg(long)]
+        db: PathBuf,
+        /// Address to listen on (loopback by default; put TLS in front).
+        #[arg(long, default_value = "127.0.0.1:8470")]
+        listen: String,
+        /// File holding the admin token (at least 32 characters), e.g.
+        /// `openssl rand -hex 32`.
+        #[arg(long)]
+        admin_token_file: PathBuf,
+    },
+    /// Manage groups.
+    #[command(subcommand)]
+    Group(GroupCommand),
+    /// Print the audit log.
+    Audit {
+        #[arg(long)]
+        db: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum GroupCommand {
+    /// Create a group and print its registration key (shown once).
+    Add {
+        #[arg(long)]
+        db: PathBuf,
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_target(false).init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kmend-fleet: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { db, listen, admin_token_file } => {
+            let token = std::fs::read_to_string(&admin_token_file)
+                .with_context(|| format!("'{}': read the admin token", admin_token_file.display()))?;
+            let token = token.trim();
+            anyhow::ensure!(token.len() >= 32, "'{}': the admin token must have at least 32 characters", admin_token_file.display());
+            let state = AppState { db: Db::open(&db)?, admin_digest: Arc::from(secret::digest(token)) };
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listen on {listen}"))?;
+                println!("{}", serde_json::json!({ "listening": listener.local_addr()?.to_string() }));
+                let shutdown = async {
+                    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+                    }
+                };
+                kmend_fleet::api::serve(listener, state, shutdown).await.context("serve")
+            })
+        }
+        Command::Group(GroupCommand::Add { db, name }) => {
+            let key = Db::open(&db)?.add_group(&name, "cli")?;
+            println!("{key}");
+            Ok(())
+        }
+        Command::Audit { db } => {
+            for (time, actor, action, detail) in Db::open(&db)?.audit_log()? {
+                println!("{time} {actor} {action} {detail}");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The agent and the fleet server together (issue #12, first step): a real
+//! kmend-fleet (its library's server, in this process, on loopback HTTP,
+//! with a real SQLite file) and the real `kmend` binary on a machine whose
+//! kernel is kmend's test double (tests/util/mod.rs says why).
+
+mod util;
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    process::Stdio,
+    sync::Arc,
+    time::Duration,
+};
+
+use kmend_fleet::{
+    api::AppState,
+    db::Db,
+};
+use util::*;
+
+const ADMIN: &str = "admin-token-0123456789abcdef0123456789";
+
+/// A fleet server on a loopback port, stopped on drop.
+struct Fleet {
+    url: String,
+    db: Db,
+    _dir: tempfile::TempDir,
+    runtime: Option<tokio::runtime::Runtime>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Fleet {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&dir.path().join("fleet.sqlite")).unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let state = AppState { db: db.clone(), admin_digest: Arc::from(kmend_fleet::secret::digest(ADMIN)) };
+        runtime.spawn(kmend_fleet::api::serve(listener, state, async {
+            let _ = stopped.await;
+        }));
+        Self { url, db, _dir: dir, runtime: Some(runtime), stop: Some(stop) }
+    }
+
+    /// `GET /api/v1/hosts` with `token`: (status, body).
+    fn hosts(&self, token: Option<&str>) -> (u16, serde_json::Value) {
+        let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
+        let mut req = agent.get(format!("{}/api/v1/hosts", self.url));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let mut resp = req.call().unwrap();
+        let code = resp.status().as_u16();
+        (code, serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap())
+    }
+
+    fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_timeout(Duration::from_secs(5));
+        }
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn a_host_registers_checks_in_and_is_listed_until_revoked() {
+    let mut fleet = Fleet::start();
+    let key = fleet.db.add_group("prod", "test").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let root = Root::new();
+    let a = artifact(work.path(), &Patch { cves: &["CVE-2026-7"], ..Patch::new("kp_a", 3) });
+    assert_eq!(root.run(&["apply", a.to_str().unwrap()]).code, 0);
+
+    // A wrong key: refused, said plainly, nothing kept.
+    let r = root.run(&["register", "kmg_wrong", "--server", &fleet.url]);
+    assert_eq!(r.code, 4, "{r}");
+    assert!(r.stderr.contains("registration refused (HTTP 401): unknown registration key"), "{r}");
+    assert!(!root.path("var/lib/kmend/fleet.json").exists());
+
+    let r = root.run(&["register", &key, "--server", &fleet.url, "--hostname", "web1", "--json"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.json()["checked_in"], true);
+    let creds = root.path("var/lib/kmend/fleet.json");
+    assert_eq!(std::fs::metadata(&creds).unwrap().permissions().mode() & 0o777, 0o600);
+    assert!(!std::fs::read_to_string(&creds).unwrap().contains(&key), "the group key was stored");
+
+    // The server lists it with what the host runs, to the admin only.
+    assert_eq!(fleet.hosts(None).0, 401);
+    assert_eq!(fleet.hosts(Some("not-the-admin-token-0123456789abcdef")).0, 401);
+    let (code, body) = fleet.hosts(Some(ADMIN));
+    assert_eq!(code, 200, "{body}");
+    let host = &body["hosts"][0];
+    assert_eq!((host["group"].as_str(), host["hostname"].as_str()), (Some("prod"), Some("web1")));
+    let report = &host["report"];
+    assert_eq!(report["kernel"]["build_id"], BUILD_ID);
+    assert_eq!(report["effective_version"], format!("{RELEASE}-kmend3"));
+    assert_eq!(report["patches"][0]["id"], "kp_a");
+    let first = host["last_checkin"].as_str().unwrap().to_owned();
+
+    // A later check-in replaces the report.
+    assert_eq!(root.run(&["revert", "kp_a"]).code, 0);
+    std::thread::sleep(Duration::from_millis(1100));
+    let r = root.run(&["checkin"]);
+    assert_eq!(r.code, 0, "{r}");
+    let (_, body) = fleet.hosts(Some(ADMIN));
+    assert_eq!(body["hosts"][0]["report"]["patches"], serde_json::json!([]));
+    assert_ne!(body["hosts"][0]["last_checkin"].as_str().unwrap(), first);
+
+    // Revoked: its check-ins are refused, and it is told what to do.
+    let id = host["id"].as_i64().unwrap();
+    assert!(fleet.db.revoke(id, "test").unwrap());
+    let r = root.run(&["checkin"]);
+    assert_eq!(r.code, 4, "{r}");
+    assert!(r.stderr.contains("unknown or revoked host token: register again"), "{r}");
+    let actions: Vec<String> = fleet.db.audit_log().unwrap().into_iter().map(|a| a.2).collect();
+    assert_eq!(actions, ["group-add", "register", "revoke"]);
+
+    // The server gone: the check-in fails naming it; the machine is fine.
+    fleet.stop();
+    let r = root.run(&["checkin"]);
+    assert_eq!(r.code, 4, "{r}");
+    assert!(r.stderr.contains(&format!("fleet server {}", fleet.url)), "{r}");
+    assert_eq!(root.run(&["status"]).code, 1);
+}
+
+#[test]
+fn checkin_without_registration_says_how_to_register() {
+    let root = Root::new();
+    let r = root.run(&["checkin"]);
+    assert_eq!(r.code, 4, "{r}");
+    assert!(r.stderr.contains("run `kmend register <group key> --server <url>`"), "{r}");
+}
+
+#[test]
+fn the_daemon_checks_in_after_each_cycle_and_an_unreachable_server_does_not_stop_patching() {
+    let fleet = Fleet::start();
+    let key = fleet.db.add_group("ha", "test").unwrap();
+    let root = Root::new();
+    let work = tempfile::tempdir().unwrap();
+    let feed = Feed::new();
+    feed.publish("stable", &time_from_now(-86400), &[artifact(work.path(), &Patch::new("kp_a", 1))]);
+    let server = Server::start(&feed.root());
+    root.config(&feed.config(&server.url, "interval = \"1s\"\njitter = \"0\"\nauto_update = true"));
+    assert_eq!(root.run(&["register", &key, "--server", &fleet.url]).code, 0);
+    let mut child = root.cmd(&["daemon"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for("the daemon to apply kp_a and report it", Duration::from_secs(30), || {
+        let (_, body) = fleet.hosts(Some(ADMIN));
+        body["hosts"][0]["report"]["patches"][0]["id"] == "kp_a"
+    });
+    // Point the registration at a port nobody listens on: the daemon logs
+    // the failed check-in and goes on patching.
+    let creds = root.path("var/lib/kmend/fleet.json");
+    let mut reg: serde_json::Value = serde_json::from_slice(&std::fs::read(&creds).unwrap()).unwrap();
+    reg["server"] = serde_json::json!("http://127.0.0.1:9");
+    std::fs::write(&creds, serde_json::to_vec(&reg).unwrap()).unwrap();
+    feed.publish("stable", &time_from_now(-60), &[artifact(work.path(), &Patch { function: "f2", ..Patch::new("kp_b", 1) })]);
+    wait_for("the daemon to apply kp_b", Duration::from_secs(30), || root.applied() == ["kp_a", "kp_b"]);
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    assert!(log.contains("fleet check-in failed: fleet server http://127.0.0.1:9"), "{log}");
+}
