@@ -4,8 +4,9 @@
 //! |---|---|---|
 //! | `POST /api/v1/register` `{"key","hostname"}` | a host with its group's key | `201 {"host_id","token"}`; 401 for an unknown key |
 //! | `POST /api/v1/checkin` (any JSON object: `kmend status --json`) | a host, `Authorization: Bearer <token>` | 204; 401 for an unknown or revoked token |
-//! | `GET /api/v1/hosts` | admin token | every host with its last report |
+//! | `GET /api/v1/hosts` | admin token | every host with its last report and its drift |
 //! | `POST /api/v1/hosts/{id}/revoke` | admin token | 204; 404 unknown host |
+//! | `GET /metrics` | admin token | Prometheus text: hosts, drifting hosts, check-in times |
 //! | `GET /healthz` | anyone | `ok` |
 //!
 //! Errors are `{"error": "..."}` with the status code.
@@ -64,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/checkin", post(check_in))
         .route("/api/v1/hosts", get(hosts))
         .route("/api/v1/hosts/{id}/revoke", post(revoke))
+        .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
@@ -136,7 +138,24 @@ async fn hosts(State(state): State<AppState>, headers: HeaderMap) -> Result<Resp
     require_admin(&state, &headers)?;
     let db = state.db.clone();
     let hosts = blocking(move || db.hosts()).await?;
+    let drift = crate::drift::drift(&hosts);
+    let hosts: Vec<serde_json::Value> = hosts
+        .iter()
+        .map(|h| {
+            let mut v = serde_json::to_value(h).unwrap_or_default();
+            v["drift"] = json!(drift.get(&h.id).cloned().unwrap_or_default());
+            v
+        })
+        .collect();
     Ok(Json(json!({ "hosts": hosts })).into_response())
+}
+
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let db = state.db.clone();
+    let hosts = blocking(move || db.hosts()).await?;
+    let text = crate::metrics::render(&hosts, jiff::Timestamp::now());
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 async fn revoke(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<StatusCode, ApiError> {

@@ -44,16 +44,21 @@ impl Fleet {
         Self { url, db, _dir: dir, runtime: Some(runtime), stop: Some(stop) }
     }
 
-    /// `GET /api/v1/hosts` with `token`: (status, body).
-    fn hosts(&self, token: Option<&str>) -> (u16, serde_json::Value) {
+    /// `GET <path>` with `token`: (status, body text).
+    fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
         let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
-        let mut req = agent.get(format!("{}/api/v1/hosts", self.url));
+        let mut req = agent.get(format!("{}{path}", self.url));
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
         let mut resp = req.call().unwrap();
-        let code = resp.status().as_u16();
-        (code, serde_json::from_str(&resp.body_mut().read_to_string().unwrap()).unwrap())
+        (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap())
+    }
+
+    /// `GET /api/v1/hosts` with `token`: (status, body).
+    fn hosts(&self, token: Option<&str>) -> (u16, serde_json::Value) {
+        let (code, body) = self.get("/api/v1/hosts", token);
+        (code, serde_json::from_str(&body).unwrap())
     }
 
     fn stop(&mut self) {
@@ -172,4 +177,38 @@ fn the_daemon_checks_in_after_each_cycle_and_an_unreachable_server_does_not_stop
     let mut log = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
     assert!(log.contains("fleet check-in failed: fleet server http://127.0.0.1:9"), "{log}");
+}
+
+#[test]
+fn the_host_left_behind_is_flagged_as_drift_in_the_api_and_metrics() {
+    let fleet = Fleet::start();
+    let key = fleet.db.add_group("db", "test").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let a = artifact(work.path(), &Patch::new("kp_a", 3));
+    let roots: Vec<Root> = (0..3).map(|_| Root::new()).collect();
+    for (i, root) in roots.iter().enumerate() {
+        // db1 and db2 took the patch, db3 did not.
+        if i < 2 {
+            assert_eq!(root.run(&["apply", a.to_str().unwrap()]).code, 0);
+        }
+        let r = root.run(&["register", &key, "--server", &fleet.url, "--hostname", &format!("db{}", i + 1)]);
+        assert_eq!(r.code, 0, "{r}");
+    }
+    let (_, body) = fleet.hosts(Some(ADMIN));
+    let drift: Vec<(String, serde_json::Value)> =
+        body["hosts"].as_array().unwrap().iter().map(|h| (h["hostname"].as_str().unwrap().to_owned(), h["drift"].clone())).collect();
+    assert_eq!(
+        drift,
+        [
+            ("db1".to_owned(), serde_json::json!([])),
+            ("db2".to_owned(), serde_json::json!([])),
+            ("db3".to_owned(), serde_json::json!(["patch level"])),
+        ]
+    );
+    assert_eq!(fleet.get("/metrics", None).0, 401);
+    let (code, text) = fleet.get("/metrics", Some(ADMIN));
+    assert_eq!(code, 200, "{text}");
+    assert!(text.contains("kmend_fleet_hosts{group=\"db\"} 3"), "{text}");
+    assert!(text.contains("kmend_fleet_hosts_drifting{group=\"db\"} 1"), "{text}");
+    assert!(text.contains("kmend_fleet_host_last_checkin_age_seconds{group=\"db\",hostname=\"db3\"}"), "{text}");
 }
