@@ -6,6 +6,7 @@
 //! | `POST /api/v1/checkin` (any JSON object: `kmend status --json`) | a host, `Authorization: Bearer <token>` | 204; 401 for an unknown or revoked token |
 //! | `GET /api/v1/hosts` | admin token | every host with its last report and its drift |
 //! | `POST /api/v1/hosts/{id}/revoke` | admin token | 204; 404 unknown host |
+//! | `GET /api/v1/check[?group=G]` | admin token | Nagios-style line: OK, WARNING (drift), CRITICAL (silent hosts) |
 //! | `GET /metrics` | admin token | Prometheus text: hosts, drifting hosts, check-in times |
 //! | `GET /healthz` | anyone | `ok` |
 //!
@@ -18,6 +19,7 @@ use axum::{
     Router,
     extract::{
         Path,
+        Query,
         State, //
     },
     http::{
@@ -55,6 +57,15 @@ pub struct AppState {
     pub db: Db,
     /// SHA-256 of the admin token.
     pub admin_digest: Arc<str>,
+    /// A host that has not checked in for this long is silent.
+    pub silent_after: jiff::SignedDuration,
+}
+
+impl AppState {
+    /// Whether `host` has been silent for longer than allowed at `now`.
+    fn silent(&self, host: &crate::db::Host, now: jiff::Timestamp) -> bool {
+        crate::drift::silent(host, now, self.silent_after)
+    }
 }
 
 /// The API's routes.
@@ -65,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/checkin", post(check_in))
         .route("/api/v1/hosts", get(hosts))
         .route("/api/v1/hosts/{id}/revoke", post(revoke))
+        .route("/api/v1/check", get(check))
         .route("/metrics", get(metrics))
         .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
@@ -139,11 +151,13 @@ async fn hosts(State(state): State<AppState>, headers: HeaderMap) -> Result<Resp
     let db = state.db.clone();
     let hosts = blocking(move || db.hosts()).await?;
     let drift = crate::drift::drift(&hosts);
+    let now = jiff::Timestamp::now();
     let hosts: Vec<serde_json::Value> = hosts
         .iter()
         .map(|h| {
             let mut v = serde_json::to_value(h).unwrap_or_default();
             v["drift"] = json!(drift.get(&h.id).cloned().unwrap_or_default());
+            v["silent"] = json!(state.silent(h, now));
             v
         })
         .collect();
@@ -154,8 +168,42 @@ async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Re
     require_admin(&state, &headers)?;
     let db = state.db.clone();
     let hosts = blocking(move || db.hosts()).await?;
-    let text = crate::metrics::render(&hosts, jiff::Timestamp::now());
+    let text = crate::metrics::render(&hosts, jiff::Timestamp::now(), state.silent_after);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+#[derive(Deserialize)]
+struct CheckQuery {
+    group: Option<String>,
+}
+
+/// A Nagios-style check: one line, `KMEND-FLEET OK|WARNING|CRITICAL - …`,
+/// then performance data after `|`. Silent hosts are critical, drifting
+/// ones a warning.
+async fn check(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<CheckQuery>) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let db = state.db.clone();
+    let all = blocking(move || db.hosts()).await?;
+    let drift = crate::drift::drift(&all);
+    let now = jiff::Timestamp::now();
+    let hosts: Vec<_> = all.iter().filter(|h| h.revoked.is_none() && q.group.as_ref().is_none_or(|g| &h.group == g)).collect();
+    let silent: Vec<&str> = hosts.iter().filter(|h| state.silent(h, now)).map(|h| h.hostname.as_str()).collect();
+    let drifting: Vec<&str> = hosts.iter().filter(|h| drift.contains_key(&h.id)).map(|h| h.hostname.as_str()).collect();
+    let scope = q.group.as_deref().map_or_else(|| "all groups".to_owned(), |g| format!("group {g}"));
+    let (word, what) = if !silent.is_empty() {
+        ("CRITICAL", format!("{} silent ({}), {} drifting", silent.len(), silent.join(", "), drifting.len()))
+    } else if !drifting.is_empty() {
+        ("WARNING", format!("{} drifting ({})", drifting.len(), drifting.join(", ")))
+    } else {
+        ("OK", format!("{} hosts checking in, none drifting", hosts.len()))
+    };
+    let line = format!(
+        "KMEND-FLEET {word} - {scope}: {what} | hosts={} silent={} drifting={}\n",
+        hosts.len(),
+        silent.len(),
+        drifting.len()
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain")], line).into_response())
 }
 
 async fn revoke(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<StatusCode, ApiError> {

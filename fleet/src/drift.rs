@@ -11,6 +11,13 @@ use std::collections::HashMap;
 
 use crate::db::Host;
 
+/// Whether `host` (live) has not checked in for longer than `after` at
+/// `now` (never checking in after registering counts from registration).
+pub fn silent(host: &Host, now: jiff::Timestamp, after: jiff::SignedDuration) -> bool {
+    let last = host.last_checkin.as_deref().unwrap_or(&host.registered);
+    host.revoked.is_none() && last.parse::<jiff::Timestamp>().is_ok_and(|t| now.duration_since(t) > after)
+}
+
 /// What differs from the group's reference, per host id.
 pub fn drift(hosts: &[Host]) -> HashMap<i64, Vec<&'static str>> {
     let mut by_group: HashMap<&str, Vec<&Host>> = HashMap::new();

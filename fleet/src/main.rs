@@ -41,6 +41,10 @@ enum Command {
         /// `openssl rand -hex 32`.
         #[arg(long)]
         admin_token_file: PathBuf,
+        /// A host that has not checked in for this long is silent
+        /// (critical in the check endpoint), e.g. `12h`, `30m`.
+        #[arg(long, default_value = "12h")]
+        silent_after: jiff::SignedDuration,
     },
     /// Manage groups.
     #[command(subcommand)]
@@ -75,12 +79,12 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { db, listen, admin_token_file } => {
+        Command::Serve { db, listen, admin_token_file, silent_after } => {
             let token = std::fs::read_to_string(&admin_token_file)
                 .with_context(|| format!("'{}': read the admin token", admin_token_file.display()))?;
             let token = token.trim();
             anyhow::ensure!(token.len() >= 32, "'{}': the admin token must have at least 32 characters", admin_token_file.display());
-            let state = AppState { db: Db::open(&db)?, admin_digest: Arc::from(secret::digest(token)) };
+            let state = AppState { db: Db::open(&db)?, admin_digest: Arc::from(secret::digest(token)), silent_after };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listen on {listen}"))?;

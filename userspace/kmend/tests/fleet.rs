@@ -31,13 +31,18 @@ struct Fleet {
 
 impl Fleet {
     fn start() -> Self {
+        Self::start_with(jiff::SignedDuration::from_hours(12))
+    }
+
+    /// With hosts silent after `silent_after` without a check-in.
+    fn start_with(silent_after: jiff::SignedDuration) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("fleet.sqlite")).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let state = AppState { db: db.clone(), admin_digest: Arc::from(kmend_fleet::secret::digest(ADMIN)) };
+        let state = AppState { db: db.clone(), admin_digest: Arc::from(kmend_fleet::secret::digest(ADMIN)), silent_after };
         runtime.spawn(kmend_fleet::api::serve(listener, state, async {
             let _ = stopped.await;
         }));
@@ -211,4 +216,28 @@ fn the_host_left_behind_is_flagged_as_drift_in_the_api_and_metrics() {
     assert!(text.contains("kmend_fleet_hosts{group=\"db\"} 3"), "{text}");
     assert!(text.contains("kmend_fleet_hosts_drifting{group=\"db\"} 1"), "{text}");
     assert!(text.contains("kmend_fleet_host_last_checkin_age_seconds{group=\"db\",hostname=\"db3\"}"), "{text}");
+    assert!(text.contains("kmend_fleet_hosts_silent{group=\"db\"} 0"), "{text}");
+    let (code, line) = fleet.get("/api/v1/check?group=db", Some(ADMIN));
+    assert_eq!(code, 200);
+    assert_eq!(line, "KMEND-FLEET WARNING - group db: 1 drifting (db3) | hosts=3 silent=0 drifting=1\n");
+    assert_eq!(fleet.get("/api/v1/check", None).0, 401);
+}
+
+#[test]
+fn a_host_that_stops_checking_in_turns_the_check_critical() {
+    let fleet = Fleet::start_with(jiff::SignedDuration::from_secs(3));
+    let key = fleet.db.add_group("web", "test").unwrap();
+    let root = Root::new();
+    assert_eq!(root.run(&["register", &key, "--server", &fleet.url, "--hostname", "web1"]).code, 0);
+    let (_, line) = fleet.get("/api/v1/check?group=web", Some(ADMIN));
+    assert_eq!(line, "KMEND-FLEET OK - group web: 1 hosts checking in, none drifting | hosts=1 silent=0 drifting=0\n");
+    std::thread::sleep(Duration::from_millis(4500));
+    let (_, line) = fleet.get("/api/v1/check?group=web", Some(ADMIN));
+    assert_eq!(line, "KMEND-FLEET CRITICAL - group web: 1 silent (web1), 0 drifting | hosts=1 silent=1 drifting=0\n");
+    let (_, body) = fleet.hosts(Some(ADMIN));
+    assert_eq!(body["hosts"][0]["silent"], true);
+    // It checks in again: no longer silent.
+    assert_eq!(root.run(&["checkin"]).code, 0);
+    let (_, line) = fleet.get("/api/v1/check", Some(ADMIN));
+    assert!(line.starts_with("KMEND-FLEET OK - all groups: 1 hosts"), "{line}");
 }
