@@ -250,15 +250,11 @@ fn daemon_started_before_its_config_picks_it_up() {
     let feed = Feed::new();
     feed.publish("stable", &time_from_now(-86400), &[artifact(work.path(), &Patch::new("kp_a", 1))]);
     let server = Server::start(&feed.root());
-    let mut child = root.cmd(&["daemon"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = root.cmd(&["daemon"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     thread::sleep(Duration::from_secs(1));
     root.config(&feed.config(&server.url, "jitter = \"0\""));
     wait_for("the daemon to apply kp_a once configured", Duration::from_secs(25), || root.applied() == ["kp_a"]);
-    // SAFETY: signalling our own child by its pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait().unwrap();
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    let (_, log) = stop_daemon(child);
     assert!(log.contains("no feed configured"), "{log}");
 }
 
@@ -296,16 +292,12 @@ fn daemon_logs_never_show_feed_credentials() {
     // fails and is logged.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     root.config(&feed.config(&format!("http://alice:s3cret@127.0.0.1:{port}"), "interval = \"1s\"\njitter = \"0\""));
-    let mut child = root.cmd(&["daemon"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = root.cmd(&["daemon"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     // The first cycle fails at once; its state is written right after.
     wait_for("the daemon's first failed check", LIMIT, || {
         std::fs::read_to_string(root.path("var/lib/kmend/state.json")).is_ok_and(|s| s.contains("request failed"))
     });
-    // SAFETY: signalling our own child by its pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    child.wait().unwrap();
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    let (_, log) = stop_daemon(child);
     assert!(log.contains("update failed") && log.contains("http://***@127.0.0.1"), "{log}");
     assert!(!log.contains("s3cret"), "{log}");
 }

@@ -162,7 +162,7 @@ fn the_daemon_checks_in_after_each_cycle_and_an_unreachable_server_does_not_stop
     let server = Server::start(&feed.root());
     root.config(&feed.config(&server.url, "interval = \"1s\"\njitter = \"0\"\nauto_update = true"));
     assert_eq!(root.run(&["register", &key, "--server", &fleet.url]).code, 0);
-    let mut child = root.cmd(&["daemon"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let child = root.cmd(&["daemon"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     wait_for("the daemon to apply kp_a and report it", Duration::from_secs(30), || {
         let (_, body) = fleet.hosts(Some(ADMIN));
         body["hosts"][0]["report"]["patches"][0]["id"] == "kp_a"
@@ -175,12 +175,8 @@ fn the_daemon_checks_in_after_each_cycle_and_an_unreachable_server_does_not_stop
     std::fs::write(&creds, serde_json::to_vec(&reg).unwrap()).unwrap();
     feed.publish("stable", &time_from_now(-60), &[artifact(work.path(), &Patch { function: "f2", ..Patch::new("kp_b", 1) })]);
     wait_for("the daemon to apply kp_b", Duration::from_secs(30), || root.applied() == ["kp_a", "kp_b"]);
-    // SAFETY: signalling our own child by its pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0));
-    let mut log = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    let (code, log) = stop_daemon(child);
+    assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("fleet check-in failed: fleet server http://127.0.0.1:9"), "{log}");
 }
 

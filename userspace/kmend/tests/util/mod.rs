@@ -546,3 +546,14 @@ pub fn respond_file_to(dir: &Path, path: &str, out: &mut dyn std::io::Write) {
         }
     }
 }
+
+/// Stops a spawned `kmend daemon` with SIGTERM and waits for it; returns
+/// its exit code and what it logged (its stderr must be piped).
+pub fn stop_daemon(mut child: std::process::Child) -> (Option<i32>, String) {
+    // SAFETY: signalling our own child by its pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    (status.code(), log)
+}
