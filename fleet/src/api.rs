@@ -3,7 +3,12 @@
 //! | method, path | who | what |
 //! |---|---|---|
 //! | `POST /api/v1/register` `{"key","hostname"}` | a host with its group's key | `201 {"host_id","token"}`; 401 for an unknown key |
-//! | `POST /api/v1/checkin` (any JSON object: `kmend status --json`) | a host, `Authorization: Bearer <token>` | 204; 401 for an unknown or revoked token |
+//! | `POST /api/v1/checkin` (any JSON object: `kmend status --json`) | a host, `Authorization: Bearer <token>` | `200 {"recheck_after"?}`; 401 for an unknown or revoked token |
+//! | `GET /api/v1/policy` | a host | its group's policy (`crate::policy::GroupPolicy`) |
+//! | `POST /api/v1/rollout/claim` `{"target","time"}` | a host | `{"go", "reason"?, "recheck_after"?}`: whether it may apply `target` now |
+//! | `GET /api/v1/groups` | admin token | every group's policy and rollout (steps, halt reason) |
+//! | `PUT /api/v1/groups/{name}/policy` | admin token | the policy (`crate::policy::PolicyInput`); 400 with the bad field |
+//! | `POST /api/v1/groups/{name}/rollout/resume` | admin token | 204: a halted rollout goes on |
 //! | `GET /api/v1/hosts` | admin token | every host with its last report and its drift |
 //! | `POST /api/v1/hosts/{id}/revoke` | admin token | 204; 404 unknown host |
 //! | `GET /api/v1/check[?group=G]` | admin token | Nagios-style line: OK, WARNING (drift), CRITICAL (silent hosts) |
@@ -33,7 +38,8 @@ use axum::{
     },
     routing::{
         get,
-        post, //
+        post,
+        put, //
     },
 };
 use serde::Deserialize;
@@ -74,6 +80,11 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/v1/register", post(register))
         .route("/api/v1/checkin", post(check_in))
+        .route("/api/v1/policy", get(host_policy))
+        .route("/api/v1/rollout/claim", post(claim))
+        .route("/api/v1/groups", get(groups))
+        .route("/api/v1/groups/{name}/policy", put(set_policy))
+        .route("/api/v1/groups/{name}/rollout/resume", post(resume))
         .route("/api/v1/hosts", get(hosts))
         .route("/api/v1/hosts/{id}/revoke", post(revoke))
         .route("/api/v1/check", get(check))
@@ -134,15 +145,82 @@ async fn register(State(state): State<AppState>, Json(r): Json<Registration>) ->
     }
 }
 
-async fn check_in(State(state): State<AppState>, headers: HeaderMap, Json(report): Json<serde_json::Value>) -> Result<StatusCode, ApiError> {
-    let token = bearer(&headers).ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "host token required".into()))?.to_owned();
+fn host_token(headers: &HeaderMap) -> Result<String, ApiError> {
+    Ok(bearer(headers).ok_or_else(|| ApiError(StatusCode::UNAUTHORIZED, "host token required".into()))?.to_owned())
+}
+
+fn unknown_host() -> ApiError {
+    ApiError(StatusCode::UNAUTHORIZED, "unknown or revoked host token: register again".into())
+}
+
+async fn check_in(State(state): State<AppState>, headers: HeaderMap, Json(report): Json<serde_json::Value>) -> Result<Response, ApiError> {
+    let token = host_token(&headers)?;
     if !report.is_object() {
         return Err(ApiError(StatusCode::BAD_REQUEST, "a check-in is a JSON object (kmend status --json)".into()));
     }
     let db = state.db.clone();
     match blocking(move || db.check_in(&token, &report)).await? {
-        Some(_) => Ok(StatusCode::NO_CONTENT),
-        None => Err(ApiError(StatusCode::UNAUTHORIZED, "unknown or revoked host token: register again".into())),
+        Some((_, Some(recheck))) => Ok(Json(json!({ "recheck_after": recheck })).into_response()),
+        Some((_, None)) => Ok(Json(json!({})).into_response()),
+        None => Err(unknown_host()),
+    }
+}
+
+async fn host_policy(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let token = host_token(&headers)?;
+    let db = state.db.clone();
+    let policy = blocking(move || db.policy_for_host(&token)).await?.ok_or_else(unknown_host)?;
+    Ok(Json(policy).into_response())
+}
+
+#[derive(Deserialize)]
+struct ClaimRequest {
+    /// The patches the host is about to apply, `id@version`.
+    target: Vec<String>,
+    /// The host's clock when it asked (its reports use that clock).
+    time: String,
+}
+
+async fn claim(State(state): State<AppState>, headers: HeaderMap, Json(c): Json<ClaimRequest>) -> Result<Response, ApiError> {
+    let token = host_token(&headers)?;
+    if c.target.is_empty() || c.target.len() > 1000 || c.time.parse::<jiff::Timestamp>().is_err() {
+        return Err(ApiError(StatusCode::BAD_REQUEST, "a claim is {\"target\": [\"id@version\", ...], \"time\": RFC 3339}".into()));
+    }
+    let (db, silent_after) = (state.db.clone(), state.silent_after);
+    let answer = blocking(move || db.claim(&token, &c.target, &c.time, silent_after)).await?.ok_or_else(unknown_host)?;
+    Ok(Json(answer).into_response())
+}
+
+async fn groups(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let (db, silent_after) = (state.db.clone(), state.silent_after);
+    let groups = blocking(move || db.rollouts(silent_after)).await?;
+    Ok(Json(json!({ "groups": groups })).into_response())
+}
+
+async fn set_policy(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Json(input): Json<crate::policy::PolicyInput>,
+) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let policy = input.validate().map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    let (db, p) = (state.db.clone(), policy.clone());
+    if blocking(move || db.set_policy(&name, &p, "admin")).await? {
+        Ok(Json(policy).into_response())
+    } else {
+        Err(ApiError(StatusCode::NOT_FOUND, "no such group".into()))
+    }
+}
+
+async fn resume(State(state): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> Result<StatusCode, ApiError> {
+    require_admin(&state, &headers)?;
+    let db = state.db.clone();
+    if blocking(move || db.resume(&name, "admin")).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError(StatusCode::NOT_FOUND, "no such group".into()))
     }
 }
 

@@ -20,7 +20,10 @@ use rusqlite::{
 };
 use serde::Serialize;
 
-use crate::secret;
+use crate::{
+    policy::GroupPolicy,
+    secret, //
+};
 
 /// The schema, one migration per entry, never edited once released.
 const MIGRATIONS: &[&str] = &["
@@ -47,6 +50,22 @@ const MIGRATIONS: &[&str] = &["
         action TEXT NOT NULL,
         detail TEXT NOT NULL
     );
+", "
+    ALTER TABLE groups ADD COLUMN policy TEXT NOT NULL DEFAULT '{}';
+    CREATE TABLE rollout_steps (
+        id INTEGER PRIMARY KEY,
+        group_id INTEGER NOT NULL REFERENCES groups(id),
+        host_id INTEGER NOT NULL REFERENCES hosts(id),
+        target TEXT NOT NULL,
+        host_started TEXT NOT NULL,
+        started TEXT NOT NULL,
+        proven_at TEXT,
+        state TEXT NOT NULL,
+        reason TEXT,
+        finished TEXT,
+        acknowledged INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX rollout_steps_group ON rollout_steps (group_id, state);
 "];
 
 /// A failed database operation.
@@ -85,7 +104,8 @@ pub struct Db {
     conn: Arc<Mutex<Connection>>,
 }
 
-fn now() -> String {
+/// The server's clock, to the second (RFC 3339).
+pub(crate) fn now() -> String {
     jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string()
 }
 
@@ -113,14 +133,14 @@ impl Db {
         Ok(Self { conn: Arc::new(Mutex::new(conn)) })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, DbError>) -> Result<T, DbError> {
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, DbError>) -> Result<T, DbError> {
         // A handler that panicked cannot leave SQLite half-written (each
         // change is one transaction), so a poisoned lock is still usable.
         let mut conn = self.conn.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut conn)
     }
 
-    fn audit(conn: &Connection, actor: &str, action: &str, detail: &str) -> Result<(), DbError> {
+    pub(crate) fn audit(conn: &Connection, actor: &str, action: &str, detail: &str) -> Result<(), DbError> {
         conn.execute("INSERT INTO audit (time, actor, action, detail) VALUES (?1, ?2, ?3, ?4)", params![now(), actor, action, detail])?;
         Ok(())
     }
@@ -165,17 +185,49 @@ impl Db {
         })
     }
 
-    /// Stores a host's report: the host id, or `None` for an unknown or
-    /// revoked token.
-    pub fn check_in(&self, token: &str, report: &serde_json::Value) -> Result<Option<i64>, DbError> {
+    /// The live host of `token`: (host id, group id, group policy).
+    pub(crate) fn host_by_token(conn: &Connection, token: &str) -> Result<Option<(i64, i64, GroupPolicy)>, DbError> {
+        let row: Option<(i64, i64, String)> = conn
+            .query_row(
+                "SELECT h.id, h.group_id, g.policy FROM hosts h JOIN groups g ON g.id = h.group_id
+                 WHERE h.token_sha256 = ?1 AND h.revoked IS NULL",
+                [secret::digest(token)],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
+        Ok(row.map(|(h, g, p)| (h, g, serde_json::from_str(&p).unwrap_or_default())))
+    }
+
+    /// Stores a host's report and advances its rollout step: the host id
+    /// and how soon it should check in again (it is in a rollout step), or
+    /// `None` for an unknown or revoked token.
+    pub fn check_in(&self, token: &str, report: &serde_json::Value) -> Result<Option<(i64, Option<u64>)>, DbError> {
         self.with(|conn| {
-            let id: Option<i64> = conn
-                .query_row("SELECT id FROM hosts WHERE token_sha256 = ?1 AND revoked IS NULL", [secret::digest(token)], |r| r.get(0))
-                .optional()?;
-            if let Some(id) = id {
-                conn.execute("UPDATE hosts SET last_checkin = ?1, report = ?2 WHERE id = ?3", params![now(), report.to_string(), id])?;
+            let tx = conn.transaction()?;
+            let Some((id, _, _)) = Self::host_by_token(&tx, token)? else { return Ok(None) };
+            tx.execute("UPDATE hosts SET last_checkin = ?1, report = ?2 WHERE id = ?3", params![now(), report.to_string(), id])?;
+            let recheck = Self::advance_step(&tx, id, report)?;
+            tx.commit()?;
+            Ok(Some((id, recheck)))
+        })
+    }
+
+    /// The policy of the group of host `token` (`None`: unknown token).
+    pub fn policy_for_host(&self, token: &str) -> Result<Option<GroupPolicy>, DbError> {
+        self.with(|conn| Ok(Self::host_by_token(conn, token)?.map(|(_, _, p)| p)))
+    }
+
+    /// Replaces group `name`'s policy: whether the group exists.
+    pub fn set_policy(&self, name: &str, policy: &GroupPolicy, actor: &str) -> Result<bool, DbError> {
+        let text = serde_json::to_string(policy).unwrap_or_default();
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let n = tx.execute("UPDATE groups SET policy = ?1 WHERE name = ?2", params![text, name])?;
+            if n > 0 {
+                Self::audit(&tx, actor, "policy", &format!("{name}: {text}"))?;
             }
-            Ok(id)
+            tx.commit()?;
+            Ok(n > 0)
         })
     }
 
@@ -238,7 +290,7 @@ mod tests {
         assert!(matches!(db.add_group("bad name", "admin"), Err(DbError::BadGroupName(_))));
         assert_eq!(db.register("kmg_wrong", "web1").unwrap(), None);
         let (id, token) = db.register(&key, "web1").unwrap().unwrap();
-        assert_eq!(db.check_in(&token, &serde_json::json!({"effective_version": "x"})).unwrap(), Some(id));
+        assert_eq!(db.check_in(&token, &serde_json::json!({"effective_version": "x"})).unwrap(), Some((id, None)));
         assert_eq!(db.check_in("kmh_other", &serde_json::json!({})).unwrap(), None);
         let hosts = db.hosts().unwrap();
         assert_eq!((hosts[0].group.as_str(), hosts[0].hostname.as_str()), ("prod", "web1"));

@@ -4,6 +4,8 @@
 //!
 //! - [`secret`]: group keys and host tokens; only their SHA-256 is stored.
 //! - [`db`]: the database (SQLite), its migrations and queries.
+//! - [`policy`]: a group's channel, delay, sticky pin and rollout gate.
+//! - [`rollout`]: the gate: N hosts at a time, each proven and healthy.
 //! - [`drift`]: hosts that differ from the rest of their group.
 //! - [`metrics`]: Prometheus text.
 //! - [`api`]: the HTTP API (axum).
@@ -12,4 +14,6 @@ pub mod api;
 pub mod db;
 pub mod drift;
 pub mod metrics;
+pub mod policy;
+pub mod rollout;
 pub mod secret;

@@ -64,6 +64,35 @@ enum GroupCommand {
         db: PathBuf,
         name: String,
     },
+    /// Set a group's policy (replaces it: an option left out is cleared,
+    /// and the hosts' own config applies for it).
+    Policy {
+        #[arg(long)]
+        db: PathBuf,
+        name: String,
+        /// The feed channel its hosts follow.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Hold patches back for this long after their release, e.g. `24h`.
+        #[arg(long)]
+        delay: Option<String>,
+        /// Pin: `YYYY-MM-DD` or a patch id; nothing newer is applied.
+        #[arg(long)]
+        sticky: Option<String>,
+        /// The rollout gate: at most this many hosts apply at once.
+        #[arg(long)]
+        rollout_max: Option<u32>,
+        /// How long a host must stay healthy, patch applied and proven,
+        /// before the next starts (default 10m).
+        #[arg(long)]
+        health_window: Option<String>,
+    },
+    /// Let a halted rollout go on (its failed steps are acknowledged).
+    Resume {
+        #[arg(long)]
+        db: PathBuf,
+        name: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -102,6 +131,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group(GroupCommand::Add { db, name }) => {
             let key = Db::open(&db)?.add_group(&name, "cli")?;
             println!("{key}");
+            Ok(())
+        }
+        Command::Group(GroupCommand::Policy { db, name, channel, delay, sticky, rollout_max, health_window }) => {
+            let input = kmend_fleet::policy::PolicyInput { channel, delay, sticky, rollout_max, health_window };
+            let policy = input.validate().map_err(|e| anyhow::anyhow!(e))?;
+            anyhow::ensure!(Db::open(&db)?.set_policy(&name, &policy, "cli")?, "no group '{name}' (kmend-fleet group add)");
+            println!("{}", serde_json::to_string(&policy)?);
+            Ok(())
+        }
+        Command::Group(GroupCommand::Resume { db, name }) => {
+            anyhow::ensure!(Db::open(&db)?.resume(&name, "cli")?, "no group '{name}'");
+            println!("rollout of group {name} resumed");
             Ok(())
         }
         Command::Audit { db } => {

@@ -161,7 +161,13 @@ pub struct UpdateReport {
     pub check: CheckReport,
     pub applied: Vec<AppliedPatch>,
     pub superseded: Vec<String>,
+    /// Why the gate (the fleet's rollout) held the update back.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub held: Option<String>,
 }
+
+/// Asked before an update applies anything: `Err(why)` holds it back.
+pub type Gate<'a> = &'a mut dyn FnMut(&[policy::PatchRef]) -> Result<(), String>;
 
 /// What `kmend boot` did.
 #[derive(Debug, Default, Serialize)]
@@ -188,8 +194,15 @@ pub struct Agent {
 
 impl Agent {
     /// Reads the config under `paths` and picks the kernel backend.
+    /// A host registered with a fleet server follows its group's policy
+    /// (channel, delay, sticky) as the server last sent it.
     pub fn new(paths: Paths, actor: String) -> Result<Self, AgentError> {
-        let config = Config::load(&paths.config_file())?;
+        let mut config = Config::load(&paths.config_file())?;
+        if let Ok(Some(policy)) = crate::fleet::Registration::load(&paths).map(|r| r.and_then(|r| r.policy)) {
+            if let Err(e) = policy.apply_to(&mut config.policy) {
+                tracing::warn!("fleet policy not applied: {e}");
+            }
+        }
         let kernel = Kernel::from_env(&paths);
         Ok(Self { paths, config, kernel, actor })
     }
@@ -367,11 +380,17 @@ impl Agent {
     /// Nothing is applied unless every download is complete and verified.
     /// The outcome is kept in the state (metrics: `kmend_last_update_success`).
     pub fn update(&self, force: bool) -> Result<UpdateReport, AgentError> {
+        self.update_gated(force, &mut |_| Ok(()))
+    }
+
+    /// [`Self::update`], asking `gate` before applying anything (the
+    /// daemon in a fleet group with a rollout gate).
+    pub fn update_gated(&self, force: bool, gate: Gate) -> Result<UpdateReport, AgentError> {
         self.require_feed()?;
         let _lock = self.lock()?;
         let mut state = State::load(&self.paths)?;
         self.recover(&mut state)?;
-        let result = self.update_locked(&mut state, force);
+        let result = self.update_locked(&mut state, force, gate);
         let error = result.as_ref().err().map(|e| proxy::redact_text(&e.to_string()));
         state.last_update = Some(state::UpdateOutcome { time: Timestamp::now(), error });
         state.save(&self.paths)?;
@@ -387,8 +406,15 @@ impl Agent {
         Ok(state.save(&self.paths)?)
     }
 
-    fn update_locked(&self, state: &mut State, force: bool) -> Result<UpdateReport, AgentError> {
+    fn update_locked(&self, state: &mut State, force: bool, gate: Gate) -> Result<UpdateReport, AgentError> {
         let (check, fetcher) = self.check_locked(state, force, true)?;
+        if !check.plan.apply.is_empty() {
+            let refs: Vec<policy::PatchRef> =
+                check.plan.apply.iter().map(|e| policy::PatchRef { id: e.id.clone(), version: e.version }).collect();
+            if let Err(why) = gate(&refs) {
+                return Ok(UpdateReport { check, applied: Vec::new(), superseded: Vec::new(), held: Some(why) });
+            }
+        }
         let mut ready = Vec::new();
         for entry in &check.plan.apply {
             ready.push((self.download(&fetcher, entry, &check.kernel)?, entry.released));
@@ -420,7 +446,7 @@ impl Agent {
                 }
             }
         }
-        Ok(UpdateReport { check, applied, superseded })
+        Ok(UpdateReport { check, applied, superseded, held: None })
     }
 
     /// Downloads one patch (to a temporary file in the cache directory) and

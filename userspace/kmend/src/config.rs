@@ -51,6 +51,11 @@ pub struct Config {
     /// The daemon writes `kmend metrics` here after each check (an absolute
     /// path, e.g. in node_exporter's textfile directory).
     pub metrics_textfile: Option<String>,
+    /// The daemon runs `kmend verify` on each patch it applied, until one
+    /// run proves it (always in a fleet group with a rollout gate).
+    pub verify_after_apply: bool,
+    /// How long such a verification watches the patched functions.
+    pub verify_window: Duration,
 }
 
 impl Default for Config {
@@ -67,6 +72,8 @@ impl Default for Config {
             auto_update: true,
             timeout: Duration::from_secs(60),
             metrics_textfile: None,
+            verify_after_apply: false,
+            verify_window: Duration::from_secs(10),
         }
     }
 }
@@ -88,6 +95,8 @@ struct Raw {
     auto_update: Option<bool>,
     timeout: Option<Spanned<String>>,
     metrics_textfile: Option<Spanned<String>>,
+    verify_after_apply: Option<bool>,
+    verify_window: Option<Spanned<String>>,
 }
 
 /// A config file kmend cannot use.
@@ -202,6 +211,11 @@ impl Config {
         }
         c.install_on_reboot = raw.install_on_reboot.unwrap_or(c.install_on_reboot);
         c.auto_update = raw.auto_update.unwrap_or(c.auto_update);
+        c.verify_after_apply = raw.verify_after_apply.unwrap_or(c.verify_after_apply);
+        c.verify_window = dur("verify_window", &raw.verify_window, c.verify_window, false)?;
+        if let Some(v) = raw.verify_window.as_ref().filter(|_| c.verify_window < Duration::from_secs(1)) {
+            return Err(value_err("verify_window", v, "must be at least 1s".into()));
+        }
         Ok(c)
     }
 }
@@ -246,6 +260,8 @@ proxy = "http://proxy:3128"
 install_on_reboot = false
 auto_update = false
 timeout = "10s"
+verify_after_apply = true
+verify_window = "30s"
 "#,
         )
         .unwrap();
@@ -257,6 +273,8 @@ timeout = "10s"
         assert_eq!(c.root, "/etc/kmend/feed-root.json");
         assert_eq!(c.proxy.as_deref(), Some("http://proxy:3128"));
         assert!(!c.install_on_reboot && !c.auto_update);
+        assert!(c.verify_after_apply);
+        assert_eq!(c.verify_window, Duration::from_secs(30));
     }
 
     #[test]

@@ -187,13 +187,37 @@ impl Fetcher {
     /// `Authorization` token; returns the status code and at most `limit`
     /// bytes of the answer.
     pub fn post_json(&self, rel: &str, body: &serde_json::Value, bearer: Option<&str>, limit: u64) -> Result<(u16, Vec<u8>), FetchError> {
+        self.exchange(rel, Some(body), bearer, limit)
+    }
+
+    /// `GET rel` with an optional bearer token: the status and at most
+    /// `limit` bytes of the answer, whatever the status (an API's errors
+    /// are JSON too).
+    pub fn get_json(&self, rel: &str, bearer: Option<&str>, limit: u64) -> Result<(u16, Vec<u8>), FetchError> {
+        self.exchange(rel, None, bearer, limit)
+    }
+
+    fn exchange(&self, rel: &str, body: Option<&serde_json::Value>, bearer: Option<&str>, limit: u64) -> Result<(u16, Vec<u8>), FetchError> {
         let url = self.url_of(rel);
         let Some(agent) = &self.agent else { return Err(FetchError::BadUrl(url)) };
-        let mut request = agent.post(&url).header("content-type", "application/json");
-        if let Some(token) = bearer {
-            request = request.header("authorization", format!("Bearer {token}"));
+        let auth = bearer.map(|token| format!("Bearer {token}"));
+        let response = match body {
+            Some(body) => {
+                let mut request = agent.post(&url).header("content-type", "application/json");
+                if let Some(a) = &auth {
+                    request = request.header("authorization", a);
+                }
+                request.send(&serde_json::to_vec(body).unwrap_or_default()[..])
+            }
+            None => {
+                let mut request = agent.get(&url);
+                if let Some(a) = &auth {
+                    request = request.header("authorization", a);
+                }
+                request.call()
+            }
         }
-        let response = request.send(&serde_json::to_vec(body).unwrap_or_default()[..]).map_err(|e| self.network_error(&url, e))?;
+        .map_err(|e| self.network_error(&url, e))?;
         let code = response.status().as_u16();
         let mut answer = Vec::new();
         io::Read::read_to_end(&mut io::Read::take(response.into_body().into_reader(), limit), &mut answer)

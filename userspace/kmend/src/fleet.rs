@@ -37,6 +37,55 @@ pub struct Registration {
     pub server: String,
     pub host_id: i64,
     pub token: String,
+    /// The group's policy as the server last sent it: used while the
+    /// server cannot be reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<GroupPolicy>,
+}
+
+/// A group's policy, set on the server for all its hosts (kmend-fleet's
+/// `policy.rs`); a field left unset leaves this host's config in force.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupPolicy {
+    pub channel: Option<String>,
+    pub delay_seconds: Option<u64>,
+    pub sticky: Option<String>,
+    /// The rollout gate: ask the server before applying.
+    pub rollout: Option<Rollout>,
+}
+
+/// A group's rollout gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    pub max: u32,
+    pub health_window_seconds: u64,
+}
+
+impl GroupPolicy {
+    /// This host's selection policy with the group's fields in force.
+    pub fn apply_to(&self, policy: &mut crate::policy::Policy) -> Result<(), String> {
+        if let Some(c) = &self.channel {
+            if !crate::feed::index::CHANNELS.contains(&c.as_str()) {
+                return Err(format!("the group's channel '{c}' is not a channel this agent knows"));
+            }
+            policy.channel = c.clone();
+        }
+        if let Some(d) = self.delay_seconds {
+            policy.delay = Duration::from_secs(d);
+        }
+        if let Some(s) = &self.sticky {
+            policy.sticky = Some(crate::policy::Sticky::parse(s).map_err(|e| format!("the group's sticky value: {e}"))?);
+        }
+        Ok(())
+    }
+}
+
+/// The server's answer to "may I apply these now?".
+#[derive(Clone, Debug, Deserialize)]
+pub struct Claim {
+    pub go: bool,
+    pub reason: Option<String>,
+    pub recheck_after: Option<u64>,
 }
 
 /// A failed exchange with the fleet server.
@@ -102,12 +151,19 @@ impl Client {
         Ok(Self { fetcher, server })
     }
 
-    fn post(&self, what: &'static str, rel: &str, body: &serde_json::Value, token: Option<&str>) -> Result<(u16, Vec<u8>), FleetError> {
+    fn exchange(
+        &self,
+        what: &'static str,
+        rel: &str,
+        body: Option<&serde_json::Value>,
+        token: Option<&str>,
+    ) -> Result<Vec<u8>, FleetError> {
         let server = crate::proxy::redact(&self.server);
-        let (code, answer) = self
-            .fetcher
-            .post_json(rel, body, token, ANSWER_LIMIT)
-            .map_err(|source| FleetError::Transport { server: server.clone(), source })?;
+        let (code, answer) = match body {
+            Some(body) => self.fetcher.post_json(rel, body, token, ANSWER_LIMIT),
+            None => self.fetcher.get_json(rel, token, ANSWER_LIMIT),
+        }
+        .map_err(|source| FleetError::Transport { server: server.clone(), source })?;
         if !(200..300).contains(&code) {
             let message = serde_json::from_slice::<serde_json::Value>(&answer)
                 .ok()
@@ -115,30 +171,58 @@ impl Client {
                 .unwrap_or_else(|| String::from_utf8_lossy(&answer).chars().take(200).collect());
             return Err(FleetError::Refused { server, what, code, message });
         }
-        Ok((code, answer))
+        Ok(answer)
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(&self, what: &'static str, answer: &[u8]) -> Result<T, FleetError> {
+        serde_json::from_slice(answer).map_err(|e| FleetError::Answer {
+            server: crate::proxy::redact(&self.server),
+            what,
+            why: e.to_string(),
+        })
     }
 
     /// Registers this host in the group of `key` as `hostname`, and keeps
     /// the credentials the server gives.
     pub fn register(&self, paths: &Paths, key: &str, hostname: &str) -> Result<Registration, FleetError> {
-        let (_, answer) = self.post("registration", "api/v1/register", &serde_json::json!({ "key": key, "hostname": hostname }), None)?;
+        let body = serde_json::json!({ "key": key, "hostname": hostname });
+        let answer = self.exchange("registration", "api/v1/register", Some(&body), None)?;
         #[derive(Deserialize)]
         struct Answer {
             host_id: i64,
             token: String,
         }
-        let a: Answer = serde_json::from_slice(&answer).map_err(|e| FleetError::Answer {
-            server: crate::proxy::redact(&self.server),
-            what: "registration",
-            why: e.to_string(),
-        })?;
-        let reg = Registration { server: self.server.clone(), host_id: a.host_id, token: a.token };
+        let a: Answer = self.parse("registration", &answer)?;
+        let reg = Registration { server: self.server.clone(), host_id: a.host_id, token: a.token, policy: None };
         reg.save(paths)?;
         Ok(reg)
     }
 
-    /// Sends `report` (what `kmend status --json` prints) as this host.
-    pub fn check_in(&self, reg: &Registration, report: &serde_json::Value) -> Result<(), FleetError> {
-        self.post("check-in", "api/v1/checkin", report, Some(&reg.token)).map(|_| ())
+    /// Sends `report` (what `kmend status --json` prints) as this host:
+    /// how soon the server wants the next check-in (a rollout step runs).
+    pub fn check_in(&self, reg: &Registration, report: &serde_json::Value) -> Result<Option<Duration>, FleetError> {
+        let answer = self.exchange("check-in", "api/v1/checkin", Some(report), Some(&reg.token))?;
+        let v: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+        Ok(v["recheck_after"].as_u64().map(Duration::from_secs))
+    }
+
+    /// The group's policy, kept in the registration for when the server
+    /// cannot be reached.
+    pub fn policy(&self, paths: &Paths, reg: &mut Registration) -> Result<GroupPolicy, FleetError> {
+        let answer = self.exchange("policy", "api/v1/policy", None, Some(&reg.token))?;
+        let policy: GroupPolicy = self.parse("policy", &answer)?;
+        if reg.policy.as_ref() != Some(&policy) {
+            reg.policy = Some(policy.clone());
+            reg.save(paths)?;
+        }
+        Ok(policy)
+    }
+
+    /// Asks whether this host may apply `target` now (the rollout gate).
+    pub fn claim(&self, reg: &Registration, target: &[crate::policy::PatchRef]) -> Result<Claim, FleetError> {
+        let target: Vec<String> = target.iter().map(|p| format!("{}@{}", p.id, p.version)).collect();
+        let body = serde_json::json!({ "target": target, "time": crate::timestamp::Timestamp::now().to_string() });
+        let answer = self.exchange("rollout claim", "api/v1/rollout/claim", Some(&body), Some(&reg.token))?;
+        self.parse("rollout claim", &answer)
     }
 }

@@ -32,8 +32,33 @@ use serde::Serialize;
 use crate::{
     kallsyms,
     kprobe_at::AddressProbe,
-    status::PatchStatus, //
+    state::Verification,
+    status::PatchStatus,
+    sys::Kernel,
+    timestamp::Timestamp, //
 };
+
+/// Proves `patch` on `kernel`: counts with eBPF for `window` on the real
+/// kernel; the test double answers at once (see `sys::fake`).
+pub fn prove(kernel: &Kernel, patch: &PatchStatus, window: Duration) -> anyhow::Result<PatchProof> {
+    match kernel {
+        Kernel::Real { .. } => PatchProbes::observe(patch, window),
+        Kernel::Fake(f) => Ok(f.proof(patch)),
+    }
+}
+
+impl PatchProof {
+    /// What kmend keeps of it (`kmend_patch_verified`, status, check-ins).
+    pub fn record(&self) -> Verification {
+        Verification {
+            id: self.patch.clone(),
+            time: Timestamp::now(),
+            proven: self.proven,
+            replacement_hits: self.functions.iter().map(|f| f.replacement_hits).sum(),
+            old_body_hits: self.functions.iter().map(|f| f.old_body_hits).sum(),
+        }
+    }
+}
 
 /// The compiled hit-count probe (built by build.rs from ebpf/kmend-probes).
 static HITCOUNT_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/hitcount"));

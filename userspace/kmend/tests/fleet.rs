@@ -60,6 +60,23 @@ impl Fleet {
         (resp.status().as_u16(), resp.body_mut().read_to_string().unwrap())
     }
 
+    /// `method path` with the admin token and a JSON body: (status, body
+    /// as JSON, `null` when empty).
+    fn admin(&self, method: &str, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
+        let url = format!("{}{path}", self.url);
+        let auth = format!("Bearer {ADMIN}");
+        let json = body.to_string();
+        let mut resp = match method {
+            "PUT" => agent.put(&url).header("authorization", &auth).header("content-type", "application/json").send(&json),
+            "POST" => agent.post(&url).header("authorization", &auth).header("content-type", "application/json").send(&json),
+            _ => agent.get(&url).header("authorization", &auth).call(),
+        }
+        .unwrap();
+        let text = resp.body_mut().read_to_string().unwrap();
+        (resp.status().as_u16(), serde_json::from_str(&text).unwrap_or_default())
+    }
+
     /// `GET /api/v1/hosts` with `token`: (status, body).
     fn hosts(&self, token: Option<&str>) -> (u16, serde_json::Value) {
         let (code, body) = self.get("/api/v1/hosts", token);
@@ -236,4 +253,156 @@ fn a_host_that_stops_checking_in_turns_the_check_critical() {
     assert_eq!(root.run(&["checkin"]).code, 0);
     let (_, line) = fleet.get("/api/v1/check", Some(ADMIN));
     assert!(line.starts_with("KMEND-FLEET OK - all groups: 1 hosts"), "{line}");
+}
+
+/// The hostnames of the hosts of `body` (`GET /api/v1/groups`) whose step
+/// is in `state`, oldest first.
+fn steps(groups: &serde_json::Value, state: &str) -> Vec<String> {
+    let steps = groups["groups"][0]["steps"].as_array().cloned().unwrap_or_default();
+    steps.iter().rev().filter(|s| s["state"] == state).map(|s| s["hostname"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn a_staged_rollout_goes_one_host_at_a_time_and_halts_where_verification_fails() {
+    let fleet = Fleet::start_with(jiff::SignedDuration::from_secs(60));
+    let key = fleet.db.add_group("ha", "test").unwrap();
+    // The policy, through the API: a bad field is refused and named.
+    let (code, body) = fleet.admin("PUT", "/api/v1/groups/ha/policy", serde_json::json!({ "rollout_max": 0 }));
+    assert_eq!((code, body["error"].as_str()), (400, Some("rollout_max: at least 1 host at a time")));
+    let (code, body) = fleet.admin("PUT", "/api/v1/groups/ha/policy", serde_json::json!({ "rollout_max": 1, "health_window": "2s" }));
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["rollout"], serde_json::json!({ "max": 1, "health_window_seconds": 2 }));
+
+    let work = tempfile::tempdir().unwrap();
+    let feed = Feed::new();
+    feed.publish("stable", &time_from_now(-86400), &[artifact(work.path(), &Patch::new("kp_a", 1))]);
+    let server = Server::start(&feed.root());
+    // A long interval: only the rollout makes the hosts come back sooner.
+    let config = feed.config(&server.url, "interval = \"1h\"\njitter = \"0\"\nauto_update = true");
+    let roots: Vec<Root> = (0..5).map(|_| Root::new()).collect();
+    for (i, root) in roots.iter().enumerate() {
+        root.config(&config);
+        let r = root.run(&["register", &key, "--server", &fleet.url, "--hostname", &format!("ha{}", i + 1)]);
+        assert_eq!(r.code, 0, "{r}");
+    }
+    // Each daemon starts once the one before has its step, so the order is
+    // known; ha3's kernel shows its old body still running.
+    let mut children = Vec::new();
+    for (i, root) in roots.iter().enumerate() {
+        let mut cmd = root.cmd(&["daemon"]);
+        if i == 2 {
+            cmd.env("KMEND_FAKE_OLD_BODY_RUNS", "kp_a");
+        }
+        children.push(cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap());
+        if i < 3 {
+            let name = format!("ha{}", i + 1);
+            wait_for(&format!("{name} to start its step"), Duration::from_secs(60), || {
+                let (_, g) = fleet.admin("GET", "/api/v1/groups", serde_json::Value::Null);
+                ["in_progress", "done", "failed"].iter().any(|s| steps(&g, s).contains(&name))
+            });
+        }
+    }
+    wait_for("the rollout to halt at ha3", Duration::from_secs(60), || {
+        let (_, g) = fleet.admin("GET", "/api/v1/groups", serde_json::Value::Null);
+        !g["groups"][0]["halted"].is_null()
+    });
+    // Several of the waiting hosts' rechecks (1 s each) later, still halted.
+    std::thread::sleep(Duration::from_secs(4));
+    let (_, g) = fleet.admin("GET", "/api/v1/groups", serde_json::Value::Null);
+    assert_eq!(g["groups"][0]["halted"], "host ha3: kmend verify of kp_a@1: the old body still ran (1 hits)", "{g}");
+    assert_eq!(steps(&g, "done"), ["ha1", "ha2"], "{g}");
+    assert_eq!(steps(&g, "failed"), ["ha3"], "{g}");
+    assert_eq!(steps(&g, "in_progress"), Vec::<String>::new(), "{g}");
+    // One at a time: each step started after the one before it finished.
+    let all = g["groups"][0]["steps"].as_array().unwrap();
+    let (ha1, ha2, ha3) = (&all[2], &all[1], &all[0]);
+    assert!(ha2["started"].as_str() >= ha1["finished"].as_str() && ha3["started"].as_str() >= ha2["finished"].as_str(), "{g}");
+    assert_eq!(roots[0].applied(), ["kp_a"]);
+    assert_eq!(roots[2].applied(), ["kp_a"]);
+    assert!(roots[3].applied().is_empty() && roots[4].applied().is_empty(), "ha4/ha5 applied during a halt");
+    // The hosts API shows ha3's failed proof as it reported it.
+    let (_, hosts) = fleet.hosts(Some(ADMIN));
+    let ha3_report = &hosts["hosts"][2]["report"];
+    assert_eq!(ha3_report["verifications"][0]["old_body_hits"], 1, "{ha3_report}");
+
+    // An admin resumes: ha4 and ha5 go, one after the other.
+    let (code, _) = fleet.admin("POST", "/api/v1/groups/ha/rollout/resume", serde_json::Value::Null);
+    assert_eq!(code, 204);
+    wait_for("ha4 and ha5 to finish their steps", Duration::from_secs(60), || {
+        let (_, g) = fleet.admin("GET", "/api/v1/groups", serde_json::Value::Null);
+        steps(&g, "done").len() == 4
+    });
+    assert_eq!(roots[4].applied(), ["kp_a"]);
+    let logs: Vec<String> = children.into_iter().map(|c| stop_daemon(c).1).collect();
+    assert!(logs[1].contains("held back by the fleet: waiting for the rollout: ha1 applying (1 at a time)"), "{}", logs[1]);
+    assert!(logs[3].contains("held back by the fleet: rollout halted: host ha3: kmend verify of kp_a@1"), "{}", logs[3]);
+    assert!(logs[2].contains("patch 'kp_a' not verified: replacement 1 hits, old body 1 hits"), "{}", logs[2]);
+    let actions: Vec<String> = fleet.db.audit_log().unwrap().into_iter().map(|a| a.2).collect();
+    for a in ["policy", "rollout-start", "rollout-done", "rollout-halt", "rollout-resume"] {
+        assert!(actions.iter().any(|x| x == a), "{a} not audited: {actions:?}");
+    }
+}
+
+#[test]
+fn the_groups_policy_from_the_server_overrides_the_hosts_config() {
+    let fleet = Fleet::start();
+    let key = fleet.db.add_group("web", "test").unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let feed = Feed::new();
+    feed.publish("stable", &time_from_now(-86400), &[artifact(work.path(), &Patch::new("kp_a", 1))]);
+    let server = Server::start(&feed.root());
+    let root = Root::new();
+    root.config(&feed.config(&server.url, ""));
+    assert_eq!(root.run(&["register", &key, "--server", &fleet.url]).code, 0);
+    let to_apply = |root: &Root| {
+        let r = root.run(&["check", "--json"]);
+        r.json()["check"]["plan"]["apply"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    assert_eq!(to_apply(&root), ["kp_a"]);
+    // The group waits 48 hours after a release: the day-old patch waits.
+    let (code, _) = fleet.admin("PUT", "/api/v1/groups/web/policy", serde_json::json!({ "delay": "48h" }));
+    assert_eq!(code, 200);
+    assert_eq!(root.run(&["checkin"]).code, 0);
+    assert!(to_apply(&root).is_empty());
+    let r = root.run(&["check", "--json"]);
+    assert_eq!(r.json()["check"]["plan"]["held_back"][0][1]["reason"], "delay", "{r}");
+    // The server unreachable: the last policy it sent still holds.
+    let creds = root.path("var/lib/kmend/fleet.json");
+    let mut reg: serde_json::Value = serde_json::from_slice(&std::fs::read(&creds).unwrap()).unwrap();
+    assert_eq!(reg["policy"]["delay_seconds"], 172800);
+    let server_url = reg["server"].clone();
+    reg["server"] = serde_json::json!("http://127.0.0.1:9");
+    std::fs::write(&creds, serde_json::to_vec(&reg).unwrap()).unwrap();
+    assert!(to_apply(&root).is_empty());
+    // Cleared on the server: the host's own config applies again.
+    reg["server"] = server_url;
+    std::fs::write(&creds, serde_json::to_vec(&reg).unwrap()).unwrap();
+    assert_eq!(fleet.admin("PUT", "/api/v1/groups/web/policy", serde_json::json!({})).0, 200);
+    assert_eq!(root.run(&["checkin"]).code, 0);
+    assert_eq!(to_apply(&root), ["kp_a"]);
+}
+
+#[test]
+fn a_gated_host_that_cannot_reach_its_server_holds_its_update() {
+    let fleet = Fleet::start();
+    let key = fleet.db.add_group("ha", "test").unwrap();
+    assert_eq!(fleet.admin("PUT", "/api/v1/groups/ha/policy", serde_json::json!({ "rollout_max": 1 })).0, 200);
+    let work = tempfile::tempdir().unwrap();
+    let feed = Feed::new();
+    feed.publish("stable", &time_from_now(-86400), &[artifact(work.path(), &Patch::new("kp_a", 1))]);
+    let server = Server::start(&feed.root());
+    let root = Root::new();
+    root.config(&feed.config(&server.url, "interval = \"1h\"\njitter = \"0\"\nauto_update = true"));
+    assert_eq!(root.run(&["register", &key, "--server", &fleet.url]).code, 0);
+    // The registration keeps the gate; then the server goes away.
+    let creds = root.path("var/lib/kmend/fleet.json");
+    let mut reg: serde_json::Value = serde_json::from_slice(&std::fs::read(&creds).unwrap()).unwrap();
+    assert_eq!(reg["policy"]["rollout"]["max"], 1);
+    reg["server"] = serde_json::json!("http://127.0.0.1:9");
+    std::fs::write(&creds, serde_json::to_vec(&reg).unwrap()).unwrap();
+    let child = root.cmd(&["daemon"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, log) = stop_daemon(child);
+    assert!(log.contains("held back by the fleet: the group's rollout gate could not be asked: fleet server http://127.0.0.1:9"), "{log}");
+    assert!(root.applied().is_empty(), "applied without the gate");
 }

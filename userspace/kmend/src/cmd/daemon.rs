@@ -44,7 +44,15 @@ struct Cycle {
 }
 
 fn cycle() -> Cycle {
-    let agent = match Agent::new(Paths::from_env(), "daemon".into()) {
+    let paths = Paths::from_env();
+    // A registered host follows its group's policy (fetched here, applied
+    // by Agent::new) and rollout gate; a server that cannot be reached
+    // never stops a host outside a gate.
+    let mut fleet = super::fleet::FleetCycle::begin(&paths).unwrap_or_else(|e| {
+        tracing::warn!("fleet: {}", kmend::proxy::redact_text(&format!("{e:#}")));
+        None
+    });
+    let agent = match Agent::new(paths.clone(), "daemon".into()) {
         Ok(a) => a,
         Err(e) => {
             tracing::error!("{}", kmend::proxy::redact_text(&e.to_string()));
@@ -52,13 +60,18 @@ fn cycle() -> Cycle {
             return Cycle { interval: d.interval, jitter: d.jitter, ok: false };
         }
     };
-    let (interval, jitter) = (agent.config.interval, agent.config.jitter);
+    let gated = fleet.as_ref().is_some_and(super::fleet::FleetCycle::gated);
+    let (interval, mut jitter) = (agent.config.interval, agent.config.jitter);
     let result = if agent.config.auto_update {
-        agent.update(false).map(|r| {
+        let mut gate = |target: &[kmend::policy::PatchRef]| fleet.as_mut().map_or(Ok(()), |f| f.gate(target));
+        agent.update_gated(false, &mut gate).map(|r| {
             for p in &r.applied {
                 tracing::info!("patch '{}' version {} applied", p.id, p.version);
             }
-            tracing::info!("feed checked: {} patch(es) applied, kernel up to date", r.applied.len());
+            match &r.held {
+                Some(why) => tracing::info!("feed checked: {} update(s) held back by the fleet: {why}", r.check.plan.apply.len()),
+                None => tracing::info!("feed checked: {} patch(es) applied, kernel up to date", r.applied.len()),
+            }
         })
     } else {
         agent.check(false).map(|r| tracing::info!("feed checked: {} update(s) available (auto_update is off)", r.plan.apply.len()))
@@ -83,14 +96,27 @@ fn cycle() -> Cycle {
             false
         }
     };
+    // The proof: what a gated rollout waits for, and what the metrics and
+    // the check-in report.
+    if agent.config.auto_update && (gated || agent.config.verify_after_apply) {
+        super::verify::unproven(&agent, agent.config.verify_window);
+    }
     // The fleet server hears about every cycle; when it is down, patching
     // goes on and only this is logged.
-    match super::fleet::check_in_if_registered(&Paths::from_env()) {
-        Ok(_) => {}
-        Err(e) => tracing::warn!("fleet check-in failed: {}", kmend::proxy::redact_text(&format!("{e:#}"))),
+    let mut interval = interval;
+    if let Some(f) = fleet.as_mut() {
+        match f.check_in(&paths) {
+            Ok(()) => {}
+            Err(e) => tracing::warn!("fleet check-in failed: {}", kmend::proxy::redact_text(&format!("{e:#}"))),
+        }
+        // In, or waiting for, a rollout step: the server wants to hear
+        // sooner than the interval.
+        if let Some(r) = f.recheck.filter(|r| *r < interval) {
+            (interval, jitter) = (r, Duration::ZERO);
+        }
     }
     if let Some(file) = &agent.config.metrics_textfile {
-        let written = super::metrics::text(&Paths::from_env()).and_then(|t| super::metrics::write(std::path::Path::new(file), &t));
+        let written = super::metrics::text(&paths).and_then(|t| super::metrics::write(std::path::Path::new(file), &t));
         if let Err(e) = written {
             tracing::warn!("metrics not written: {e:#}");
         }

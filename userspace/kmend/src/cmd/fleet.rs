@@ -1,14 +1,18 @@
 //! `kmend register` and `kmend checkin`: the host's side of the fleet
 //! server (docs/fleet.md).
 
+use std::time::Duration;
+
 use kmend::{
     config::Config,
     exit::Exit,
     fleet::{
         Client,
         FleetError,
+        GroupPolicy,
         Registration, //
     },
+    policy::PatchRef,
     identity::Uname,
     paths::Paths,
     report::Overview,
@@ -26,13 +30,76 @@ fn report(paths: &Paths) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::to_value(Overview::gather(paths, &Kernel::from_env(paths))?)?)
 }
 
-/// Sends this host's status to its server, if it registered with one:
-/// whether it did. Used by `kmend checkin` and by the daemon after each
-/// cycle.
+/// Fetches the group's policy and sends this host's status to its server,
+/// if it registered with one: whether it did (`kmend register`, `kmend
+/// checkin`; the daemon uses [`FleetCycle`]).
 pub fn check_in_if_registered(paths: &Paths) -> anyhow::Result<bool> {
-    let Some(reg) = Registration::load(paths)? else { return Ok(false) };
-    client(paths, &reg.server)?.check_in(&reg, &report(paths)?)?;
+    let Some(mut fleet) = FleetCycle::begin(paths)? else { return Ok(false) };
+    fleet.check_in(paths)?;
     Ok(true)
+}
+
+/// One daemon cycle's view of the fleet: the host's registration and its
+/// group's policy (from the server, or the last one it sent when it
+/// cannot be reached).
+pub struct FleetCycle {
+    reg: Registration,
+    client: Client,
+    pub policy: Option<GroupPolicy>,
+    /// How soon the server wants to hear from this host again.
+    pub recheck: Option<Duration>,
+}
+
+impl FleetCycle {
+    /// `None` when the host is not registered.
+    pub fn begin(paths: &Paths) -> anyhow::Result<Option<Self>> {
+        let Some(mut reg) = Registration::load(paths)? else { return Ok(None) };
+        let client = client(paths, &reg.server)?;
+        let policy = match client.policy(paths, &mut reg) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                let e = kmend::proxy::redact_text(&e.to_string());
+                tracing::warn!("fleet policy not fetched: {e}; the last one the server sent applies");
+                reg.policy.clone()
+            }
+        };
+        Ok(Some(Self { reg, client, policy, recheck: None }))
+    }
+
+    /// Whether the group's rollout gate applies.
+    pub fn gated(&self) -> bool {
+        self.policy.as_ref().is_some_and(|p| p.rollout.is_some())
+    }
+
+    fn sooner(&mut self, d: Duration) {
+        self.recheck = Some(self.recheck.map_or(d, |r| r.min(d)));
+    }
+
+    /// The gate before applying `target`: `Err(why)` holds it back. A
+    /// gated group whose server cannot be asked holds too: applying
+    /// anyway could take down more hosts than the group allows at once.
+    pub fn gate(&mut self, target: &[PatchRef]) -> Result<(), String> {
+        if !self.gated() {
+            return Ok(());
+        }
+        match self.client.claim(&self.reg, target) {
+            Ok(c) => {
+                if let Some(s) = c.recheck_after {
+                    self.sooner(Duration::from_secs(s));
+                }
+                if c.go { Ok(()) } else { Err(c.reason.unwrap_or_else(|| "the fleet server said to wait".into())) }
+            }
+            Err(e) => Err(format!("the group's rollout gate could not be asked: {}", kmend::proxy::redact_text(&e.to_string()))),
+        }
+    }
+
+    /// Sends this host's status.
+    pub fn check_in(&mut self, paths: &Paths) -> anyhow::Result<()> {
+        if let Some(d) = self.client.check_in(&self.reg, &report(paths)?)? {
+            self.sooner(d);
+        }
+        Ok(())
+    }
 }
 
 pub fn register(key: &str, server: &str, hostname: Option<&str>, json: bool) -> anyhow::Result<Exit> {

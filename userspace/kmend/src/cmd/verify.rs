@@ -7,26 +7,18 @@ use kmend::{
     exit::Exit,
     status::KernelStatus,
     paths::Paths,
-    state::Verification,
     sys::Kernel,
-    timestamp::Timestamp,
-    verify::PatchProbes, //
+    verify, //
 };
 
 pub fn run(id: &str, window: Duration, json: bool) -> anyhow::Result<Exit> {
-    let status = KernelStatus::parse(&Kernel::from_env(&Paths::from_env()).read_status()?)?;
+    let kernel = Kernel::from_env(&Paths::from_env());
+    let status = KernelStatus::parse(&kernel.read_status()?)?;
     let patch = status.patch(id).ok_or_else(|| anyhow!("patch '{id}': not applied"))?;
-    let proof = PatchProbes::observe(patch, window)?;
+    let proof = verify::prove(&kernel, patch, window)?;
     // Kept for `kmend metrics` (kmend_patch_verified): a monitoring system
     // sees the last proof of each patch.
-    let record = Verification {
-        id: proof.patch.clone(),
-        time: Timestamp::now(),
-        proven: proof.proven,
-        replacement_hits: proof.functions.iter().map(|f| f.replacement_hits).sum(),
-        old_body_hits: proof.functions.iter().map(|f| f.old_body_hits).sum(),
-    };
-    if let Err(e) = super::cli_agent().and_then(|a| Ok(a.record_verification(record)?)) {
+    if let Err(e) = super::cli_agent().and_then(|a| Ok(a.record_verification(proof.record())?)) {
         tracing::warn!("verification result not recorded: {e:#}");
     }
     if json {
@@ -43,4 +35,38 @@ pub fn run(id: &str, window: Duration, json: bool) -> anyhow::Result<Exit> {
         println!("patch '{}': {}", proof.patch, if proof.proven { "verified" } else { "not verified" });
     }
     Ok(if proof.proven { Exit::Ok } else { Exit::NotApplied })
+}
+
+/// The daemon's verification after an apply: each applied patch with no
+/// proof since it was applied is verified (for `window`) and the result
+/// recorded; a failed proof is tried again next cycle.
+pub fn unproven(agent: &kmend::agent::Agent, window: Duration) {
+    let Ok(state) = kmend::state::State::load(&agent.paths) else { return };
+    let status = match agent.kernel.status() {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!("verification skipped: {e}"),
+    };
+    for p in &state.applied {
+        let proven = state.verifications.iter().any(|v| v.id == p.id && v.proven && v.time >= p.applied_at);
+        let Some(patch) = status.patch(&p.id).filter(|_| !proven) else { continue };
+        match verify::prove(&agent.kernel, patch, window) {
+            Ok(proof) => {
+                let r = proof.record();
+                if proof.proven {
+                    tracing::info!("patch '{}' verified: replacement {} hits, old body 0", p.id, r.replacement_hits);
+                } else {
+                    tracing::warn!(
+                        "patch '{}' not verified: replacement {} hits, old body {} hits",
+                        p.id,
+                        r.replacement_hits,
+                        r.old_body_hits
+                    );
+                }
+                if let Err(e) = agent.record_verification(r) {
+                    tracing::warn!("verification of '{}' not recorded: {e}", p.id);
+                }
+            }
+            Err(e) => tracing::warn!("patch '{}': kmend verify could not run: {e:#}", p.id),
+        }
+    }
 }

@@ -12,7 +12,12 @@
 //! "kmend.ko is loaded" means `$KMEND_ROOT/dev/kmend` exists. Knobs for
 //! tests: `KMEND_FAKE_LOAD_DELAY=<duration>` sleeps inside load (to kill
 //! kmend mid-apply), `KMEND_FAKE_LOAD_FAIL=<id>` refuses to load `<id>`
-//! with `EINVAL`. The real kernel path is proven by the VM suite.
+//! with `EINVAL`. `kmend verify` on the double proves every function at
+//! once (one replacement hit, no old-body hit) unless
+//! `KMEND_FAKE_OLD_BODY_RUNS=<id>` says the old body of patch `<id>` still
+//! runs (host tests of what the agent and the fleet do with a failed
+//! proof; eBPF cannot run there). The real kernel path, eBPF included, is
+//! proven by the VM suite.
 
 use std::{
     fs,
@@ -63,6 +68,24 @@ fn errno(op: &'static str, id: &str, code: i32) -> SysError {
 impl FakeKernel {
     pub fn new(paths: &Paths) -> Self {
         Self { control: paths.control_device(), state: paths.fake_kernel_dir().join("state.json") }
+    }
+
+    /// What `kmend verify` sees on the double (see the module docs).
+    pub fn proof(&self, patch: &crate::status::PatchStatus) -> crate::verify::PatchProof {
+        let old_runs = std::env::var("KMEND_FAKE_OLD_BODY_RUNS").is_ok_and(|v| v == patch.id);
+        let functions: Vec<crate::verify::FunctionProof> = patch
+            .functions
+            .iter()
+            .map(|f| crate::verify::FunctionProof {
+                function: f.name.clone(),
+                replacement: format!("{}+0x0", f.replacement_symbol()),
+                replacement_hits: 1,
+                old_body: format!("{}+0x5", f.name),
+                old_body_hits: u64::from(old_runs),
+                proven: !old_runs,
+            })
+            .collect();
+        crate::verify::PatchProof { patch: patch.id.clone(), proven: !old_runs && !functions.is_empty(), functions }
     }
 
     fn fail(&self, what: String) -> SysError {

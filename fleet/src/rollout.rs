@@ -1,0 +1,391 @@
+//! The rollout gate: in a group whose policy sets `rollout.max = N`, at
+//! most N hosts apply new patches at once, and the next host starts only
+//! after a host that started has
+//! 1. reported the patches applied,
+//! 2. reported a `kmend verify` of each that proves it (the replacement
+//!    ran, the old body did not), and
+//! 3. kept checking in, still applied and proven, for the group's health
+//!    window.
+//!
+//! A host that fails (its update failed, or the old body of a patch still
+//! ran) or goes silent during its step halts the group's rollout; the
+//! hosts after it are told to wait, and the reason is shown until an admin
+//! resumes the rollout. Red Hat's guidance for HA clusters (one node at a
+//! time, go on only when it survived) with kmend's proof as the gate.
+//!
+//! A host asks before applying (`POST /api/v1/rollout/claim` with the
+//! patches it is about to apply); its step advances at each of its
+//! check-ins ([`progress`] reads the report it sends).
+
+use rusqlite::{
+    OptionalExtension as _,
+    params, //
+};
+use serde::Serialize;
+
+use crate::{
+    db::{
+        Db,
+        DbError,
+        now, //
+    },
+    policy::{
+        GroupPolicy,
+        Rollout, //
+    },
+};
+
+/// Where a host's step stands after a check-in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Not there yet: what it waits for.
+    Wait(String),
+    /// Applied and proven: the health window runs from now (first time).
+    Proven,
+    /// Applied, proven, and healthy for the window: the next host may go.
+    Done,
+    /// The step failed: the group's rollout halts.
+    Failed(String),
+}
+
+fn time(v: &serde_json::Value) -> Option<jiff::Timestamp> {
+    v.as_str()?.parse().ok()
+}
+
+/// How a step with `target` (`id@version`), started at `host_started` by
+/// the host's clock, stands given the host's `report` (`kmend status
+/// --json`); `proven_at` and `now` by the server's clock.
+pub fn progress(
+    target: &[String],
+    host_started: jiff::Timestamp,
+    proven_at: Option<jiff::Timestamp>,
+    window: jiff::SignedDuration,
+    report: &serde_json::Value,
+    now: jiff::Timestamp,
+) -> Progress {
+    let update = &report["last_update"];
+    if let (Some(t), Some(error)) = (time(&update["time"]), update["error"].as_str()) {
+        if t >= host_started {
+            return Progress::Failed(format!("update failed: {error}"));
+        }
+    }
+    let empty = Vec::new();
+    let managed = report["managed"].as_array().unwrap_or(&empty);
+    let verifications = report["verifications"].as_array().unwrap_or(&empty);
+    for label in target {
+        let (id, version) = label.rsplit_once('@').unwrap_or((label, ""));
+        let Some(patch) = managed.iter().find(|p| p["id"] == id && p["version"].to_string() == version) else {
+            return Progress::Wait(format!("applying {label}"));
+        };
+        let applied_at = time(&patch["applied_at"]);
+        let v = verifications.iter().find(|v| v["id"] == id && time(&v["time"]).zip(applied_at).is_some_and(|(v, a)| v >= a));
+        let Some(v) = v else { return Progress::Wait(format!("waiting for kmend verify of {label}")) };
+        let old = v["old_body_hits"].as_u64().unwrap_or(0);
+        if old > 0 {
+            return Progress::Failed(format!("kmend verify of {label}: the old body still ran ({old} hits)"));
+        }
+        if v["proven"] != true {
+            return Progress::Wait(format!("kmend verify of {label}: not exercised yet"));
+        }
+    }
+    match proven_at {
+        None => Progress::Proven,
+        Some(p) if now.duration_since(p) >= window => Progress::Done,
+        Some(p) => Progress::Wait(format!("health window until {}", p + window)),
+    }
+}
+
+/// The answer to a host that asks to start applying.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct Claim {
+    pub go: bool,
+    /// Why not, when it may not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Ask again (or check in) after this many seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recheck_after: Option<u64>,
+}
+
+/// How often a host in, or waiting for, a rollout step checks in: often
+/// enough to see a short health window through, at most every 5 minutes.
+pub fn recheck_after(r: &Rollout) -> u64 {
+    (r.health_window_seconds / 2).clamp(1, 300)
+}
+
+/// One host's step, as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Step {
+    pub host_id: i64,
+    pub hostname: String,
+    pub target: Vec<String>,
+    /// `in_progress`, `done`, `failed`.
+    pub state: String,
+    /// What it waits for, or why it failed.
+    pub reason: Option<String>,
+    pub started: String,
+    pub proven_at: Option<String>,
+    pub finished: Option<String>,
+}
+
+/// A group's rollout, as the API shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct GroupRollout {
+    pub group: String,
+    pub policy: GroupPolicy,
+    /// Why the rollout stopped, until an admin resumes it.
+    pub halted: Option<String>,
+    /// Newest first.
+    pub steps: Vec<Step>,
+}
+
+fn halt_reason(hostname: &str, reason: &str) -> String {
+    format!("host {hostname}: {reason}")
+}
+
+impl Db {
+    /// Marks failed the steps of hosts that stopped checking in for longer
+    /// than `silent_after` (their last check-in, or the step's start if
+    /// later).
+    fn fail_silent_steps(tx: &rusqlite::Transaction, group_id: i64, silent_after: jiff::SignedDuration) -> Result<(), DbError> {
+        let stale: Vec<(i64, String, String)> = {
+            let mut stmt = tx.prepare(
+                "SELECT s.id, h.hostname, MAX(s.started, COALESCE(h.last_checkin, s.started))
+                 FROM rollout_steps s JOIN hosts h ON h.id = s.host_id
+                 WHERE s.group_id = ?1 AND s.state = 'in_progress'",
+            )?;
+            let rows = stmt.query_map([group_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        let now_t = jiff::Timestamp::now();
+        for (id, hostname, last) in stale {
+            if last.parse::<jiff::Timestamp>().is_ok_and(|t| now_t.duration_since(t) > silent_after) {
+                let why = format!("stopped checking in during its rollout step (last at {last})");
+                tx.execute("UPDATE rollout_steps SET state = 'failed', reason = ?1, finished = ?2 WHERE id = ?3", params![why, now(), id])?;
+                Self::audit(tx, "server", "rollout-halt", &halt_reason(&hostname, &why))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Host `token` asks to apply `target` (`id@version`), at `host_time`
+    /// by its clock. `None` for an unknown or revoked token.
+    pub fn claim(
+        &self,
+        token: &str,
+        target: &[String],
+        host_time: &str,
+        silent_after: jiff::SignedDuration,
+    ) -> Result<Option<Claim>, DbError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let Some((host_id, group_id, policy)) = Self::host_by_token(&tx, token)? else { return Ok(None) };
+            let Some(rollout) = policy.rollout else {
+                return Ok(Some(Claim { go: true, reason: None, recheck_after: None }));
+            };
+            let recheck = Some(recheck_after(&rollout));
+            Self::fail_silent_steps(&tx, group_id, silent_after)?;
+            let halted: Option<(String, String)> = tx
+                .query_row(
+                    "SELECT h.hostname, s.reason FROM rollout_steps s JOIN hosts h ON h.id = s.host_id
+                     WHERE s.group_id = ?1 AND s.state = 'failed' AND s.acknowledged = 0 ORDER BY s.id LIMIT 1",
+                    [group_id],
+                    |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default())),
+                )
+                .optional()?;
+            if let Some((hostname, reason)) = halted {
+                tx.commit()?;
+                let reason = format!("rollout halted: {}", halt_reason(&hostname, &reason));
+                return Ok(Some(Claim { go: false, reason: Some(reason), recheck_after: recheck }));
+            }
+            let target_json = serde_json::to_string(target).unwrap_or_default();
+            let mine: Option<i64> = tx
+                .query_row("SELECT id FROM rollout_steps WHERE host_id = ?1 AND state = 'in_progress'", [host_id], |r| r.get(0))
+                .optional()?;
+            if let Some(step) = mine {
+                // Asking again (a retry, or more patches since): same step.
+                tx.execute("UPDATE rollout_steps SET target = ?1 WHERE id = ?2", params![target_json, step])?;
+                tx.commit()?;
+                return Ok(Some(Claim { go: true, reason: None, recheck_after: recheck }));
+            }
+            let busy: Vec<String> = {
+                let mut stmt = tx.prepare(
+                    "SELECT h.hostname FROM rollout_steps s JOIN hosts h ON h.id = s.host_id
+                     WHERE s.group_id = ?1 AND s.state = 'in_progress' ORDER BY s.id",
+                )?;
+                let rows = stmt.query_map([group_id], |r| r.get(0))?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            if busy.len() >= usize::try_from(rollout.max).unwrap_or(usize::MAX) {
+                tx.commit()?;
+                let reason = format!("waiting for the rollout: {} applying ({} at a time)", busy.join(", "), rollout.max);
+                return Ok(Some(Claim { go: false, reason: Some(reason), recheck_after: recheck }));
+            }
+            tx.execute(
+                "INSERT INTO rollout_steps (group_id, host_id, target, host_started, started, state, reason)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'in_progress', 'applying')",
+                params![group_id, host_id, target_json, host_time, now()],
+            )?;
+            Self::audit(&tx, &format!("host {host_id}"), "rollout-start", &target.join(" "))?;
+            tx.commit()?;
+            Ok(Some(Claim { go: true, reason: None, recheck_after: recheck }))
+        })
+    }
+
+    /// Advances host `host_id`'s step, if it has one, with the report it
+    /// just sent: how soon it should check in again.
+    pub(crate) fn advance_step(tx: &rusqlite::Transaction, host_id: i64, report: &serde_json::Value) -> Result<Option<u64>, DbError> {
+        let step: Option<(i64, String, String, Option<String>, String, String)> = tx
+            .query_row(
+                "SELECT s.id, s.target, s.host_started, s.proven_at, g.policy, h.hostname
+                 FROM rollout_steps s JOIN groups g ON g.id = s.group_id JOIN hosts h ON h.id = s.host_id
+                 WHERE s.host_id = ?1 AND s.state = 'in_progress'",
+                [host_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            )
+            .optional()?;
+        let Some((id, target, host_started, proven_at, policy, hostname)) = step else { return Ok(None) };
+        let policy: GroupPolicy = serde_json::from_str(&policy).unwrap_or_default();
+        let rollout = policy.rollout.unwrap_or(crate::policy::Rollout { max: 1, health_window_seconds: 0 });
+        let target: Vec<String> = serde_json::from_str(&target).unwrap_or_default();
+        let started = host_started.parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        let proven = proven_at.as_deref().and_then(|p| p.parse().ok());
+        let window = jiff::SignedDuration::from_secs(i64::try_from(rollout.health_window_seconds).unwrap_or(i64::MAX));
+        match progress(&target, started, proven, window, report, jiff::Timestamp::now()) {
+            Progress::Wait(why) => {
+                tx.execute("UPDATE rollout_steps SET reason = ?1 WHERE id = ?2", params![why, id])?;
+            }
+            Progress::Proven => {
+                let why = format!("health window of {}s", rollout.health_window_seconds);
+                tx.execute("UPDATE rollout_steps SET proven_at = ?1, reason = ?2 WHERE id = ?3", params![now(), why, id])?;
+            }
+            Progress::Done => {
+                tx.execute("UPDATE rollout_steps SET state = 'done', reason = NULL, finished = ?1 WHERE id = ?2", params![now(), id])?;
+                Self::audit(tx, &format!("host {host_id}"), "rollout-done", &target.join(" "))?;
+                return Ok(None);
+            }
+            Progress::Failed(why) => {
+                tx.execute("UPDATE rollout_steps SET state = 'failed', reason = ?1, finished = ?2 WHERE id = ?3", params![why, now(), id])?;
+                Self::audit(tx, "server", "rollout-halt", &halt_reason(&hostname, &why))?;
+                return Ok(None);
+            }
+        }
+        Ok(Some(recheck_after(&rollout)))
+    }
+
+    /// Every group's policy and rollout (silent steps failed first).
+    pub fn rollouts(&self, silent_after: jiff::SignedDuration) -> Result<Vec<GroupRollout>, DbError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let groups: Vec<(i64, String, String)> = {
+                let mut stmt = tx.prepare("SELECT id, name, policy FROM groups ORDER BY name")?;
+                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            let mut out = Vec::new();
+            for (id, group, policy) in groups {
+                Self::fail_silent_steps(&tx, id, silent_after)?;
+                let steps: Vec<(Step, bool)> = {
+                    let mut stmt = tx.prepare(
+                        "SELECT s.host_id, h.hostname, s.target, s.state, s.reason, s.started, s.proven_at, s.finished, s.acknowledged
+                         FROM rollout_steps s JOIN hosts h ON h.id = s.host_id WHERE s.group_id = ?1 ORDER BY s.id DESC",
+                    )?;
+                    let rows = stmt.query_map([id], |r| {
+                        let target: String = r.get(2)?;
+                        Ok((
+                            Step {
+                                host_id: r.get(0)?,
+                                hostname: r.get(1)?,
+                                target: serde_json::from_str(&target).unwrap_or_default(),
+                                state: r.get(3)?,
+                                reason: r.get(4)?,
+                                started: r.get(5)?,
+                                proven_at: r.get(6)?,
+                                finished: r.get(7)?,
+                            },
+                            r.get::<_, bool>(8)?,
+                        ))
+                    })?;
+                    rows.collect::<Result<Vec<_>, _>>()?
+                };
+                let halted = steps
+                    .iter()
+                    .rev()
+                    .find(|(s, acked)| s.state == "failed" && !acked)
+                    .map(|(s, _)| halt_reason(&s.hostname, s.reason.as_deref().unwrap_or_default()));
+                out.push(GroupRollout {
+                    group,
+                    policy: serde_json::from_str(&policy).unwrap_or_default(),
+                    halted,
+                    steps: steps.into_iter().map(|(s, _)| s).collect(),
+                });
+            }
+            tx.commit()?;
+            Ok(out)
+        })
+    }
+
+    /// Resumes group `name`'s halted rollout (its failed steps are
+    /// acknowledged): whether the group exists.
+    pub fn resume(&self, name: &str, actor: &str) -> Result<bool, DbError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let Some(group_id) = tx.query_row("SELECT id FROM groups WHERE name = ?1", [name], |r| r.get::<_, i64>(0)).optional()? else {
+                return Ok(false);
+            };
+            let n = tx.execute("UPDATE rollout_steps SET acknowledged = 1 WHERE group_id = ?1 AND state = 'failed'", [group_id])?;
+            Self::audit(&tx, actor, "rollout-resume", &format!("{name} ({n} failed step(s) acknowledged)"))?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const T0: &str = "2026-11-24T10:00:00Z";
+
+    fn report(applied: bool, verified: Option<(bool, u64)>, update_error: Option<&str>) -> serde_json::Value {
+        json!({
+            "last_update": { "time": "2026-11-24T10:00:05Z", "error": update_error },
+            "managed": if applied { json!([{ "id": "kp_a", "version": 2, "applied_at": "2026-11-24T10:00:04Z" }]) } else { json!([]) },
+            "verifications": match verified {
+                Some((proven, old)) => json!([{ "id": "kp_a", "time": "2026-11-24T10:00:06Z", "proven": proven, "old_body_hits": old }]),
+                None => json!([]),
+            },
+        })
+    }
+
+    #[test]
+    fn a_step_goes_applied_proven_healthy_or_fails_with_its_reason() {
+        let target = vec!["kp_a@2".to_owned()];
+        let t0: jiff::Timestamp = T0.parse().unwrap();
+        let w = jiff::SignedDuration::from_mins(10);
+        let p = |r: &serde_json::Value, proven: Option<jiff::Timestamp>, now_min: i64| {
+            progress(&target, t0, proven, w, r, t0 + jiff::SignedDuration::from_mins(now_min))
+        };
+        assert_eq!(p(&report(false, None, None), None, 1), Progress::Wait("applying kp_a@2".into()));
+        assert_eq!(p(&report(true, None, None), None, 1), Progress::Wait("waiting for kmend verify of kp_a@2".into()));
+        assert_eq!(p(&report(true, Some((false, 0)), None), None, 1), Progress::Wait("kmend verify of kp_a@2: not exercised yet".into()));
+        assert_eq!(p(&report(true, Some((true, 0)), None), None, 1), Progress::Proven);
+        let proven = Some(t0 + jiff::SignedDuration::from_mins(1));
+        assert!(matches!(p(&report(true, Some((true, 0)), None), proven, 5), Progress::Wait(w) if w.starts_with("health window until")));
+        assert_eq!(p(&report(true, Some((true, 0)), None), proven, 11), Progress::Done);
+        assert_eq!(
+            p(&report(true, Some((false, 3)), None), None, 1),
+            Progress::Failed("kmend verify of kp_a@2: the old body still ran (3 hits)".into())
+        );
+        assert_eq!(p(&report(false, None, Some("load refused")), None, 1), Progress::Failed("update failed: load refused".into()));
+        // An update that failed before the step started is not this step's.
+        let late = progress(&target, "2026-11-24T10:00:09Z".parse().unwrap(), None, w, &report(false, None, Some("old")), t0);
+        assert_eq!(late, Progress::Wait("applying kp_a@2".into()));
+        // Another version applied is not the target.
+        assert_eq!(
+            progress(&["kp_a@3".to_owned()], t0, None, w, &report(true, Some((true, 0)), None), t0),
+            Progress::Wait("applying kp_a@3".into())
+        );
+    }
+}
