@@ -13,7 +13,11 @@
 //! | `POST /api/v1/hosts/{id}/revoke` | admin token | 204; 404 unknown host |
 //! | `GET /api/v1/check[?group=G]` | admin token | Nagios-style line: OK, WARNING (drift), CRITICAL (silent hosts) |
 //! | `GET /metrics` | admin token | Prometheus text: hosts, drifting hosts, check-in times |
+//! | `POST /api/v1/login-links` | admin token | `201 {"path": "/login/<code>"}`: opens a dashboard session once, within 5 minutes |
 //! | `GET /healthz` | anyone | `ok` |
+//!
+//! The dashboard's pages (`/`, `/hosts/{id}`, `/compliance`) are in
+//! `crate::dashboard`.
 //!
 //! Errors are `{"error": "..."}` with the status code.
 
@@ -65,9 +69,16 @@ pub struct AppState {
     pub admin_digest: Arc<str>,
     /// A host that has not checked in for this long is silent.
     pub silent_after: jiff::SignedDuration,
+    /// The dashboard's browser sessions.
+    pub sessions: crate::session::Sessions,
 }
 
 impl AppState {
+    /// The state of a server with admin token digest `admin_digest`.
+    pub fn new(db: Db, admin_digest: &str, silent_after: jiff::SignedDuration) -> Self {
+        Self { db, admin_digest: Arc::from(admin_digest), silent_after, sessions: Default::default() }
+    }
+
     /// Whether `host` has been silent for longer than allowed at `now`.
     fn silent(&self, host: &crate::db::Host, now: jiff::Timestamp) -> bool {
         crate::drift::silent(host, now, self.silent_after)
@@ -78,6 +89,11 @@ impl AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/", get(crate::dashboard::hosts))
+        .route("/hosts/{id}", get(crate::dashboard::host))
+        .route("/compliance", get(crate::dashboard::compliance))
+        .route("/login/{code}", get(crate::dashboard::login))
+        .route("/api/v1/login-links", post(login_link))
         .route("/api/v1/register", post(register))
         .route("/api/v1/checkin", post(check_in))
         .route("/api/v1/policy", get(host_policy))
@@ -121,11 +137,25 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers.get(header::AUTHORIZATION)?.to_str().ok()?.strip_prefix("Bearer ")
 }
 
+/// Whether the request carries the admin token.
+pub(crate) fn is_admin(state: &AppState, headers: &HeaderMap) -> bool {
+    bearer(headers).is_some_and(|t| secret::same(&secret::digest(t), &state.admin_digest))
+}
+
 fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
-    match bearer(headers) {
-        Some(t) if secret::same(&secret::digest(t), &state.admin_digest) => Ok(()),
-        _ => Err(ApiError(StatusCode::UNAUTHORIZED, "admin token required (Authorization: Bearer <token>)".into())),
+    if is_admin(state, headers) {
+        Ok(())
+    } else {
+        Err(ApiError(StatusCode::UNAUTHORIZED, "admin token required (Authorization: Bearer <token>)".into()))
     }
+}
+
+/// A one-time link that opens a dashboard session (`crate::session`).
+async fn login_link(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let code = state.sessions.new_link();
+    let body = json!({ "path": format!("/login/{code}"), "expires_in_seconds": crate::session::LINK_LIFETIME.as_secs() });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
 #[derive(Deserialize)]

@@ -9,11 +9,15 @@
 //! - [`drift`]: hosts that differ from the rest of their group.
 //! - [`metrics`]: Prometheus text.
 //! - [`api`]: the HTTP API (axum).
+//! - [`dashboard`]: the web pages (server-rendered HTML).
+//! - [`session`]: one-time login links and browser sessions.
 
 pub mod api;
+pub mod dashboard;
 pub mod db;
 pub mod drift;
 pub mod metrics;
 pub mod policy;
 pub mod rollout;
 pub mod secret;
+pub mod session;

@@ -6,7 +6,6 @@
 use std::{
     path::PathBuf,
     process::ExitCode,
-    sync::Arc,
 };
 
 use anyhow::Context as _;
@@ -113,7 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("'{}': read the admin token", admin_token_file.display()))?;
             let token = token.trim();
             anyhow::ensure!(token.len() >= 32, "'{}': the admin token must have at least 32 characters", admin_token_file.display());
-            let state = AppState { db: Db::open(&db)?, admin_digest: Arc::from(secret::digest(token)), silent_after };
+            let state = AppState::new(Db::open(&db)?, &secret::digest(token), silent_after);
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listen on {listen}"))?;

@@ -38,6 +38,8 @@ const APT_PACKAGES: &[&str] = &[
     "openssl",    // a real TLS server and CA for the agent's TLS tests
     "python3-venv",   // ansible-core for the end-to-end test, in a venv
     "openssh-client", // Ansible reaches the test server over ssh
+    "chromium",          // the fleet dashboard's browser test (headless)
+    "fonts-dejavu-core", // so its screenshots show text
 ];
 
 /// Tools installed with `cargo install`, pinned.

@@ -1,14 +1,14 @@
-//! The agent and the fleet server together (issue #12, first step): a real
-//! kmend-fleet (its library's server, in this process, on loopback HTTP,
-//! with a real SQLite file) and the real `kmend` binary on a machine whose
-//! kernel is kmend's test double (tests/util/mod.rs says why).
+//! The agent and the fleet server together (issue #12): a real kmend-fleet
+//! (its library's server, in this process, on loopback HTTP, with a real
+//! SQLite file) and the real `kmend` binary on a machine whose kernel is
+//! kmend's test double (tests/util/mod.rs says why). The dashboard is
+//! loaded by a real browser: Debian's headless Chromium.
 
 mod util;
 
 use std::{
     os::unix::fs::PermissionsExt as _,
     process::Stdio,
-    sync::Arc,
     time::Duration,
 };
 
@@ -42,7 +42,7 @@ impl Fleet {
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let state = AppState { db: db.clone(), admin_digest: Arc::from(kmend_fleet::secret::digest(ADMIN)), silent_after };
+        let state = AppState::new(db.clone(), &kmend_fleet::secret::digest(ADMIN), silent_after);
         runtime.spawn(kmend_fleet::api::serve(listener, state, async {
             let _ = stopped.await;
         }));
@@ -405,4 +405,98 @@ fn a_gated_host_that_cannot_reach_its_server_holds_its_update() {
     let (_, log) = stop_daemon(child);
     assert!(log.contains("held back by the fleet: the group's rollout gate could not be asked: fleet server http://127.0.0.1:9"), "{log}");
     assert!(root.applied().is_empty(), "applied without the gate");
+}
+
+/// Runs Debian's Chromium headless on `url` with `args` (`--dump-dom`,
+/// `--screenshot=…`): its stdout. `cargo xtask test` installs the package.
+fn chromium(url: &str, args: &[&str]) -> String {
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("timeout")
+        .args(["120", "chromium", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1400,1000"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .arg(url)
+        .current_dir(profile.path())
+        .output()
+        .expect("chromium: install Debian's chromium package (cargo xtask test does)");
+    assert!(out.status.success(), "chromium {args:?} {url}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_dashboard_in_a_browser_shows_outdated_hosts_amber_and_the_halted_rollout() {
+    let fleet = Fleet::start();
+    let key = fleet.db.add_group("ha", "test").unwrap();
+    assert_eq!(fleet.admin("PUT", "/api/v1/groups/ha/policy", serde_json::json!({ "rollout_max": 1, "health_window": "2s" })).0, 200);
+    let work = tempfile::tempdir().unwrap();
+    let feed = Feed::new();
+    feed.publish("stable", &time_from_now(-86400), &[artifact(work.path(), &Patch { cves: &["CVE-2026-1234"], ..Patch::new("kp_a", 1) })]);
+    let server = Server::start(&feed.root());
+    let config = feed.config(&server.url, "interval = \"1h\"\njitter = \"0\"\nauto_update = true");
+    let roots: Vec<Root> = (0..3).map(|_| Root::new()).collect();
+    for root in &roots {
+        root.config(&config);
+    }
+    // ha1: patched by hand and proven; ha2: checked, not patched (amber);
+    // ha3: its daemon applies in the gated rollout and its proof fails.
+    assert_eq!(roots[0].run(&["update"]).code, 0);
+    assert_eq!(roots[0].run(&["verify", "kp_a"]).code, 0);
+    assert_eq!(roots[1].run(&["check"]).code, 1, "kp_a is available, not applied");
+    for (i, root) in roots.iter().enumerate() {
+        let r = root.run(&["register", &key, "--server", &fleet.url, "--hostname", &format!("ha{}", i + 1)]);
+        assert_eq!(r.code, 0, "{r}");
+    }
+    let child = roots[2].cmd(&["daemon"]).env("KMEND_FAKE_OLD_BODY_RUNS", "kp_a").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for("the rollout to halt at ha3", Duration::from_secs(60), || {
+        let (_, g) = fleet.admin("GET", "/api/v1/groups", serde_json::Value::Null);
+        !g["groups"][0]["halted"].is_null()
+    });
+    stop_daemon(child);
+
+    // Without a session: the way to log in, not the fleet.
+    let (code, body) = fleet.get("/", None);
+    assert_eq!(code, 401);
+    assert!(body.contains("Login required") && !body.contains("ha1"), "{body}");
+    let link = |next: &str| {
+        let (code, body) = fleet.admin("POST", "/api/v1/login-links", serde_json::Value::Null);
+        assert_eq!(code, 201, "{body}");
+        format!("{}{}?next={next}", fleet.url, body["path"].as_str().unwrap())
+    };
+    assert_eq!(fleet.get(&format!("/login/{}", "kml_0000"), None).0, 401);
+
+    let artifacts = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("../test-artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let dom = chromium(&link("/"), &["--dump-dom"]);
+    assert!(dom.contains(r#"<tr class="host amber" data-hostname="ha2" data-state="updates available">"#), "{dom}");
+    assert!(dom.contains(r#"<tr class="host " data-hostname="ha1" data-state="up to date">"#), "{dom}");
+    assert!(dom.contains(r#"<tr class="host red" data-hostname="ha3" data-state="verification failed">"#), "{dom}");
+    assert!(
+        dom.contains(r#"<p class="rollout halted" data-group="ha">Rollout halted: host ha3: kmend verify of kp_a@1: the old body still ran (1 hits)</p>"#),
+        "{dom}"
+    );
+    let hosts_png = artifacts.join("dashboard-hosts.png");
+    chromium(&link("/"), &[&format!("--screenshot={}", hosts_png.display())]);
+    // The link is spent: opening it again does not log in.
+    let spent = link("/");
+    chromium(&spent, &["--dump-dom"]);
+    assert!(chromium(&spent, &["--dump-dom"]).contains("Login link not valid"));
+
+    let (_, hosts) = fleet.hosts(Some(ADMIN));
+    let ha3 = hosts["hosts"][2]["id"].as_i64().unwrap();
+    let dom = chromium(&link(&format!("/hosts/{ha3}")), &["--dump-dom"]);
+    assert!(dom.contains("<h1>Host ha3</h1>"), "{dom}");
+    assert!(dom.contains("NOT PROVEN: old body ran 1 times"), "{dom}");
+    assert!(dom.contains("<td>daemon</td><td>apply</td><td>kp_a</td><td>ok</td>"), "the journal excerpt: {dom}");
+    let host_png = artifacts.join("dashboard-host.png");
+    chromium(&link(&format!("/hosts/{ha3}")), &[&format!("--screenshot={}", host_png.display())]);
+
+    let dom = chromium(&link("/compliance"), &["--dump-dom"]);
+    let row = dom.split(r#"<tr data-cve="CVE-2026-1234">"#).nth(1).unwrap_or_else(|| panic!("{dom}"));
+    let row = row.split("</tr>").next().unwrap();
+    assert!(row.contains("ha1 (kp_a, since") && row.contains("ha3 (kp_a, since") && row.ends_with("<td>ha2</td>"), "{row}");
+
+    for png in [hosts_png, host_png] {
+        let bytes = std::fs::read(&png).unwrap();
+        assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000, "{}: {} bytes", png.display(), bytes.len());
+    }
 }

@@ -25,9 +25,18 @@ fn client(paths: &Paths, server: &str) -> anyhow::Result<Client> {
     Ok(Client::new(server, config.proxy.as_deref(), config.timeout, config.ca_certs.as_deref().map(std::path::Path::new))?)
 }
 
-/// What a check-in reports: what `kmend status --json` prints.
+/// Journal entries a check-in carries (the dashboard's host page).
+const JOURNAL_EXCERPT: usize = 20;
+
+/// What a check-in reports: what `kmend status --json` prints, and the
+/// last entries of the journal under `journal`.
 fn report(paths: &Paths) -> anyhow::Result<serde_json::Value> {
-    Ok(serde_json::to_value(Overview::gather(paths, &Kernel::from_env(paths))?)?)
+    let mut report = serde_json::to_value(Overview::gather(paths, &Kernel::from_env(paths))?)?;
+    // A journal that cannot be read costs the excerpt, not the check-in.
+    let journal = kmend::journal::read_all(paths).unwrap_or_default();
+    let excerpt = &journal[journal.len().saturating_sub(JOURNAL_EXCERPT)..];
+    report["journal"] = serde_json::to_value(excerpt)?;
+    Ok(report)
 }
 
 /// Fetches the group's policy and sends this host's status to its server,
