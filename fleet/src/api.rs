@@ -11,6 +11,7 @@
 //! | `POST /api/v1/groups/{name}/rollout/resume` | admin token | 204: a halted rollout goes on |
 //! | `GET /api/v1/hosts` | admin token | every host with its last report and its drift |
 //! | `POST /api/v1/hosts/{id}/revoke` | admin token | 204; 404 unknown host |
+//! | `GET /api/v1/events` | admin token | the newest notifications (`crate::notify`) and where they were delivered |
 //! | `GET /api/v1/check[?group=G]` | admin token | Nagios-style line: OK, WARNING (drift), CRITICAL (silent hosts) |
 //! | `GET /metrics` | admin token | Prometheus text: hosts, drifting hosts, check-in times |
 //! | `POST /api/v1/login-links` | admin token | `201 {"path": "/login/<code>"}`: opens a dashboard session once, within 5 minutes |
@@ -71,12 +72,22 @@ pub struct AppState {
     pub silent_after: jiff::SignedDuration,
     /// The dashboard's browser sessions.
     pub sessions: crate::session::Sessions,
+    /// Where notifications go, and how often the outbox is looked at.
+    pub notify: crate::notify::Notify,
+    pub notify_tick: std::time::Duration,
 }
 
 impl AppState {
     /// The state of a server with admin token digest `admin_digest`.
     pub fn new(db: Db, admin_digest: &str, silent_after: jiff::SignedDuration) -> Self {
-        Self { db, admin_digest: Arc::from(admin_digest), silent_after, sessions: Default::default() }
+        Self {
+            db,
+            admin_digest: Arc::from(admin_digest),
+            silent_after,
+            sessions: Default::default(),
+            notify: crate::notify::Notify { sendmail: "/usr/sbin/sendmail".into(), ..Default::default() },
+            notify_tick: std::time::Duration::from_secs(30),
+        }
     }
 
     /// Whether `host` has been silent for longer than allowed at `now`.
@@ -102,6 +113,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/groups/{name}/policy", put(set_policy))
         .route("/api/v1/groups/{name}/rollout/resume", post(resume))
         .route("/api/v1/hosts", get(hosts))
+        .route("/api/v1/events", get(events))
         .route("/api/v1/hosts/{id}/revoke", post(revoke))
         .route("/api/v1/check", get(check))
         .route("/metrics", get(metrics))
@@ -272,6 +284,14 @@ async fn hosts(State(state): State<AppState>, headers: HeaderMap) -> Result<Resp
     Ok(Json(json!({ "hosts": hosts })).into_response())
 }
 
+/// The newest notifications and whether they were delivered.
+async fn events(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let db = state.db.clone();
+    let events = blocking(move || db.events(200)).await?;
+    Ok(Json(json!({ "events": events })).into_response())
+}
+
 async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
     let db = state.db.clone();
@@ -330,5 +350,8 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let notifier = tokio::spawn(crate::notify::run(state.db.clone(), state.notify.clone(), state.silent_after, state.notify_tick));
+    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    notifier.abort();
+    served
 }

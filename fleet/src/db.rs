@@ -66,6 +66,19 @@ const MIGRATIONS: &[&str] = &["
         acknowledged INTEGER NOT NULL DEFAULT 0
     );
     CREATE INDEX rollout_steps_group ON rollout_steps (group_id, state);
+", "
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        key TEXT NOT NULL UNIQUE,
+        event TEXT NOT NULL,
+        created TEXT NOT NULL,
+        done_channels TEXT NOT NULL DEFAULT '[]',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt TEXT NOT NULL,
+        last_error TEXT,
+        delivered TEXT
+    );
+    CREATE INDEX outbox_due ON outbox (delivered, next_attempt);
 "];
 
 /// A failed database operation.
@@ -206,10 +219,46 @@ impl Db {
             let tx = conn.transaction()?;
             let Some((id, _, _)) = Self::host_by_token(&tx, token)? else { return Ok(None) };
             tx.execute("UPDATE hosts SET last_checkin = ?1, report = ?2 WHERE id = ?3", params![now(), report.to_string(), id])?;
+            Self::queue_report_events(&tx, id, report)?;
             let recheck = Self::advance_step(&tx, id, report)?;
             tx.commit()?;
             Ok(Some((id, recheck)))
         })
+    }
+
+    /// Queues what a report announces: patches available to the group,
+    /// and a verification that saw old code run.
+    fn queue_report_events(conn: &Connection, host_id: i64, report: &serde_json::Value) -> Result<(), DbError> {
+        let (group, hostname): (String, String) = conn.query_row(
+            "SELECT g.name, h.hostname FROM hosts h JOIN groups g ON g.id = h.group_id WHERE h.id = ?1",
+            [host_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let empty = Vec::new();
+        let mut pending: Vec<String> = report["pending"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .map(|p| format!("{}@{}", p["id"].as_str().unwrap_or("?"), p["version"]))
+            .collect();
+        pending.sort();
+        if !pending.is_empty() {
+            let patches = pending.join(" ");
+            let event = serde_json::json!({ "event": "updates_available", "group": group, "host": hostname, "patches": patches });
+            Self::enqueue(conn, &format!("available:{group}:{patches}"), event)?;
+        }
+        for v in report["verifications"].as_array().unwrap_or(&empty) {
+            let old = v["old_body_hits"].as_u64().unwrap_or(0);
+            if old > 0 {
+                let patch = v["id"].as_str().unwrap_or("?");
+                let event = serde_json::json!({
+                    "event": "verification_failed", "group": group, "host": hostname, "patch": patch, "old_body_hits": old,
+                    "verified_at": v["time"],
+                });
+                Self::enqueue(conn, &format!("verify:{host_id}:{patch}:{}", v["time"]), event)?;
+            }
+        }
+        Ok(())
     }
 
     /// The policy of the group of host `token` (`None`: unknown token).

@@ -6,6 +6,7 @@
 //! - [`db`]: the database (SQLite), its migrations and queries.
 //! - [`policy`]: a group's channel, delay, sticky pin and rollout gate.
 //! - [`rollout`]: the gate: N hosts at a time, each proven and healthy.
+//! - [`notify`]: webhooks and mail when something needs an admin.
 //! - [`drift`]: hosts that differ from the rest of their group.
 //! - [`metrics`]: Prometheus text.
 //! - [`api`]: the HTTP API (axum).
@@ -17,6 +18,7 @@ pub mod dashboard;
 pub mod db;
 pub mod drift;
 pub mod metrics;
+pub mod notify;
 pub mod policy;
 pub mod rollout;
 pub mod secret;

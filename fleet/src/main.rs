@@ -44,10 +44,26 @@ enum Command {
         /// (critical in the check endpoint), e.g. `12h`, `30m`.
         #[arg(long, default_value = "12h")]
         silent_after: jiff::SignedDuration,
+        /// POST each event (rollout halted, verification failed, host
+        /// silent, updates available) as JSON to this URL; repeatable.
+        #[arg(long = "notify-webhook", value_name = "URL")]
+        notify_webhooks: Vec<String>,
+        /// Mail each event to this address through the local MTA;
+        /// repeatable.
+        #[arg(long = "notify-mail", value_name = "ADDRESS")]
+        notify_mail: Vec<String>,
+        /// The local MTA's sendmail.
+        #[arg(long, default_value = "/usr/sbin/sendmail")]
+        sendmail: PathBuf,
     },
     /// Manage groups.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Print every host as JSON, as `GET /api/v1/hosts` does.
+    Hosts {
+        #[arg(long)]
+        db: PathBuf,
+    },
     /// Print the audit log.
     Audit {
         #[arg(long)]
@@ -107,12 +123,16 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { db, listen, admin_token_file, silent_after } => {
+        Command::Serve { db, listen, admin_token_file, silent_after, notify_webhooks, notify_mail, sendmail } => {
             let token = std::fs::read_to_string(&admin_token_file)
                 .with_context(|| format!("'{}': read the admin token", admin_token_file.display()))?;
             let token = token.trim();
             anyhow::ensure!(token.len() >= 32, "'{}': the admin token must have at least 32 characters", admin_token_file.display());
-            let state = AppState::new(Db::open(&db)?, &secret::digest(token), silent_after);
+            for w in &notify_webhooks {
+                anyhow::ensure!(w.starts_with("http://") || w.starts_with("https://"), "--notify-webhook '{w}': not an http:// or https:// URL");
+            }
+            let mut state = AppState::new(Db::open(&db)?, &secret::digest(token), silent_after);
+            state.notify = kmend_fleet::notify::Notify { webhooks: notify_webhooks, mail_to: notify_mail, sendmail };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listen on {listen}"))?;
@@ -142,6 +162,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group(GroupCommand::Resume { db, name }) => {
             anyhow::ensure!(Db::open(&db)?.resume(&name, "cli")?, "no group '{name}'");
             println!("rollout of group {name} resumed");
+            Ok(())
+        }
+        Command::Hosts { db } => {
+            let hosts = Db::open(&db)?.hosts()?;
+            let drift = kmend_fleet::drift::drift(&hosts);
+            let hosts: Vec<serde_json::Value> = hosts
+                .iter()
+                .map(|h| {
+                    let mut v = serde_json::to_value(h).unwrap_or_default();
+                    v["drift"] = serde_json::json!(drift.get(&h.id).cloned().unwrap_or_default());
+                    v
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "hosts": hosts }))?);
             Ok(())
         }
         Command::Audit { db } => {

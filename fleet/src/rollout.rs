@@ -144,6 +144,16 @@ fn halt_reason(hostname: &str, reason: &str) -> String {
 }
 
 impl Db {
+    /// Audits and announces that step `step` of `hostname` halted its
+    /// group's rollout.
+    fn halted(tx: &rusqlite::Transaction, step: i64, hostname: &str, why: &str) -> Result<(), DbError> {
+        Self::audit(tx, "server", "rollout-halt", &halt_reason(hostname, why))?;
+        let group: String =
+            tx.query_row("SELECT g.name FROM rollout_steps s JOIN groups g ON g.id = s.group_id WHERE s.id = ?1", [step], |r| r.get(0))?;
+        let event = serde_json::json!({ "event": "rollout_halted", "group": group, "host": hostname, "reason": why });
+        Self::enqueue(tx, &format!("halt:{step}"), event)
+    }
+
     /// Marks failed the steps of hosts that stopped checking in for longer
     /// than `silent_after` (their last check-in, or the step's start if
     /// later).
@@ -154,6 +164,7 @@ impl Db {
                  FROM rollout_steps s JOIN hosts h ON h.id = s.host_id
                  WHERE s.group_id = ?1 AND s.state = 'in_progress'",
             )?;
+            // (step, hostname, last sign of life)
             let rows = stmt.query_map([group_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             rows.collect::<Result<Vec<_>, _>>()?
         };
@@ -162,7 +173,7 @@ impl Db {
             if last.parse::<jiff::Timestamp>().is_ok_and(|t| now_t.duration_since(t) > silent_after) {
                 let why = format!("stopped checking in during its rollout step (last at {last})");
                 tx.execute("UPDATE rollout_steps SET state = 'failed', reason = ?1, finished = ?2 WHERE id = ?3", params![why, now(), id])?;
-                Self::audit(tx, "server", "rollout-halt", &halt_reason(&hostname, &why))?;
+                Self::halted(tx, id, &hostname, &why)?;
             }
         }
         Ok(())
@@ -266,7 +277,7 @@ impl Db {
             }
             Progress::Failed(why) => {
                 tx.execute("UPDATE rollout_steps SET state = 'failed', reason = ?1, finished = ?2 WHERE id = ?3", params![why, now(), id])?;
-                Self::audit(tx, "server", "rollout-halt", &halt_reason(&hostname, &why))?;
+                Self::halted(tx, id, &hostname, &why)?;
                 return Ok(None);
             }
         }

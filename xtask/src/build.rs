@@ -107,6 +107,13 @@ pub fn userspace() -> anyhow::Result<BTreeMap<String, PathBuf>> {
     Ok(["kmend", "kmend-guest"].iter().map(|b| ((*b).to_owned(), dir.join(b))).collect())
 }
 
+/// The fleet server, static (musl) like the agent: `kmend-fleet`.
+pub fn fleet_server() -> anyhow::Result<PathBuf> {
+    println!("xtask: building the fleet server ({})", paths::MUSL_TARGET);
+    exec(cargo().args(["build", "--release", "--target", paths::MUSL_TARGET, "-p", "kmend-fleet"]))?;
+    Ok(target_dir().join(paths::MUSL_TARGET).join("release/kmend-fleet"))
+}
+
 /// The kernels asked for, built or prepared (setup first).
 pub fn kernels(which: &[Flavor]) -> anyhow::Result<Vec<Kernel>> {
     setup::run()?;

@@ -13,7 +13,10 @@
 //!
 //! Between the two, the host runs the repository's Ansible role
 //! (deploy/ansible/roles/kmend) against the server over ssh (a loopback
-//! port forward) twice: the second run must change nothing.
+//! port forward) twice: the second run must change nothing. The first
+//! registers the server with a kmend-fleet running on the host's loopback;
+//! the fleet must then list it with the real kernel's build id and the
+//! applied patch.
 //!
 //! kmend.ko is not in the image: the feed carries it as the core artifact
 //! for the stock kernel, and the daemon loads it before the patch (and
@@ -61,7 +64,7 @@ use crate::{
 /// The patch the feed offers: a real stable fix built from its C diff.
 const PATCH: &str = "kp_stable_do_wait";
 
-/// Kills the feed server when dropped.
+/// Kills the feed (or fleet) server when dropped.
 struct FeedServer(Child);
 
 impl Drop for FeedServer {
@@ -96,6 +99,7 @@ pub fn run(stock: &Artifacts, opts: &VmOptions) -> anyhow::Result<ServerRuns> {
     exec(Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&ssh_key))?;
     let core = core_artifact(stock, kmend, &dir.join("core"))?;
     let (server, url) = feed(kmend, &[&core, artifact], &stock.kernel.release, &dir.join("feed"))?;
+    let fleet = Fleet::start(&dir.join("fleet"))?;
     let root = dir.join("root");
     let feed_root = dir.join("feed/metadata/1.root.json");
     populate(stock, &lower, &root, &deb, &feed_root, &url)?;
@@ -114,11 +118,16 @@ pub fn run(stock: &Artifacts, opts: &VmOptions) -> anyhow::Result<ServerRuns> {
         "kmend_package": deb,
         "kmend_jitter": "0",
         "kmend_interval": "10m",
+        "kmend_fleet_server": fleet.url,
+        "kmend_fleet_key": fleet.key,
+        "kmend_fleet_hostname": "kmend-server",
     });
+    let build_id = crate::kernel::build_id(&stock.kernel.vmlinux)?;
     let mut host_checks = Vec::new();
     let mut ansible_turn = |line: &str| {
         if line.contains("kmend-guest: waiting for the host's Ansible runs") {
             host_checks = ansible_twice(&playbook, ssh_port, &ssh_key, &vars);
+            host_checks.push(fleet.check_listed(&build_id));
         }
     };
     let mut boots = vec![boot(stock, &initrd, &disk, "install", Some(ssh_port), opts, &mut ansible_turn)?];
@@ -129,6 +138,66 @@ pub fn run(stock: &Artifacts, opts: &VmOptions) -> anyhow::Result<ServerRuns> {
     drop(server);
     boots.push(boot(stock, &initrd, &disk, "reboot", None, opts, &mut |_| {})?);
     Ok(ServerRuns { boots, host_checks })
+}
+
+/// A kmend-fleet on the host's loopback with one group, `servers`.
+struct Fleet {
+    bin: PathBuf,
+    db: PathBuf,
+    /// How the guest reaches it (QEMU's user network).
+    url: String,
+    key: String,
+    _server: FeedServer,
+}
+
+impl Fleet {
+    fn start(dir: &Path) -> anyhow::Result<Self> {
+        let bin = crate::build::fleet_server()?;
+        fs::create_dir_all(dir)?;
+        let db = dir.join("fleet.sqlite");
+        let token = dir.join("admin.token");
+        fs::write(&token, "e2e-admin-token-0123456789abcdef0123456789\n")?;
+        let key = crate::run::output(Command::new(&bin).args(["group", "add", "--db"]).arg(&db).arg("servers"))?.trim().to_owned();
+        let mut child = Command::new(&bin)
+            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+            .arg(&db)
+            .arg("--admin-token-file")
+            .arg(&token)
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("start kmend-fleet serve")?;
+        let stdout = child.stdout.take().context("fleet server stdout")?;
+        let server = FeedServer(child);
+        let mut first = String::new();
+        BufReader::new(stdout).read_line(&mut first)?;
+        let listening: serde_json::Value = serde_json::from_str(&first).with_context(|| format!("kmend-fleet serve printed '{}'", first.trim()))?;
+        let port = listening["listening"].as_str().and_then(|a| a.rsplit(':').next()).context("kmend-fleet serve: no address")?.to_owned();
+        println!("xtask: fleet server on 127.0.0.1:{port}");
+        Ok(Self { bin, db, url: format!("http://10.0.2.2:{port}"), key, _server: server })
+    }
+
+    /// Whether the fleet lists the server, registered by the role, with
+    /// the running kernel's build id and the applied patch.
+    fn check_listed(&self, build_id: &str) -> (String, bool) {
+        let name = "fleet: the server registered and checked in with its kernel and patch";
+        let listed = crate::run::output(Command::new(&self.bin).arg("hosts").arg("--db").arg(&self.db));
+        let hosts: serde_json::Value = listed.as_deref().ok().and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default();
+        let host = hosts["hosts"].as_array().and_then(|h| h.iter().find(|h| h["hostname"] == "kmend-server")).cloned().unwrap_or_default();
+        let report = &host["report"];
+        let patched = report["patches"].as_array().is_some_and(|p| p.iter().any(|p| p["id"] == PATCH));
+        let good = report["kernel"]["build_id"] == build_id && patched;
+        println!(
+            "{name} ... {} (build id {}, effective version {}, patches {})",
+            if good { "ok" } else { "FAILED" },
+            report["kernel"]["build_id"],
+            report["effective_version"],
+            report["patches"].as_array().map(|p| p.iter().map(|p| p["id"].to_string()).collect::<Vec<_>>().join(",")).unwrap_or_default()
+        );
+        if !good {
+            println!("  {hosts}");
+        }
+        (name.to_owned(), good)
+    }
 }
 
 /// A free loopback port (for QEMU's ssh forward).

@@ -36,13 +36,20 @@ impl Fleet {
 
     /// With hosts silent after `silent_after` without a check-in.
     fn start_with(silent_after: jiff::SignedDuration) -> Self {
+        Self::start_notifying(silent_after, kmend_fleet::notify::Notify::default())
+    }
+
+    /// With notifications to `notify`, the outbox looked at every 200 ms.
+    fn start_notifying(silent_after: jiff::SignedDuration, notify: kmend_fleet::notify::Notify) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("fleet.sqlite")).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let state = AppState::new(db.clone(), &kmend_fleet::secret::digest(ADMIN), silent_after);
+        let mut state = AppState::new(db.clone(), &kmend_fleet::secret::digest(ADMIN), silent_after);
+        state.notify = notify;
+        state.notify_tick = Duration::from_millis(200);
         runtime.spawn(kmend_fleet::api::serve(listener, state, async {
             let _ = stopped.await;
         }));
@@ -255,6 +262,38 @@ fn a_host_that_stops_checking_in_turns_the_check_critical() {
     assert!(line.starts_with("KMEND-FLEET OK - all groups: 1 hosts"), "{line}");
 }
 
+/// A webhook receiver on loopback (axum, as the server): the JSON bodies
+/// it was sent.
+struct Webhook {
+    url: String,
+    got: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl Webhook {
+    fn start() -> Self {
+        let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let sink = got.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |axum::Json(v): axum::Json<serde_json::Value>| async move {
+                sink.lock().unwrap().push(v);
+                axum::http::StatusCode::NO_CONTENT
+            }),
+        );
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        Self { url, got, _runtime: runtime }
+    }
+
+    /// The events received of kind `event`.
+    fn events(&self, event: &str) -> Vec<serde_json::Value> {
+        self.got.lock().unwrap().iter().filter(|v| v["event"] == event).cloned().collect()
+    }
+}
+
 /// The hostnames of the hosts of `body` (`GET /api/v1/groups`) whose step
 /// is in `state`, oldest first.
 fn steps(groups: &serde_json::Value, state: &str) -> Vec<String> {
@@ -264,7 +303,16 @@ fn steps(groups: &serde_json::Value, state: &str) -> Vec<String> {
 
 #[test]
 fn a_staged_rollout_goes_one_host_at_a_time_and_halts_where_verification_fails() {
-    let fleet = Fleet::start_with(jiff::SignedDuration::from_secs(60));
+    // Notifications: a real webhook receiver, and mail through a stand-in
+    // for the local MTA's sendmail (a script keeping what it is given: no
+    // MTA runs in a host test).
+    let hook = Webhook::start();
+    let mailbox = tempfile::tempdir().unwrap();
+    let sendmail = mailbox.path().join("sendmail");
+    std::fs::write(&sendmail, format!("#!/bin/sh\n[ \"$*\" = \"-t -oi\" ] || exit 64\ncat >> {}/mail\n", mailbox.path().display())).unwrap();
+    std::fs::set_permissions(&sendmail, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let notify = kmend_fleet::notify::Notify { webhooks: vec![hook.url.clone()], mail_to: vec!["ops@example.com".into()], sendmail };
+    let fleet = Fleet::start_notifying(jiff::SignedDuration::from_secs(60), notify);
     let key = fleet.db.add_group("ha", "test").unwrap();
     // The policy, through the API: a bad field is refused and named.
     let (code, body) = fleet.admin("PUT", "/api/v1/groups/ha/policy", serde_json::json!({ "rollout_max": 0 }));
@@ -337,6 +385,24 @@ fn a_staged_rollout_goes_one_host_at_a_time_and_halts_where_verification_fails()
     assert!(logs[1].contains("held back by the fleet: waiting for the rollout: ha1 applying (1 at a time)"), "{}", logs[1]);
     assert!(logs[3].contains("held back by the fleet: rollout halted: host ha3: kmend verify of kp_a@1"), "{}", logs[3]);
     assert!(logs[2].contains("patch 'kp_a' not verified: replacement 1 hits, old body 1 hits"), "{}", logs[2]);
+    // Notified once each, by webhook and by mail: the halt, the failed
+    // proof, the patch available to the group.
+    wait_for("the notifications", Duration::from_secs(10), || !hook.events("rollout_halted").is_empty());
+    let halted = hook.events("rollout_halted");
+    assert_eq!(halted.len(), 1, "{halted:?}");
+    assert_eq!((halted[0]["group"].as_str(), halted[0]["host"].as_str()), (Some("ha"), Some("ha3")));
+    assert_eq!(halted[0]["reason"], "kmend verify of kp_a@1: the old body still ran (1 hits)");
+    let failed = hook.events("verification_failed");
+    assert!(!failed.is_empty() && failed.iter().all(|e| e["host"] == "ha3" && e["patch"] == "kp_a"), "{failed:?}");
+    let available = hook.events("updates_available");
+    assert_eq!(available.len(), 1, "{available:?}");
+    assert_eq!(available[0]["patches"], "kp_a@1");
+    let mail = std::fs::read_to_string(mailbox.path().join("mail")).unwrap();
+    assert!(mail.contains("To: ops@example.com\nSubject: kmend-fleet: group ha: rollout halted at host ha3: kmend verify of kp_a@1"), "{mail}");
+    let (_, events) = fleet.admin("GET", "/api/v1/events", serde_json::Value::Null);
+    let halt = events["events"].as_array().unwrap().iter().find(|e| e["event"]["event"] == "rollout_halted").unwrap().clone();
+    assert_eq!(halt["sent_to"], serde_json::json!([format!("webhook {}", hook.url), "mail ops@example.com"]), "{halt}");
+    assert!(halt["delivered"].is_string(), "{halt}");
     let actions: Vec<String> = fleet.db.audit_log().unwrap().into_iter().map(|a| a.2).collect();
     for a in ["policy", "rollout-start", "rollout-done", "rollout-halt", "rollout-resume"] {
         assert!(actions.iter().any(|x| x == a), "{a} not audited: {actions:?}");
