@@ -7,6 +7,7 @@
 //! | `GET /api/v1/policy` | a host | its group's policy (`crate::policy::GroupPolicy`) |
 //! | `POST /api/v1/rollout/claim` `{"target","time"}` | a host | `{"go", "reason"?, "recheck_after"?}`: whether it may apply `target` now |
 //! | `GET /api/v1/groups` | admin token | every group's policy and rollout (steps, halt reason) |
+//! | `POST /api/v1/groups` `{"name"}` | admin token | `201 {"group","key"}`: the registration key, shown once; 400 for a bad or taken name |
 //! | `PUT /api/v1/groups/{name}/policy` | admin token | the policy (`crate::policy::PolicyInput`); 400 with the bad field |
 //! | `POST /api/v1/groups/{name}/rollout/resume` | admin token | 204: a halted rollout goes on |
 //! | `GET /api/v1/hosts` | admin token | every host with its last report and its drift |
@@ -109,7 +110,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/checkin", post(check_in))
         .route("/api/v1/policy", get(host_policy))
         .route("/api/v1/rollout/claim", post(claim))
-        .route("/api/v1/groups", get(groups))
+        .route("/api/v1/groups", get(groups).post(add_group))
         .route("/api/v1/groups/{name}/policy", put(set_policy))
         .route("/api/v1/groups/{name}/rollout/resume", post(resume))
         .route("/api/v1/hosts", get(hosts))
@@ -238,6 +239,24 @@ async fn groups(State(state): State<AppState>, headers: HeaderMap) -> Result<Res
     let (db, silent_after) = (state.db.clone(), state.silent_after);
     let groups = blocking(move || db.rollouts(silent_after)).await?;
     Ok(Json(json!({ "groups": groups })).into_response())
+}
+
+#[derive(Deserialize)]
+struct NewGroup {
+    name: String,
+}
+
+/// Creates a group: its registration key, shown once.
+async fn add_group(State(state): State<AppState>, headers: HeaderMap, Json(g): Json<NewGroup>) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let db = state.db.clone();
+    let name = g.name.clone();
+    match tokio::task::spawn_blocking(move || db.add_group(&name, "admin")).await {
+        Ok(Ok(key)) => Ok((StatusCode::CREATED, Json(json!({ "group": g.name, "key": key }))).into_response()),
+        Ok(Err(e @ (DbError::GroupExists(_) | DbError::BadGroupName(_)))) => Err(ApiError(StatusCode::BAD_REQUEST, e.to_string())),
+        Ok(Err(e)) => Err(e.into()),
+        Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("database task failed: {e}"))),
+    }
 }
 
 async fn set_policy(

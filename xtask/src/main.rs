@@ -98,7 +98,7 @@ fn main() -> ExitCode {
         Command::Demo(opts) => vm::demo(&opts),
         Command::Bench(opts) => bench::run(&opts),
         Command::ServerTest(opts) => test::server_only(&opts),
-        Command::Package { test: false } => package::build(None).map(|_| ()),
+        Command::Package { test: false } => package::build(None).and_then(|_| package::build_fleet()).map(|_| ()),
         Command::Package { test: true } => package_test::run().and_then(|(passed, failed)| {
             println!("{passed} passed, {failed} failed");
             anyhow::ensure!(failed == 0, "{failed} package check(s) failed");

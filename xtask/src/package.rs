@@ -1,5 +1,6 @@
-//! `cargo xtask package`: the Debian package of the agent, built by
-//! cargo-deb from `[package.metadata.deb]` in userspace/kmend/Cargo.toml.
+//! `cargo xtask package`: the Debian packages of the agent and of the fleet
+//! server, built by cargo-deb from `[package.metadata.deb]` in
+//! userspace/kmend/Cargo.toml and fleet/Cargo.toml.
 //!
 //! The package holds the static (musl) `kmend` binary, the two systemd
 //! units (enabled on install, kmend.service started), /etc/kmend/kmend.toml
@@ -46,9 +47,22 @@ pub fn build(revision: Option<&str>) -> anyhow::Result<PathBuf> {
     generate_docs(kmend, &dist)?;
     // cargo-deb may clear its output directory: another revision gets its own.
     let out = revision.map_or_else(out_dir, |r| out_dir().join(format!("revision-{r}")));
-    fs::create_dir_all(&out)?;
+    cargo_deb("kmend", &out, revision)
+}
+
+/// The fleet server's package (its own output directory).
+pub fn build_fleet() -> anyhow::Result<PathBuf> {
+    crate::setup::cargo_tools()?;
+    build::fleet_server()?;
+    cargo_deb("kmend-fleet", &out_dir().join("fleet"), None)
+}
+
+/// `cargo deb` of workspace package `package`, built already for the musl
+/// target, into `out`: the `.deb`.
+fn cargo_deb(package: &str, out: &Path, revision: Option<&str>) -> anyhow::Result<PathBuf> {
+    fs::create_dir_all(out)?;
     let mut deb = build::cargo();
-    deb.args(["deb", "-p", "kmend", "--no-build", "--target", paths::MUSL_TARGET, "--output"]).arg(&out);
+    deb.args(["deb", "-p", package, "--no-build", "--target", paths::MUSL_TARGET, "--output"]).arg(out);
     if let Some(r) = revision {
         deb.args(["--deb-revision", r]);
     }

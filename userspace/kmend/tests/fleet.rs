@@ -313,7 +313,12 @@ fn a_staged_rollout_goes_one_host_at_a_time_and_halts_where_verification_fails()
     std::fs::set_permissions(&sendmail, std::fs::Permissions::from_mode(0o755)).unwrap();
     let notify = kmend_fleet::notify::Notify { webhooks: vec![hook.url.clone()], mail_to: vec!["ops@example.com".into()], sendmail };
     let fleet = Fleet::start_notifying(jiff::SignedDuration::from_secs(60), notify);
-    let key = fleet.db.add_group("ha", "test").unwrap();
+    // The group, through the API (as an admin of the packaged server does).
+    let (code, body) = fleet.admin("POST", "/api/v1/groups", serde_json::json!({ "name": "ha" }));
+    assert_eq!(code, 201, "{body}");
+    let key = body["key"].as_str().unwrap().to_owned();
+    let (code, body) = fleet.admin("POST", "/api/v1/groups", serde_json::json!({ "name": "ha" }));
+    assert_eq!((code, body["error"].as_str()), (400, Some("group 'ha' already exists")));
     // The policy, through the API: a bad field is refused and named.
     let (code, body) = fleet.admin("PUT", "/api/v1/groups/ha/policy", serde_json::json!({ "rollout_max": 0 }));
     assert_eq!((code, body["error"].as_str()), (400, Some("rollout_max: at least 1 host at a time")));
