@@ -363,14 +363,48 @@ async fn revoke(State(state): State<AppState>, headers: HeaderMap, Path(id): Pat
     }
 }
 
-/// Serves the API on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` until `shutdown` resolves: plain HTTP, or
+/// HTTPS with `tls` (see [`tls_config`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, state, None, shutdown).await
+}
+
+/// [`serve`], with TLS when `tls` is given.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let notifier = tokio::spawn(crate::notify::run(state.db.clone(), state.notify.clone(), state.silent_after, state.notify_tick));
-    let served = axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await;
+    let app = router(state);
+    let served = match tls {
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+        Some(config) => {
+            let handle = axum_server::Handle::new();
+            let stopper = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                stopper.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+            });
+            axum_server::from_tcp_rustls(listener.into_std()?, config)?.handle(handle).serve(app.into_make_service()).await
+        }
+    };
     notifier.abort();
     served
+}
+
+/// The TLS configuration from a PEM certificate chain and its PEM private
+/// key; the error names the file and what is wrong.
+pub async fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<axum_server::tls_rustls::RustlsConfig> {
+    use anyhow::Context as _;
+    let read = |p: &std::path::Path| std::fs::read(p).with_context(|| format!("'{}': read", p.display()));
+    let (c, k) = (read(cert)?, read(key)?);
+    axum_server::tls_rustls::RustlsConfig::from_pem(c, k)
+        .await
+        .with_context(|| format!("TLS: '{}' and '{}' are not a PEM certificate chain and its private key", cert.display(), key.display()))
 }

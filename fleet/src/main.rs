@@ -55,6 +55,12 @@ enum Command {
         /// The local MTA's sendmail.
         #[arg(long, default_value = "/usr/sbin/sendmail")]
         sendmail: PathBuf,
+        /// Serve HTTPS with this PEM certificate chain (with --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's PEM private key.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Manage groups.
     #[command(subcommand)]
@@ -123,7 +129,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { db, listen, admin_token_file, silent_after, notify_webhooks, notify_mail, sendmail } => {
+        Command::Serve { db, listen, admin_token_file, silent_after, notify_webhooks, notify_mail, sendmail, tls_cert, tls_key } => {
             let token = std::fs::read_to_string(&admin_token_file)
                 .with_context(|| format!("'{}': read the admin token", admin_token_file.display()))?;
             let token = token.trim();
@@ -135,8 +141,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             state.notify = kmend_fleet::notify::Notify { webhooks: notify_webhooks, mail_to: notify_mail, sendmail };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
+                let tls = match (&tls_cert, &tls_key) {
+                    (Some(c), Some(k)) => Some(kmend_fleet::api::tls_config(c, k).await?),
+                    _ => None,
+                };
                 let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("listen on {listen}"))?;
-                println!("{}", serde_json::json!({ "listening": listener.local_addr()?.to_string() }));
+                let scheme = if tls.is_some() { "https" } else { "http" };
+                println!("{}", serde_json::json!({ "listening": listener.local_addr()?.to_string(), "scheme": scheme }));
                 let shutdown = async {
                     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
                     tokio::select! {
@@ -144,7 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
                     }
                 };
-                kmend_fleet::api::serve(listener, state, shutdown).await.context("serve")
+                kmend_fleet::api::serve_with(listener, state, tls, shutdown).await.context("serve")
             })
         }
         Command::Group(GroupCommand::Add { db, name }) => {

@@ -41,16 +41,30 @@ impl Fleet {
 
     /// With notifications to `notify`, the outbox looked at every 200 ms.
     fn start_notifying(silent_after: jiff::SignedDuration, notify: kmend_fleet::notify::Notify) -> Self {
+        Self::start_full(silent_after, notify, None)
+    }
+
+    /// Serving HTTPS with `ca`'s certificate for 127.0.0.1.
+    fn start_tls(ca: &TestCa) -> Self {
+        Self::start_full(jiff::SignedDuration::from_hours(12), kmend_fleet::notify::Notify::default(), Some(ca))
+    }
+
+    fn start_full(silent_after: jiff::SignedDuration, notify: kmend_fleet::notify::Notify, tls: Option<&TestCa>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(&dir.path().join("fleet.sqlite")).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", listener.local_addr().unwrap());
+        let tls = tls.map(|ca| {
+            let (cert, key) = (ca.dir.path().join("server.pem"), ca.dir.path().join("server.key"));
+            runtime.block_on(kmend_fleet::api::tls_config(&cert, &key)).unwrap()
+        });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let mut state = AppState::new(db.clone(), &kmend_fleet::secret::digest(ADMIN), silent_after);
         state.notify = notify;
         state.notify_tick = Duration::from_millis(200);
-        runtime.spawn(kmend_fleet::api::serve(listener, state, async {
+        runtime.spawn(kmend_fleet::api::serve_with(listener, state, tls, async {
             let _ = stopped.await;
         }));
         Self { url, db, _dir: dir, runtime: Some(runtime), stop: Some(stop) }
@@ -59,6 +73,7 @@ impl Fleet {
     /// `GET <path>` with `token`: (status, body text).
     fn get(&self, path: &str, token: Option<&str>) -> (u16, String) {
         let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
+        assert!(self.url.starts_with("http:"), "the test client speaks plain HTTP");
         let mut req = agent.get(format!("{}{path}", self.url));
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
@@ -570,4 +585,28 @@ fn the_dashboard_in_a_browser_shows_outdated_hosts_amber_and_the_halted_rollout(
         let bytes = std::fs::read(&png).unwrap();
         assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000, "{}: {} bytes", png.display(), bytes.len());
     }
+}
+
+#[test]
+fn a_host_registers_over_https_trusting_only_its_ca() {
+    let ca = TestCa::new();
+    let fleet = Fleet::start_tls(&ca);
+    let key = fleet.db.add_group("prod", "test").unwrap();
+    assert!(fleet.url.starts_with("https://127.0.0.1:"));
+    // Without the fleet's CA, the public roots do not vouch for it.
+    let stranger = Root::new();
+    let r = stranger.run(&["register", &key, "--server", &fleet.url]);
+    assert_eq!(r.code, 4, "{r}");
+    assert!(r.stderr.contains(&format!("fleet server {}", fleet.url)), "{r}");
+    assert!(!stranger.path("var/lib/kmend/fleet.json").exists());
+    // With it (`ca_certs`, as for the feed): registered, checked in.
+    let root = Root::new();
+    root.write("etc/kmend/fleet-ca.pem", &std::fs::read(ca.ca()).unwrap());
+    root.config("ca_certs = \"/etc/kmend/fleet-ca.pem\"\n");
+    let r = root.run(&["register", &key, "--server", &fleet.url, "--hostname", "web1", "--json"]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.json()["checked_in"], true);
+    let hosts = fleet.db.hosts().unwrap();
+    assert_eq!((hosts.len(), hosts[0].hostname.as_str()), (1, "web1"));
+    assert!(hosts[0].report.is_some());
 }

@@ -22,7 +22,8 @@ use serde_json::json;
 
 fn client(paths: &Paths, server: &str) -> anyhow::Result<Client> {
     let config = Config::load(&paths.config_file())?;
-    Ok(Client::new(server, config.proxy.as_deref(), config.timeout, config.ca_certs.as_deref().map(std::path::Path::new))?)
+    let ca = config.ca_certs.as_deref().map(|p| paths.at(p));
+    Ok(Client::new(server, config.proxy.as_deref(), config.timeout, ca.as_deref())?)
 }
 
 /// Journal entries a check-in carries (the dashboard's host page).
