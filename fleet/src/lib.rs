@@ -3,7 +3,8 @@
 //! API; docs/fleet.md).
 //!
 //! - [`secret`]: group keys and host tokens; only their SHA-256 is stored.
-//! - [`db`]: the database (SQLite), its migrations and queries.
+//! - [`sql`]: SQLite and PostgreSQL behind one interface, and their migrations.
+//! - [`db`]: the database's queries (hosts, groups, audit).
 //! - [`policy`]: a group's channel, delay, sticky pin and rollout gate.
 //! - [`rollout`]: the gate: N hosts at a time, each proven and healthy.
 //! - [`notify`]: webhooks and mail when something needs an admin.
@@ -23,3 +24,6 @@ pub mod policy;
 pub mod rollout;
 pub mod secret;
 pub mod session;
+pub mod sql;
+#[cfg(any(test, feature = "test-postgres"))]
+pub mod test_postgres;

@@ -30,9 +30,10 @@ struct Cli {
 enum Command {
     /// Serve the API until SIGTERM or SIGINT.
     Serve {
-        /// The SQLite database file (created if missing).
+        /// The database: a SQLite file (created if missing) or a
+        /// `postgres://user@host/db` URL.
         #[arg(long)]
-        db: PathBuf,
+        db: String,
         /// Address to listen on (loopback by default; put TLS in front).
         #[arg(long, default_value = "127.0.0.1:8470")]
         listen: String,
@@ -67,13 +68,15 @@ enum Command {
     Group(GroupCommand),
     /// Print every host as JSON, as `GET /api/v1/hosts` does.
     Hosts {
+        /// The database (a SQLite file or a postgres:// URL).
         #[arg(long)]
-        db: PathBuf,
+        db: String,
     },
     /// Print the audit log.
     Audit {
+        /// The database (a SQLite file or a postgres:// URL).
         #[arg(long)]
-        db: PathBuf,
+        db: String,
     },
 }
 
@@ -81,15 +84,17 @@ enum Command {
 enum GroupCommand {
     /// Create a group and print its registration key (shown once).
     Add {
+        /// The database (a SQLite file or a postgres:// URL).
         #[arg(long)]
-        db: PathBuf,
+        db: String,
         name: String,
     },
     /// Set a group's policy (replaces it: an option left out is cleared,
     /// and the hosts' own config applies for it).
     Policy {
+        /// The database (a SQLite file or a postgres:// URL).
         #[arg(long)]
-        db: PathBuf,
+        db: String,
         name: String,
         /// The feed channel its hosts follow.
         #[arg(long)]
@@ -110,8 +115,9 @@ enum GroupCommand {
     },
     /// Let a halted rollout go on (its failed steps are acknowledged).
     Resume {
+        /// The database (a SQLite file or a postgres:// URL).
         #[arg(long)]
-        db: PathBuf,
+        db: String,
         name: String,
     },
 }
@@ -137,7 +143,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             for w in &notify_webhooks {
                 anyhow::ensure!(w.starts_with("http://") || w.starts_with("https://"), "--notify-webhook '{w}': not an http:// or https:// URL");
             }
-            let mut state = AppState::new(Db::open(&db)?, &secret::digest(token), silent_after);
+            let mut state = AppState::new(Db::open_any(&db)?, &secret::digest(token), silent_after);
             state.notify = kmend_fleet::notify::Notify { webhooks: notify_webhooks, mail_to: notify_mail, sendmail };
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(async move {
@@ -159,24 +165,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             })
         }
         Command::Group(GroupCommand::Add { db, name }) => {
-            let key = Db::open(&db)?.add_group(&name, "cli")?;
+            let key = Db::open_any(&db)?.add_group(&name, "cli")?;
             println!("{key}");
             Ok(())
         }
         Command::Group(GroupCommand::Policy { db, name, channel, delay, sticky, rollout_max, health_window }) => {
             let input = kmend_fleet::policy::PolicyInput { channel, delay, sticky, rollout_max, health_window };
             let policy = input.validate().map_err(|e| anyhow::anyhow!(e))?;
-            anyhow::ensure!(Db::open(&db)?.set_policy(&name, &policy, "cli")?, "no group '{name}' (kmend-fleet group add)");
+            anyhow::ensure!(Db::open_any(&db)?.set_policy(&name, &policy, "cli")?, "no group '{name}' (kmend-fleet group add)");
             println!("{}", serde_json::to_string(&policy)?);
             Ok(())
         }
         Command::Group(GroupCommand::Resume { db, name }) => {
-            anyhow::ensure!(Db::open(&db)?.resume(&name, "cli")?, "no group '{name}'");
+            anyhow::ensure!(Db::open_any(&db)?.resume(&name, "cli")?, "no group '{name}'");
             println!("rollout of group {name} resumed");
             Ok(())
         }
         Command::Hosts { db } => {
-            let hosts = Db::open(&db)?.hosts()?;
+            let hosts = Db::open_any(&db)?.hosts()?;
             let drift = kmend_fleet::drift::drift(&hosts);
             let hosts: Vec<serde_json::Value> = hosts
                 .iter()
@@ -190,7 +196,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Audit { db } => {
-            for (time, actor, action, detail) in Db::open(&db)?.audit_log()? {
+            for (time, actor, action, detail) in Db::open_any(&db)?.audit_log()? {
                 println!("{time} {actor} {action} {detail}");
             }
             Ok(())

@@ -27,16 +27,18 @@ use std::{
     time::Duration,
 };
 
-use rusqlite::params;
 use serde_json::{
     Value,
     json, //
 };
 
-use crate::db::{
-    Db,
-    DbError,
-    now, //
+use crate::{
+    db::{
+        Db,
+        DbError,
+        now, //
+    },
+    sql::Tx,
 };
 
 /// Where notifications go.
@@ -82,12 +84,12 @@ pub fn summary(event: &Value) -> String {
 impl Db {
     /// Queues `event` under `key`; an event already queued under that key
     /// is not queued again.
-    pub(crate) fn enqueue(conn: &rusqlite::Connection, key: &str, mut event: Value) -> Result<(), DbError> {
+    pub(crate) fn enqueue(tx: &mut Tx, key: &str, mut event: Value) -> Result<(), DbError> {
         let time = now();
         event["time"] = json!(time);
-        conn.execute(
-            "INSERT OR IGNORE INTO outbox (key, event, created, next_attempt) VALUES (?1, ?2, ?3, ?3)",
-            params![key, event.to_string(), time],
+        tx.execute(
+            "INSERT INTO outbox (key, event, created, next_attempt) VALUES ($1, $2, $3, $3) ON CONFLICT (key) DO NOTHING",
+            &[key.into(), event.to_string().into(), time.into()],
         )?;
         Ok(())
     }
@@ -96,11 +98,11 @@ impl Db {
     pub fn queue_silent_hosts(&self, silent_after: jiff::SignedDuration) -> Result<(), DbError> {
         let hosts = self.hosts()?;
         let now_t = jiff::Timestamp::now();
-        self.with(|conn| {
+        self.with(|tx| {
             for h in hosts.iter().filter(|h| crate::drift::silent(h, now_t, silent_after)) {
                 let last = h.last_checkin.clone().unwrap_or_else(|| "never".into());
                 let event = json!({ "event": "host_silent", "group": h.group, "host": h.hostname, "last_checkin": last });
-                Self::enqueue(conn, &format!("silent:{}:{last}", h.id), event)?;
+                Self::enqueue(tx, &format!("silent:{}:{last}", h.id), event)?;
             }
             Ok(())
         })
@@ -108,29 +110,29 @@ impl Db {
 
     /// Events due for delivery: (id, event, channels that have it).
     fn due(&self) -> Result<Vec<(i64, Value, Vec<String>)>, DbError> {
-        self.with(|conn| {
-            let mut stmt = conn.prepare(
+        self.with(|tx| {
+            let rows = tx.query(
                 "SELECT id, event, done_channels FROM outbox
-                 WHERE delivered IS NULL AND attempts < ?1 AND next_attempt <= ?2 ORDER BY id LIMIT 100",
+                 WHERE delivered IS NULL AND attempts < $1 AND next_attempt <= $2 ORDER BY id LIMIT 100",
+                &[MAX_ATTEMPTS.into(), now().into()],
             )?;
-            let rows = stmt.query_map(params![MAX_ATTEMPTS, now()], |r| {
-                let (event, done): (String, String) = (r.get(1)?, r.get(2)?);
-                Ok((r.get(0)?, serde_json::from_str(&event).unwrap_or_default(), serde_json::from_str(&done).unwrap_or_default()))
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            Ok(rows
+                .iter()
+                .map(|r| (r.int(0), serde_json::from_str(&r.text(1)).unwrap_or_default(), serde_json::from_str(&r.text(2)).unwrap_or_default()))
+                .collect())
         })
     }
 
     /// Records one delivery round of event `id`.
     fn record_delivery(&self, id: i64, done: &[String], all: bool, error: Option<&str>) -> Result<(), DbError> {
-        self.with(|conn| {
-            let attempts: i64 = conn.query_row("SELECT attempts FROM outbox WHERE id = ?1", [id], |r| r.get(0))?;
-            let backoff = 30i64.saturating_mul(1 << attempts.min(7)).min(3600);
+        self.with(|tx| {
+            let attempts = tx.query_one("SELECT attempts FROM outbox WHERE id = $1", &[id.into()])?.map_or(0, |r| r.int(0));
+            let backoff = 30i64.saturating_mul(1 << attempts.clamp(0, 7)).min(3600);
             let next = (jiff::Timestamp::now() + jiff::SignedDuration::from_secs(backoff)).round(jiff::Unit::Second).unwrap_or_default();
-            conn.execute(
-                "UPDATE outbox SET done_channels = ?1, attempts = attempts + 1, next_attempt = ?2, last_error = ?3,
-                 delivered = CASE WHEN ?4 THEN ?5 ELSE NULL END WHERE id = ?6",
-                params![serde_json::to_string(done).unwrap_or_default(), next.to_string(), error, all, now(), id],
+            let delivered = all.then(now);
+            tx.execute(
+                "UPDATE outbox SET done_channels = $1, attempts = attempts + 1, next_attempt = $2, last_error = $3, delivered = $4 WHERE id = $5",
+                &[serde_json::to_string(done).unwrap_or_default().into(), next.to_string().into(), error.into(), delivered.into(), id.into()],
             )?;
             Ok(())
         })
@@ -138,21 +140,23 @@ impl Db {
 
     /// The newest events, newest first (`GET /api/v1/events`).
     pub fn events(&self, limit: u32) -> Result<Vec<Value>, DbError> {
-        self.with(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT event, done_channels, attempts, last_error, delivered FROM outbox ORDER BY id DESC LIMIT ?1",
+        self.with(|tx| {
+            let rows = tx.query(
+                "SELECT event, done_channels, attempts, last_error, delivered FROM outbox ORDER BY id DESC LIMIT $1",
+                &[i64::from(limit).into()],
             )?;
-            let rows = stmt.query_map([limit], |r| {
-                let (event, done): (String, String) = (r.get(0)?, r.get(1)?);
-                Ok(json!({
-                    "event": serde_json::from_str::<Value>(&event).unwrap_or_default(),
-                    "sent_to": serde_json::from_str::<Value>(&done).unwrap_or_default(),
-                    "attempts": r.get::<_, i64>(2)?,
-                    "last_error": r.get::<_, Option<String>>(3)?,
-                    "delivered": r.get::<_, Option<String>>(4)?,
-                }))
-            })?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    json!({
+                        "event": serde_json::from_str::<Value>(&r.text(0)).unwrap_or_default(),
+                        "sent_to": serde_json::from_str::<Value>(&r.text(1)).unwrap_or_default(),
+                        "attempts": r.int(2),
+                        "last_error": r.opt_text(3),
+                        "delivered": r.opt_text(4),
+                    })
+                })
+                .collect())
         })
     }
 }

@@ -17,10 +17,6 @@
 //! patches it is about to apply); its step advances at each of its
 //! check-ins ([`progress`] reads the report it sends).
 
-use rusqlite::{
-    OptionalExtension as _,
-    params, //
-};
 use serde::Serialize;
 
 use crate::{
@@ -33,6 +29,7 @@ use crate::{
         GroupPolicy,
         Rollout, //
     },
+    sql::Tx,
 };
 
 /// Where a host's step stands after a check-in.
@@ -146,34 +143,39 @@ fn halt_reason(hostname: &str, reason: &str) -> String {
 impl Db {
     /// Audits and announces that step `step` of `hostname` halted its
     /// group's rollout.
-    fn halted(tx: &rusqlite::Transaction, step: i64, hostname: &str, why: &str) -> Result<(), DbError> {
+    fn halted(tx: &mut Tx, step: i64, hostname: &str, why: &str) -> Result<(), DbError> {
         Self::audit(tx, "server", "rollout-halt", &halt_reason(hostname, why))?;
-        let group: String =
-            tx.query_row("SELECT g.name FROM rollout_steps s JOIN groups g ON g.id = s.group_id WHERE s.id = ?1", [step], |r| r.get(0))?;
+        let group = tx
+            .query_one("SELECT g.name FROM rollout_steps s JOIN groups g ON g.id = s.group_id WHERE s.id = $1", &[step.into()])?
+            .map(|r| r.text(0))
+            .unwrap_or_default();
         let event = serde_json::json!({ "event": "rollout_halted", "group": group, "host": hostname, "reason": why });
         Self::enqueue(tx, &format!("halt:{step}"), event)
+    }
+
+    fn fail_step(tx: &mut Tx, step: i64, hostname: &str, why: &str) -> Result<(), DbError> {
+        tx.execute("UPDATE rollout_steps SET state = 'failed', reason = $1, finished = $2 WHERE id = $3", &[why.into(), now().into(), step.into()])?;
+        Self::halted(tx, step, hostname, why)
     }
 
     /// Marks failed the steps of hosts that stopped checking in for longer
     /// than `silent_after` (their last check-in, or the step's start if
     /// later).
-    fn fail_silent_steps(tx: &rusqlite::Transaction, group_id: i64, silent_after: jiff::SignedDuration) -> Result<(), DbError> {
-        let stale: Vec<(i64, String, String)> = {
-            let mut stmt = tx.prepare(
-                "SELECT s.id, h.hostname, MAX(s.started, COALESCE(h.last_checkin, s.started))
-                 FROM rollout_steps s JOIN hosts h ON h.id = s.host_id
-                 WHERE s.group_id = ?1 AND s.state = 'in_progress'",
-            )?;
-            // (step, hostname, last sign of life)
-            let rows = stmt.query_map([group_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-            rows.collect::<Result<Vec<_>, _>>()?
-        };
+    fn fail_silent_steps(tx: &mut Tx, group_id: i64, silent_after: jiff::SignedDuration) -> Result<(), DbError> {
+        let steps = tx.query(
+            "SELECT s.id, h.hostname, s.started, h.last_checkin
+             FROM rollout_steps s JOIN hosts h ON h.id = s.host_id
+             WHERE s.group_id = $1 AND s.state = 'in_progress'",
+            &[group_id.into()],
+        )?;
         let now_t = jiff::Timestamp::now();
-        for (id, hostname, last) in stale {
-            if last.parse::<jiff::Timestamp>().is_ok_and(|t| now_t.duration_since(t) > silent_after) {
+        for r in steps {
+            let started: Option<jiff::Timestamp> = r.text(2).parse().ok();
+            let checkin: Option<jiff::Timestamp> = r.opt_text(3).and_then(|t| t.parse().ok());
+            let Some(last) = started.max(checkin) else { continue };
+            if now_t.duration_since(last) > silent_after {
                 let why = format!("stopped checking in during its rollout step (last at {last})");
-                tx.execute("UPDATE rollout_steps SET state = 'failed', reason = ?1, finished = ?2 WHERE id = ?3", params![why, now(), id])?;
-                Self::halted(tx, id, &hostname, &why)?;
+                Self::fail_step(tx, r.int(0), &r.text(1), &why)?;
             }
         }
         Ok(())
@@ -188,96 +190,84 @@ impl Db {
         host_time: &str,
         silent_after: jiff::SignedDuration,
     ) -> Result<Option<Claim>, DbError> {
-        self.with(|conn| {
-            let tx = conn.transaction()?;
-            let Some((host_id, group_id, policy)) = Self::host_by_token(&tx, token)? else { return Ok(None) };
+        self.with(|tx| {
+            let Some((host_id, group_id, policy)) = Self::host_by_token(tx, token)? else { return Ok(None) };
             let Some(rollout) = policy.rollout else {
                 return Ok(Some(Claim { go: true, reason: None, recheck_after: None }));
             };
             let recheck = Some(recheck_after(&rollout));
-            Self::fail_silent_steps(&tx, group_id, silent_after)?;
-            let halted: Option<(String, String)> = tx
-                .query_row(
-                    "SELECT h.hostname, s.reason FROM rollout_steps s JOIN hosts h ON h.id = s.host_id
-                     WHERE s.group_id = ?1 AND s.state = 'failed' AND s.acknowledged = 0 ORDER BY s.id LIMIT 1",
-                    [group_id],
-                    |r| Ok((r.get(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default())),
-                )
-                .optional()?;
-            if let Some((hostname, reason)) = halted {
-                tx.commit()?;
-                let reason = format!("rollout halted: {}", halt_reason(&hostname, &reason));
+            Self::fail_silent_steps(tx, group_id, silent_after)?;
+            let halted = tx.query_one(
+                "SELECT h.hostname, s.reason FROM rollout_steps s JOIN hosts h ON h.id = s.host_id
+                 WHERE s.group_id = $1 AND s.state = 'failed' AND s.acknowledged = 0 ORDER BY s.id LIMIT 1",
+                &[group_id.into()],
+            )?;
+            if let Some(h) = halted {
+                let reason = format!("rollout halted: {}", halt_reason(&h.text(0), &h.text(1)));
                 return Ok(Some(Claim { go: false, reason: Some(reason), recheck_after: recheck }));
             }
             let target_json = serde_json::to_string(target).unwrap_or_default();
-            let mine: Option<i64> = tx
-                .query_row("SELECT id FROM rollout_steps WHERE host_id = ?1 AND state = 'in_progress'", [host_id], |r| r.get(0))
-                .optional()?;
+            let mine = tx.query_one("SELECT id FROM rollout_steps WHERE host_id = $1 AND state = 'in_progress'", &[host_id.into()])?;
             if let Some(step) = mine {
                 // Asking again (a retry, or more patches since): same step.
-                tx.execute("UPDATE rollout_steps SET target = ?1 WHERE id = ?2", params![target_json, step])?;
-                tx.commit()?;
+                tx.execute("UPDATE rollout_steps SET target = $1 WHERE id = $2", &[target_json.into(), step.int(0).into()])?;
                 return Ok(Some(Claim { go: true, reason: None, recheck_after: recheck }));
             }
-            let busy: Vec<String> = {
-                let mut stmt = tx.prepare(
+            let busy: Vec<String> = tx
+                .query(
                     "SELECT h.hostname FROM rollout_steps s JOIN hosts h ON h.id = s.host_id
-                     WHERE s.group_id = ?1 AND s.state = 'in_progress' ORDER BY s.id",
-                )?;
-                let rows = stmt.query_map([group_id], |r| r.get(0))?;
-                rows.collect::<Result<Vec<_>, _>>()?
-            };
+                     WHERE s.group_id = $1 AND s.state = 'in_progress' ORDER BY s.id",
+                    &[group_id.into()],
+                )?
+                .iter()
+                .map(|r| r.text(0))
+                .collect();
             if busy.len() >= usize::try_from(rollout.max).unwrap_or(usize::MAX) {
-                tx.commit()?;
                 let reason = format!("waiting for the rollout: {} applying ({} at a time)", busy.join(", "), rollout.max);
                 return Ok(Some(Claim { go: false, reason: Some(reason), recheck_after: recheck }));
             }
             tx.execute(
                 "INSERT INTO rollout_steps (group_id, host_id, target, host_started, started, state, reason)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'in_progress', 'applying')",
-                params![group_id, host_id, target_json, host_time, now()],
+                 VALUES ($1, $2, $3, $4, $5, 'in_progress', 'applying')",
+                &[group_id.into(), host_id.into(), target_json.into(), host_time.into(), now().into()],
             )?;
-            Self::audit(&tx, &format!("host {host_id}"), "rollout-start", &target.join(" "))?;
-            tx.commit()?;
+            Self::audit(tx, &format!("host {host_id}"), "rollout-start", &target.join(" "))?;
             Ok(Some(Claim { go: true, reason: None, recheck_after: recheck }))
         })
     }
 
     /// Advances host `host_id`'s step, if it has one, with the report it
     /// just sent: how soon it should check in again.
-    pub(crate) fn advance_step(tx: &rusqlite::Transaction, host_id: i64, report: &serde_json::Value) -> Result<Option<u64>, DbError> {
-        let step: Option<(i64, String, String, Option<String>, String, String)> = tx
-            .query_row(
-                "SELECT s.id, s.target, s.host_started, s.proven_at, g.policy, h.hostname
-                 FROM rollout_steps s JOIN groups g ON g.id = s.group_id JOIN hosts h ON h.id = s.host_id
-                 WHERE s.host_id = ?1 AND s.state = 'in_progress'",
-                [host_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
-            )
-            .optional()?;
-        let Some((id, target, host_started, proven_at, policy, hostname)) = step else { return Ok(None) };
-        let policy: GroupPolicy = serde_json::from_str(&policy).unwrap_or_default();
-        let rollout = policy.rollout.unwrap_or(crate::policy::Rollout { max: 1, health_window_seconds: 0 });
-        let target: Vec<String> = serde_json::from_str(&target).unwrap_or_default();
-        let started = host_started.parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH);
-        let proven = proven_at.as_deref().and_then(|p| p.parse().ok());
+    pub(crate) fn advance_step(tx: &mut Tx, host_id: i64, report: &serde_json::Value) -> Result<Option<u64>, DbError> {
+        let step = tx.query_one(
+            "SELECT s.id, s.target, s.host_started, s.proven_at, g.policy, h.hostname
+             FROM rollout_steps s JOIN groups g ON g.id = s.group_id JOIN hosts h ON h.id = s.host_id
+             WHERE s.host_id = $1 AND s.state = 'in_progress'",
+            &[host_id.into()],
+        )?;
+        let Some(step) = step else { return Ok(None) };
+        let (id, hostname) = (step.int(0), step.text(5));
+        let policy: GroupPolicy = serde_json::from_str(&step.text(4)).unwrap_or_default();
+        let rollout = policy.rollout.unwrap_or(Rollout { max: 1, health_window_seconds: 0 });
+        let target: Vec<String> = serde_json::from_str(&step.text(1)).unwrap_or_default();
+        let started = step.text(2).parse().unwrap_or(jiff::Timestamp::UNIX_EPOCH);
+        let proven = step.opt_text(3).and_then(|p| p.parse().ok());
         let window = jiff::SignedDuration::from_secs(i64::try_from(rollout.health_window_seconds).unwrap_or(i64::MAX));
         match progress(&target, started, proven, window, report, jiff::Timestamp::now()) {
             Progress::Wait(why) => {
-                tx.execute("UPDATE rollout_steps SET reason = ?1 WHERE id = ?2", params![why, id])?;
+                tx.execute("UPDATE rollout_steps SET reason = $1 WHERE id = $2", &[why.into(), id.into()])?;
             }
             Progress::Proven => {
                 let why = format!("health window of {}s", rollout.health_window_seconds);
-                tx.execute("UPDATE rollout_steps SET proven_at = ?1, reason = ?2 WHERE id = ?3", params![now(), why, id])?;
+                tx.execute("UPDATE rollout_steps SET proven_at = $1, reason = $2 WHERE id = $3", &[now().into(), why.into(), id.into()])?;
             }
             Progress::Done => {
-                tx.execute("UPDATE rollout_steps SET state = 'done', reason = NULL, finished = ?1 WHERE id = ?2", params![now(), id])?;
+                tx.execute("UPDATE rollout_steps SET state = 'done', reason = NULL, finished = $1 WHERE id = $2", &[now().into(), id.into()])?;
                 Self::audit(tx, &format!("host {host_id}"), "rollout-done", &target.join(" "))?;
                 return Ok(None);
             }
             Progress::Failed(why) => {
-                tx.execute("UPDATE rollout_steps SET state = 'failed', reason = ?1, finished = ?2 WHERE id = ?3", params![why, now(), id])?;
-                Self::halted(tx, id, &hostname, &why)?;
+                Self::fail_step(tx, id, &hostname, &why)?;
                 return Ok(None);
             }
         }
@@ -286,52 +276,45 @@ impl Db {
 
     /// Every group's policy and rollout (silent steps failed first).
     pub fn rollouts(&self, silent_after: jiff::SignedDuration) -> Result<Vec<GroupRollout>, DbError> {
-        self.with(|conn| {
-            let tx = conn.transaction()?;
-            let groups: Vec<(i64, String, String)> = {
-                let mut stmt = tx.prepare("SELECT id, name, policy FROM groups ORDER BY name")?;
-                let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-                rows.collect::<Result<Vec<_>, _>>()?
-            };
+        self.with(|tx| {
+            let groups = tx.query("SELECT id, name, policy FROM groups ORDER BY name", &[])?;
             let mut out = Vec::new();
-            for (id, group, policy) in groups {
-                Self::fail_silent_steps(&tx, id, silent_after)?;
-                let steps: Vec<(Step, bool)> = {
-                    let mut stmt = tx.prepare(
-                        "SELECT s.host_id, h.hostname, s.target, s.state, s.reason, s.started, s.proven_at, s.finished, s.acknowledged
-                         FROM rollout_steps s JOIN hosts h ON h.id = s.host_id WHERE s.group_id = ?1 ORDER BY s.id DESC",
-                    )?;
-                    let rows = stmt.query_map([id], |r| {
-                        let target: String = r.get(2)?;
-                        Ok((
-                            Step {
-                                host_id: r.get(0)?,
-                                hostname: r.get(1)?,
-                                target: serde_json::from_str(&target).unwrap_or_default(),
-                                state: r.get(3)?,
-                                reason: r.get(4)?,
-                                started: r.get(5)?,
-                                proven_at: r.get(6)?,
-                                finished: r.get(7)?,
-                            },
-                            r.get::<_, bool>(8)?,
-                        ))
-                    })?;
-                    rows.collect::<Result<Vec<_>, _>>()?
-                };
+            for g in groups {
+                let id = g.int(0);
+                Self::fail_silent_steps(tx, id, silent_after)?;
+                let rows = tx.query(
+                    "SELECT s.host_id, h.hostname, s.target, s.state, s.reason, s.started, s.proven_at, s.finished, s.acknowledged
+                     FROM rollout_steps s JOIN hosts h ON h.id = s.host_id WHERE s.group_id = $1 ORDER BY s.id DESC",
+                    &[id.into()],
+                )?;
+                let steps: Vec<(Step, bool)> = rows
+                    .iter()
+                    .map(|r| {
+                        let step = Step {
+                            host_id: r.int(0),
+                            hostname: r.text(1),
+                            target: serde_json::from_str(&r.text(2)).unwrap_or_default(),
+                            state: r.text(3),
+                            reason: r.opt_text(4),
+                            started: r.text(5),
+                            proven_at: r.opt_text(6),
+                            finished: r.opt_text(7),
+                        };
+                        (step, r.int(8) != 0)
+                    })
+                    .collect();
                 let halted = steps
                     .iter()
                     .rev()
                     .find(|(s, acked)| s.state == "failed" && !acked)
                     .map(|(s, _)| halt_reason(&s.hostname, s.reason.as_deref().unwrap_or_default()));
                 out.push(GroupRollout {
-                    group,
-                    policy: serde_json::from_str(&policy).unwrap_or_default(),
+                    group: g.text(1),
+                    policy: serde_json::from_str(&g.text(2)).unwrap_or_default(),
                     halted,
                     steps: steps.into_iter().map(|(s, _)| s).collect(),
                 });
             }
-            tx.commit()?;
             Ok(out)
         })
     }
@@ -339,14 +322,12 @@ impl Db {
     /// Resumes group `name`'s halted rollout (its failed steps are
     /// acknowledged): whether the group exists.
     pub fn resume(&self, name: &str, actor: &str) -> Result<bool, DbError> {
-        self.with(|conn| {
-            let tx = conn.transaction()?;
-            let Some(group_id) = tx.query_row("SELECT id FROM groups WHERE name = ?1", [name], |r| r.get::<_, i64>(0)).optional()? else {
+        self.with(|tx| {
+            let Some(group) = tx.query_one("SELECT id FROM groups WHERE name = $1", &[name.into()])? else {
                 return Ok(false);
             };
-            let n = tx.execute("UPDATE rollout_steps SET acknowledged = 1 WHERE group_id = ?1 AND state = 'failed'", [group_id])?;
-            Self::audit(&tx, actor, "rollout-resume", &format!("{name} ({n} failed step(s) acknowledged)"))?;
-            tx.commit()?;
+            let n = tx.execute("UPDATE rollout_steps SET acknowledged = 1 WHERE group_id = $1 AND state = 'failed'", &[group.int(0).into()])?;
+            Self::audit(tx, actor, "rollout-resume", &format!("{name} ({n} failed step(s) acknowledged)"))?;
             Ok(true)
         })
     }

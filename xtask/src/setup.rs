@@ -40,6 +40,7 @@ const APT_PACKAGES: &[&str] = &[
     "openssh-client", // Ansible reaches the test server over ssh
     "chromium",          // the fleet dashboard's browser test (headless)
     "fonts-dejavu-core", // so its screenshots show text
+    "postgresql",        // the fleet server's tests on a real PostgreSQL
 ];
 
 /// Tools installed with `cargo install`, pinned.

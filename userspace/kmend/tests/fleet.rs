@@ -15,6 +15,7 @@ use std::{
 use kmend_fleet::{
     api::AppState,
     db::Db,
+    test_postgres::TestPostgres,
 };
 use util::*;
 
@@ -41,17 +42,26 @@ impl Fleet {
 
     /// With notifications to `notify`, the outbox looked at every 200 ms.
     fn start_notifying(silent_after: jiff::SignedDuration, notify: kmend_fleet::notify::Notify) -> Self {
-        Self::start_full(silent_after, notify, None)
+        Self::start_full(silent_after, notify, None, None)
     }
 
     /// Serving HTTPS with `ca`'s certificate for 127.0.0.1.
     fn start_tls(ca: &TestCa) -> Self {
-        Self::start_full(jiff::SignedDuration::from_hours(12), kmend_fleet::notify::Notify::default(), Some(ca))
+        Self::start_full(jiff::SignedDuration::from_hours(12), kmend_fleet::notify::Notify::default(), Some(ca), None)
     }
 
-    fn start_full(silent_after: jiff::SignedDuration, notify: kmend_fleet::notify::Notify, tls: Option<&TestCa>) -> Self {
+    /// With its database on `pg` when given, else in a SQLite file.
+    fn start_full(
+        silent_after: jiff::SignedDuration,
+        notify: kmend_fleet::notify::Notify,
+        tls: Option<&TestCa>,
+        pg: Option<&TestPostgres>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(&dir.path().join("fleet.sqlite")).unwrap();
+        let db = match pg {
+            Some(pg) => Db::open_any(&pg.url).unwrap(),
+            None => Db::open(&dir.path().join("fleet.sqlite")).unwrap(),
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -318,6 +328,17 @@ fn steps(groups: &serde_json::Value, state: &str) -> Vec<String> {
 
 #[test]
 fn a_staged_rollout_goes_one_host_at_a_time_and_halts_where_verification_fails() {
+    staged_rollout(None);
+}
+
+/// The same rollout with the server's database on a real PostgreSQL
+/// (Debian's server, started by the test on a loopback port).
+#[test]
+fn a_staged_rollout_on_postgresql() {
+    staged_rollout(Some(&TestPostgres::start()));
+}
+
+fn staged_rollout(pg: Option<&TestPostgres>) {
     // Notifications: a real webhook receiver, and mail through a stand-in
     // for the local MTA's sendmail (a script keeping what it is given: no
     // MTA runs in a host test).
@@ -327,7 +348,7 @@ fn a_staged_rollout_goes_one_host_at_a_time_and_halts_where_verification_fails()
     std::fs::write(&sendmail, format!("#!/bin/sh\n[ \"$*\" = \"-t -oi\" ] || exit 64\ncat >> {}/mail\n", mailbox.path().display())).unwrap();
     std::fs::set_permissions(&sendmail, std::fs::Permissions::from_mode(0o755)).unwrap();
     let notify = kmend_fleet::notify::Notify { webhooks: vec![hook.url.clone()], mail_to: vec!["ops@example.com".into()], sendmail };
-    let fleet = Fleet::start_notifying(jiff::SignedDuration::from_secs(60), notify);
+    let fleet = Fleet::start_full(jiff::SignedDuration::from_secs(60), notify, None, pg);
     // The group, through the API (as an admin of the packaged server does).
     let (code, body) = fleet.admin("POST", "/api/v1/groups", serde_json::json!({ "name": "ha" }));
     assert_eq!(code, 201, "{body}");
