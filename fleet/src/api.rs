@@ -10,7 +10,7 @@
 //! | `POST /api/v1/groups` `{"name"}` | admin token | `201 {"group","key"}`: the registration key, shown once; 400 for a bad or taken name |
 //! | `PUT /api/v1/groups/{name}/policy` | admin token | the policy (`crate::policy::PolicyInput`); 400 with the bad field |
 //! | `POST /api/v1/groups/{name}/rollout/resume` | admin token | 204: a halted rollout goes on |
-//! | `GET /api/v1/hosts` | admin token | every host with its last report and its drift |
+//! | `GET /api/v1/hosts[?group=&tag=&silent=&checked_in_within=]` | admin token | the hosts with their last report and drift |
 //! | `POST /api/v1/hosts/{id}/revoke` | admin token | 204; 404 unknown host |
 //! | `GET /api/v1/events` | admin token | the newest notifications (`crate::notify`) and where they were delivered |
 //! | `GET /api/v1/check[?group=G]` | admin token | Nagios-style line: OK, WARNING (drift), CRITICAL (silent hosts) |
@@ -285,14 +285,42 @@ async fn resume(State(state): State<AppState>, headers: HeaderMap, Path(name): P
     }
 }
 
-async fn hosts(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// `GET /api/v1/hosts` filters (all optional, all must hold).
+#[derive(Deserialize)]
+struct HostsQuery {
+    group: Option<String>,
+    /// A tag the host's last check-in carried.
+    tag: Option<String>,
+    silent: Option<bool>,
+    /// Checked in at most this long ago (`1h`, `30m`).
+    checked_in_within: Option<String>,
+}
+
+async fn hosts(State(state): State<AppState>, headers: HeaderMap, Query(q): Query<HostsQuery>) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
+    let within = match &q.checked_in_within {
+        Some(w) => Some(w.parse::<jiff::SignedDuration>().map_err(|e| {
+            ApiError(StatusCode::BAD_REQUEST, format!("checked_in_within: '{w}' is not a duration such as 1h or 30m ({e})"))
+        })?),
+        None => None,
+    };
     let db = state.db.clone();
     let hosts = blocking(move || db.hosts()).await?;
     let drift = crate::drift::drift(&hosts);
     let now = jiff::Timestamp::now();
+    let keep = |h: &&crate::db::Host| {
+        let tagged = |t: &String| h.report.as_ref().and_then(|r| r["tags"].as_array()).is_some_and(|tags| tags.iter().any(|x| x == t));
+        let recent = |w: jiff::SignedDuration| {
+            h.last_checkin.as_deref().and_then(|t| t.parse::<jiff::Timestamp>().ok()).is_some_and(|t| now.duration_since(t) <= w)
+        };
+        q.group.as_ref().is_none_or(|g| &h.group == g)
+            && q.tag.as_ref().is_none_or(tagged)
+            && q.silent.is_none_or(|s| state.silent(h, now) == s)
+            && within.is_none_or(recent)
+    };
     let hosts: Vec<serde_json::Value> = hosts
         .iter()
+        .filter(keep)
         .map(|h| {
             let mut v = serde_json::to_value(h).unwrap_or_default();
             v["drift"] = json!(drift.get(&h.id).cloned().unwrap_or_default());

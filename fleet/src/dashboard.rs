@@ -240,7 +240,7 @@ pub async fn hosts(State(state): State<AppState>, headers: HeaderMap) -> Respons
         body.push_str(&rollout_html(g));
         body.push_str(&format!(
             "<table class=\"hosts\" data-group=\"{}\"><tr><th>host</th><th>state</th><th>kernel</th><th>effective version</th>\
-             <th>patches</th><th>proof</th><th>last check-in</th></tr>",
+             <th>patches</th><th>proof</th><th>tags</th><th>last check-in</th></tr>",
             esc(&g.group)
         ));
         for h in hosts.iter().filter(|h| h.group == g.group) {
@@ -249,7 +249,7 @@ pub async fn hosts(State(state): State<AppState>, headers: HeaderMap) -> Respons
             let r = h.report.clone().unwrap_or_default();
             body.push_str(&format!(
                 "<tr class=\"host {class}\" data-hostname=\"{name}\" data-state=\"{what}\"><td><a href=\"/hosts/{id}\">{name}</a></td>\
-                 <td>{what}</td><td>{kernel}</td><td>{eff}</td><td>{patches}</td><td>{proof}</td><td>{last}</td></tr>",
+                 <td>{what}</td><td>{kernel}</td><td>{eff}</td><td>{patches}</td><td>{proof}</td><td>{tags}</td><td>{last}</td></tr>",
                 id = h.id,
                 name = esc(&h.hostname),
                 what = esc(&what),
@@ -257,6 +257,7 @@ pub async fn hosts(State(state): State<AppState>, headers: HeaderMap) -> Respons
                 eff = esc(text(&r, "effective_version")),
                 patches = esc(&patches_of(&r)),
                 proof = esc(&proofs_of(&r)),
+                tags = esc(&r["tags"].as_array().map(|t| t.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" ")).unwrap_or_default()),
                 last = esc(h.last_checkin.as_deref().unwrap_or("never")),
             ));
         }

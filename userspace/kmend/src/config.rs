@@ -56,6 +56,8 @@ pub struct Config {
     pub verify_after_apply: bool,
     /// How long such a verification watches the patched functions.
     pub verify_window: Duration,
+    /// Labels the fleet server shows and filters by (`role=db`, `eu`).
+    pub tags: Vec<String>,
 }
 
 impl Default for Config {
@@ -74,6 +76,7 @@ impl Default for Config {
             metrics_textfile: None,
             verify_after_apply: false,
             verify_window: Duration::from_secs(10),
+            tags: Vec::new(),
         }
     }
 }
@@ -97,6 +100,7 @@ struct Raw {
     metrics_textfile: Option<Spanned<String>>,
     verify_after_apply: Option<bool>,
     verify_window: Option<Spanned<String>>,
+    tags: Option<Spanned<Vec<String>>>,
 }
 
 /// A config file kmend cannot use.
@@ -211,6 +215,18 @@ impl Config {
         }
         c.install_on_reboot = raw.install_on_reboot.unwrap_or(c.install_on_reboot);
         c.auto_update = raw.auto_update.unwrap_or(c.auto_update);
+        if let Some(tags) = &raw.tags {
+            let ok = |t: &String| (1..=64).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_.-=:".contains(&b));
+            if let Some(bad) = tags.get_ref().iter().find(|t| !ok(t)) {
+                return Err(ConfigError::Value {
+                    path: path.to_owned(),
+                    line: line_of(tags.span()),
+                    key: "tags",
+                    message: format!("'{bad}': a tag is 1 to 64 characters of [A-Za-z0-9_.-=:]"),
+                });
+            }
+            c.tags = tags.get_ref().clone();
+        }
         c.verify_after_apply = raw.verify_after_apply.unwrap_or(c.verify_after_apply);
         c.verify_window = dur("verify_window", &raw.verify_window, c.verify_window, false)?;
         if let Some(v) = raw.verify_window.as_ref().filter(|_| c.verify_window < Duration::from_secs(1)) {
@@ -262,6 +278,7 @@ auto_update = false
 timeout = "10s"
 verify_after_apply = true
 verify_window = "30s"
+tags = ["role=db", "eu"]
 "#,
         )
         .unwrap();
@@ -275,6 +292,7 @@ verify_window = "30s"
         assert!(!c.install_on_reboot && !c.auto_update);
         assert!(c.verify_after_apply);
         assert_eq!(c.verify_window, Duration::from_secs(30));
+        assert_eq!(c.tags, ["role=db", "eu"]);
     }
 
     #[test]
@@ -294,6 +312,8 @@ verify_window = "30s"
         assert!(err.contains("line 1: sticky") && err.contains("YYYY-MM-DD"), "{err}");
         let err = parse("trusted_keys = [\"/etc/kmend/feed.pub\"]\n").unwrap_err().to_string();
         assert!(err.contains("line 1: trusted_keys: replaced by `root`"), "{err}");
+        let err = parse("tags = [\"ok\", \"not ok\"]\n").unwrap_err().to_string();
+        assert!(err.contains("line 1: tags: 'not ok'"), "{err}");
         let err = parse("root = \"root.json\"\n").unwrap_err().to_string();
         assert!(err.contains("line 1: root"), "{err}");
     }

@@ -237,9 +237,11 @@ fn the_host_left_behind_is_flagged_as_drift_in_the_api_and_metrics() {
     let a = artifact(work.path(), &Patch::new("kp_a", 3));
     let roots: Vec<Root> = (0..3).map(|_| Root::new()).collect();
     for (i, root) in roots.iter().enumerate() {
-        // db1 and db2 took the patch, db3 did not.
+        // db1 and db2 took the patch, db3 did not; db3 is tagged.
         if i < 2 {
             assert_eq!(root.run(&["apply", a.to_str().unwrap()]).code, 0);
+        } else {
+            root.config("tags = [\"role=db\", \"eu\"]\n");
         }
         let r = root.run(&["register", &key, "--server", &fleet.url, "--hostname", &format!("db{}", i + 1)]);
         assert_eq!(r.code, 0, "{r}");
@@ -255,6 +257,23 @@ fn the_host_left_behind_is_flagged_as_drift_in_the_api_and_metrics() {
             ("db3".to_owned(), serde_json::json!(["patch level"])),
         ]
     );
+    // The hosts API filters by tag, silence and check-in age.
+    let names = |query: &str| {
+        let (code, body) = fleet.get(&format!("/api/v1/hosts{query}"), Some(ADMIN));
+        assert_eq!(code, 200, "{query}: {body}");
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        body["hosts"].as_array().unwrap().iter().map(|h| h["hostname"].as_str().unwrap().to_owned()).collect::<Vec<_>>()
+    };
+    assert_eq!(names("?tag=eu"), ["db3"]);
+    assert_eq!(names("?group=db&silent=false&checked_in_within=1h"), ["db1", "db2", "db3"]);
+    assert!(names("?silent=true").is_empty());
+    assert!(names("?group=web").is_empty());
+    let (code, body) = fleet.get("/api/v1/hosts?checked_in_within=soon", Some(ADMIN));
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("checked_in_within: 'soon' is not a duration"), "{body}");
+    let (_, body) = fleet.hosts(Some(ADMIN));
+    assert_eq!(body["hosts"][2]["report"]["tags"], serde_json::json!(["role=db", "eu"]));
+    assert_eq!(body["hosts"][2]["report"]["channel"], "stable");
     assert_eq!(fleet.get("/metrics", None).0, 401);
     let (code, text) = fleet.get("/metrics", Some(ADMIN));
     assert_eq!(code, 200, "{text}");

@@ -29,10 +29,14 @@ fn client(paths: &Paths, server: &str) -> anyhow::Result<Client> {
 /// Journal entries a check-in carries (the dashboard's host page).
 const JOURNAL_EXCERPT: usize = 20;
 
-/// What a check-in reports: what `kmend status --json` prints, and the
-/// last entries of the journal under `journal`.
+/// What a check-in reports: what `kmend status --json` prints, the last
+/// entries of the journal under `journal`, and the host's `channel` (its
+/// group's, if the group sets one) and `tags`.
 fn report(paths: &Paths) -> anyhow::Result<serde_json::Value> {
     let mut report = serde_json::to_value(Overview::gather(paths, &Kernel::from_env(paths))?)?;
+    let agent = kmend::agent::Agent::new(paths.clone(), "checkin".into())?;
+    report["channel"] = serde_json::json!(agent.config.policy.channel);
+    report["tags"] = serde_json::json!(agent.config.tags);
     // A journal that cannot be read costs the excerpt, not the check-in.
     let journal = kmend::journal::read_all(paths).unwrap_or_default();
     let excerpt = &journal[journal.len().saturating_sub(JOURNAL_EXCERPT)..];
