@@ -12,6 +12,7 @@
 //! | `POST /api/v1/groups/{name}/rollout/resume` | admin token | 204: a halted rollout goes on |
 //! | `GET /api/v1/hosts[?group=&tag=&silent=&checked_in_within=]` | admin token | the hosts with their last report and drift |
 //! | `POST /api/v1/hosts/{id}/revoke` | admin token | 204; 404 unknown host |
+//! | `GET /api/v1/compliance` | admin token | each CVE fixed live: `fixed_on` (host, patch, since), `not_fixed_on` |
 //! | `GET /api/v1/events` | admin token | the newest notifications (`crate::notify`) and where they were delivered |
 //! | `GET /api/v1/check[?group=G]` | admin token | Nagios-style line: OK, WARNING (drift), CRITICAL (silent hosts) |
 //! | `GET /metrics` | admin token | Prometheus text: hosts, drifting hosts, check-in times |
@@ -115,6 +116,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/groups/{name}/rollout/resume", post(resume))
         .route("/api/v1/hosts", get(hosts))
         .route("/api/v1/events", get(events))
+        .route("/api/v1/compliance", get(compliance))
         .route("/api/v1/hosts/{id}/revoke", post(revoke))
         .route("/api/v1/check", get(check))
         .route("/metrics", get(metrics))
@@ -167,6 +169,8 @@ fn require_admin(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> 
 async fn login_link(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     require_admin(&state, &headers)?;
     let code = state.sessions.new_link();
+    let db = state.db.clone();
+    blocking(move || db.record("admin", "login-link", "a one-time dashboard login link")).await?;
     let body = json!({ "path": format!("/login/{code}"), "expires_in_seconds": crate::session::LINK_LIFETIME.as_secs() });
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
@@ -329,6 +333,14 @@ async fn hosts(State(state): State<AppState>, headers: HeaderMap, Query(q): Quer
         })
         .collect();
     Ok(Json(json!({ "hosts": hosts })).into_response())
+}
+
+/// Each CVE fixed live: on which hosts since when, and on which not.
+async fn compliance(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
+    require_admin(&state, &headers)?;
+    let db = state.db.clone();
+    let hosts = blocking(move || db.hosts()).await?;
+    Ok(Json(json!({ "cves": crate::compliance::of(&hosts) })).into_response())
 }
 
 /// The newest notifications and whether they were delivered.

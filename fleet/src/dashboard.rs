@@ -10,8 +10,6 @@
 //!
 //! Pages need a session cookie (or the admin token as a bearer header).
 
-use std::collections::BTreeMap;
-
 use axum::{
     extract::{
         Path,
@@ -104,6 +102,13 @@ pub async fn login(State(state): State<AppState>, Path(code): Path<String>, Quer
         *r.status_mut() = StatusCode::UNAUTHORIZED;
         return r;
     };
+    // Audited: who logged in is an admin with a link; when is kept.
+    let db = state.db.clone();
+    match tokio::task::spawn_blocking(move || db.record("admin", "login", "a dashboard session opened with a one-time link")).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("login not audited: {e}"),
+        Err(e) => tracing::error!("login not audited: {e}"),
+    }
     let next = q.next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\')).unwrap_or_else(|| "/".into());
     let cookie = format!(
         "{}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
@@ -353,38 +358,20 @@ pub async fn compliance(State(state): State<AppState>, headers: HeaderMap) -> Re
         Ok(x) => x,
         Err(r) => return r,
     };
-    // CVE -> (hostname, patch, applied at)
-    let mut fixed: BTreeMap<String, Vec<(String, String, String)>> = BTreeMap::new();
-    let live: Vec<&Host> = hosts.iter().filter(|h| h.revoked.is_none()).collect();
-    for h in &live {
-        let r = h.report.clone().unwrap_or_default();
-        for p in r["managed"].as_array().cloned().unwrap_or_default() {
-            for c in p["cves"].as_array().cloned().unwrap_or_default() {
-                if let Some(c) = c.as_str() {
-                    fixed.entry(c.to_owned()).or_default().push((
-                        h.hostname.clone(),
-                        text(&p, "id").to_owned(),
-                        text(&p, "applied_at").to_owned(),
-                    ));
-                }
-            }
-        }
-    }
+    let cves = crate::compliance::of(&hosts);
     let mut body = String::from("<table class=\"cves\"><tr><th>CVE</th><th>fixed on</th><th>not fixed on</th></tr>");
-    for (cve, on) in &fixed {
-        let fixed_on: Vec<String> =
-            on.iter().map(|(h, p, t)| format!("{} ({}, since {})", esc(h), esc(p), esc(t))).collect();
-        let missing: Vec<String> =
-            live.iter().filter(|h| !on.iter().any(|(n, _, _)| *n == h.hostname)).map(|h| esc(&h.hostname)).collect();
+    for c in &cves {
+        let fixed_on: Vec<String> = c.fixed_on.iter().map(|f| format!("{} ({}, since {})", esc(&f.host), esc(&f.patch), esc(&f.since))).collect();
+        let missing: Vec<String> = c.not_fixed_on.iter().map(|h| esc(h)).collect();
         body.push_str(&format!(
-            "<tr data-cve=\"{c}\"><td>{c}</td><td>{}</td><td>{}</td></tr>",
+            "<tr data-cve=\"{cve}\"><td>{cve}</td><td>{}</td><td>{}</td></tr>",
             fixed_on.join("<br>"),
             missing.join(", "),
-            c = esc(cve)
+            cve = esc(&c.cve)
         ));
     }
     body.push_str("</table>");
-    if fixed.is_empty() {
+    if cves.is_empty() {
         body.push_str("<p>No host reports a CVE fixed live yet.</p>");
     }
     page("Compliance", &body)

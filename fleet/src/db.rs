@@ -98,6 +98,11 @@ impl Db {
         Ok(())
     }
 
+    /// Writes one line to the audit log on its own.
+    pub fn record(&self, actor: &str, action: &str, detail: &str) -> Result<(), DbError> {
+        self.with(|tx| Self::audit(tx, actor, action, detail))
+    }
+
     /// Creates group `name`; returns its registration key (shown once).
     pub fn add_group(&self, name: &str, actor: &str) -> Result<String, DbError> {
         if !valid_group_name(name) {

@@ -8,6 +8,7 @@
 //! - [`policy`]: a group's channel, delay, sticky pin and rollout gate.
 //! - [`rollout`]: the gate: N hosts at a time, each proven and healthy.
 //! - [`notify`]: webhooks and mail when something needs an admin.
+//! - [`compliance`]: which CVEs are fixed live where.
 //! - [`drift`]: hosts that differ from the rest of their group.
 //! - [`metrics`]: Prometheus text.
 //! - [`api`]: the HTTP API (axum).
@@ -15,6 +16,7 @@
 //! - [`session`]: one-time login links and browser sessions.
 
 pub mod api;
+pub mod compliance;
 pub mod dashboard;
 pub mod db;
 pub mod drift;

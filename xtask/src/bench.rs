@@ -33,6 +33,12 @@ pub fn run(opts: &VmOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The fleet server's load table (fleet/examples/checkin_load.rs): no VM,
+/// Debian's PostgreSQL on loopback.
+pub fn fleet() -> anyhow::Result<()> {
+    crate::run::exec(build::cargo().args(["run", "--release", "-q", "-p", "kmend-fleet", "--features", "test-postgres", "--example", "checkin_load"]))
+}
+
 fn one(artifacts: &Artifacts, opts: &VmOptions) -> anyhow::Result<()> {
     let run = vm::boot(artifacts, "bench", opts, false, None)?;
     let log = std::fs::read_to_string(&run.log)?;

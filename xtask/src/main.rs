@@ -59,6 +59,9 @@ enum Command {
     ServerTest(vm::VmOptions),
     /// Measure per-call overhead (kmend vs klp) and the switch pause in the VM.
     Bench(vm::VmOptions),
+    /// Load the fleet server (registrations, check-ins, the hosts API,
+    /// the dashboard) on SQLite and PostgreSQL, side by side; print the table.
+    BenchFleet,
     /// Turn the upstream fixes between two Debian kernel sources into live patches; print the table.
     Fixes {
         /// Only candidates whose path contains this.
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
         Command::Test(opts) => test::all(&opts),
         Command::Demo(opts) => vm::demo(&opts),
         Command::Bench(opts) => bench::run(&opts),
+        Command::BenchFleet => bench::fleet(),
         Command::ServerTest(opts) => test::server_only(&opts),
         Command::Package { test: false } => package::build(None).and_then(|_| package::build_fleet()).map(|_| ()),
         Command::Package { test: true } => package_test::run().and_then(|(passed, failed)| {

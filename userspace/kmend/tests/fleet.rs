@@ -620,6 +620,14 @@ fn the_dashboard_in_a_browser_shows_outdated_hosts_amber_and_the_halted_rollout(
     let row = dom.split(r#"<tr data-cve="CVE-2026-1234">"#).nth(1).unwrap_or_else(|| panic!("{dom}"));
     let row = row.split("</tr>").next().unwrap();
     assert!(row.contains("ha1 (kp_a, since") && row.contains("ha3 (kp_a, since") && row.ends_with("<td>ha2</td>"), "{row}");
+    // The same as JSON, and every login audited.
+    let (_, json) = fleet.admin("GET", "/api/v1/compliance", serde_json::Value::Null);
+    let cve = &json["cves"][0];
+    assert_eq!(cve["cve"], "CVE-2026-1234");
+    let on: Vec<&str> = cve["fixed_on"].as_array().unwrap().iter().map(|f| f["host"].as_str().unwrap()).collect();
+    assert_eq!((on, &cve["not_fixed_on"]), (vec!["ha1", "ha3"], &serde_json::json!(["ha2"])));
+    let logins = fleet.db.audit_log().unwrap().into_iter().filter(|a| a.2 == "login").count();
+    assert_eq!(logins, 6, "one per link, opened once (the spent link, opened again, did not log in)");
 
     for png in [hosts_png, host_png] {
         let bytes = std::fs::read(&png).unwrap();
