@@ -56,9 +56,13 @@ pub struct Db {
     conn: Conn,
 }
 
-/// The server's clock, to the second (RFC 3339).
+/// The server's clock, to the second (RFC 3339), truncated: a time kept
+/// is never later than the moment it records (rounding up could put a
+/// step's `proven_at` in the future and stretch its health window).
 pub(crate) fn now() -> String {
-    jiff::Timestamp::now().round(jiff::Unit::Second).unwrap_or_else(|_| jiff::Timestamp::now()).to_string()
+    let t = jiff::Timestamp::now();
+    let second = jiff::TimestampRound::new().smallest(jiff::Unit::Second).mode(jiff::RoundMode::Trunc);
+    t.round(second).unwrap_or(t).to_string()
 }
 
 fn valid_group_name(name: &str) -> bool {
