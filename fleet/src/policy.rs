@@ -3,34 +3,12 @@
 //! channel, how long to wait after a release, a sticky pin, and the
 //! rollout gate. A field left unset leaves the host's own config in force.
 
-use serde::{
-    Deserialize,
-    Serialize, //
+use serde::Deserialize;
+
+pub use kmend_common::fleet::{
+    GroupPolicy,
+    Rollout, //
 };
-
-/// What a group's hosts follow (sent to them as JSON, stored as JSON).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupPolicy {
-    /// The feed channel (the host's `channel`).
-    pub channel: Option<String>,
-    /// Patches released less than this ago are held back (`delay`).
-    pub delay_seconds: Option<u64>,
-    /// `YYYY-MM-DD` or a patch id: nothing newer (`sticky`).
-    pub sticky: Option<String>,
-    /// At most this many hosts apply new patches at once.
-    pub rollout: Option<Rollout>,
-}
-
-/// The rollout gate of a group (see `crate::rollout`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rollout {
-    /// Hosts of the group that may be applying at the same time (1 for an
-    /// HA cluster).
-    pub max: u32,
-    /// How long a host must keep checking in, patch applied and proven,
-    /// before the next one starts.
-    pub health_window_seconds: u64,
-}
 
 /// A policy as an admin writes it (`PUT /api/v1/groups/{name}/policy`,
 /// `kmend-fleet group policy`): durations as text (`24h`, `10m`).

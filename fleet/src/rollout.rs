@@ -92,17 +92,7 @@ pub fn progress(
     }
 }
 
-/// The answer to a host that asks to start applying.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
-pub struct Claim {
-    pub go: bool,
-    /// Why not, when it may not.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Ask again (or check in) after this many seconds.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub recheck_after: Option<u64>,
-}
+pub use kmend_common::fleet::Claim;
 
 /// How often a host in, or waiting for, a rollout step checks in: often
 /// enough to see a short health window through, at most every 5 minutes.

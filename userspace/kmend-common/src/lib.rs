@@ -5,5 +5,10 @@
 //! ABI in `kernel-module/uapi.rs`, with the same size asserts on both sides.
 #![no_std]
 
+#[cfg(feature = "fleet")]
+extern crate alloc;
+
+#[cfg(feature = "fleet")]
+pub mod fleet;
 pub mod probes;
 pub mod uapi;

@@ -199,7 +199,7 @@ impl Agent {
     pub fn new(paths: Paths, actor: String) -> Result<Self, AgentError> {
         let mut config = Config::load(&paths.config_file())?;
         if let Ok(Some(policy)) = crate::fleet::Registration::load(&paths).map(|r| r.and_then(|r| r.policy)) {
-            if let Err(e) = policy.apply_to(&mut config.policy) {
+            if let Err(e) = crate::fleet::apply_group_policy(&policy, &mut config.policy) {
                 tracing::warn!("fleet policy not applied: {e}");
             }
         }

@@ -43,49 +43,27 @@ pub struct Registration {
     pub policy: Option<GroupPolicy>,
 }
 
-/// A group's policy, set on the server for all its hosts (kmend-fleet's
-/// `policy.rs`); a field left unset leaves this host's config in force.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupPolicy {
-    pub channel: Option<String>,
-    pub delay_seconds: Option<u64>,
-    pub sticky: Option<String>,
-    /// The rollout gate: ask the server before applying.
-    pub rollout: Option<Rollout>,
-}
+pub use kmend_common::fleet::{
+    Claim,
+    GroupPolicy,
+    Rollout, //
+};
 
-/// A group's rollout gate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Rollout {
-    pub max: u32,
-    pub health_window_seconds: u64,
-}
-
-impl GroupPolicy {
-    /// This host's selection policy with the group's fields in force.
-    pub fn apply_to(&self, policy: &mut crate::policy::Policy) -> Result<(), String> {
-        if let Some(c) = &self.channel {
-            if !crate::feed::index::CHANNELS.contains(&c.as_str()) {
-                return Err(format!("the group's channel '{c}' is not a channel this agent knows"));
-            }
-            policy.channel = c.clone();
+/// This host's selection policy with the group's fields in force.
+pub fn apply_group_policy(group: &GroupPolicy, policy: &mut crate::policy::Policy) -> Result<(), String> {
+    if let Some(c) = &group.channel {
+        if !crate::feed::index::CHANNELS.contains(&c.as_str()) {
+            return Err(format!("the group's channel '{c}' is not a channel this agent knows"));
         }
-        if let Some(d) = self.delay_seconds {
-            policy.delay = Duration::from_secs(d);
-        }
-        if let Some(s) = &self.sticky {
-            policy.sticky = Some(crate::policy::Sticky::parse(s).map_err(|e| format!("the group's sticky value: {e}"))?);
-        }
-        Ok(())
+        policy.channel = c.clone();
     }
-}
-
-/// The server's answer to "may I apply these now?".
-#[derive(Clone, Debug, Deserialize)]
-pub struct Claim {
-    pub go: bool,
-    pub reason: Option<String>,
-    pub recheck_after: Option<u64>,
+    if let Some(d) = group.delay_seconds {
+        policy.delay = Duration::from_secs(d);
+    }
+    if let Some(s) = &group.sticky {
+        policy.sticky = Some(crate::policy::Sticky::parse(s).map_err(|e| format!("the group's sticky value: {e}"))?);
+    }
+    Ok(())
 }
 
 /// A failed exchange with the fleet server.
