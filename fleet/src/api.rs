@@ -125,7 +125,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// An error answer.
-struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -141,7 +141,7 @@ impl From<DbError> for ApiError {
 }
 
 /// Runs a database call off the async threads.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, DbError> + Send + 'static) -> Result<T, ApiError> {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, DbError> + Send + 'static) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("database task failed: {e}")))?
@@ -289,6 +289,26 @@ async fn resume(State(state): State<AppState>, headers: HeaderMap, Path(name): P
     }
 }
 
+/// Hosts as the API and `kmend-fleet hosts` list them: each with its
+/// `drift` (from `drift`, judged on the whole fleet) and whether it is
+/// `silent` at `now`.
+pub fn host_views(
+    hosts: &[crate::db::Host],
+    drift: &std::collections::HashMap<i64, Vec<&'static str>>,
+    now: jiff::Timestamp,
+    silent_after: jiff::SignedDuration,
+) -> Vec<serde_json::Value> {
+    hosts
+        .iter()
+        .map(|h| {
+            let mut v = serde_json::to_value(h).unwrap_or_default();
+            v["drift"] = json!(drift.get(&h.id).cloned().unwrap_or_default());
+            v["silent"] = json!(crate::drift::silent(h, now, silent_after));
+            v
+        })
+        .collect()
+}
+
 /// `GET /api/v1/hosts` filters (all optional, all must hold).
 #[derive(Deserialize)]
 struct HostsQuery {
@@ -310,6 +330,7 @@ async fn hosts(State(state): State<AppState>, headers: HeaderMap, Query(q): Quer
     };
     let db = state.db.clone();
     let hosts = blocking(move || db.hosts()).await?;
+    // Drift is judged against the whole group, before any filter.
     let drift = crate::drift::drift(&hosts);
     let now = jiff::Timestamp::now();
     let keep = |h: &&crate::db::Host| {
@@ -322,17 +343,8 @@ async fn hosts(State(state): State<AppState>, headers: HeaderMap, Query(q): Quer
             && q.silent.is_none_or(|s| state.silent(h, now) == s)
             && within.is_none_or(recent)
     };
-    let hosts: Vec<serde_json::Value> = hosts
-        .iter()
-        .filter(keep)
-        .map(|h| {
-            let mut v = serde_json::to_value(h).unwrap_or_default();
-            v["drift"] = json!(drift.get(&h.id).cloned().unwrap_or_default());
-            v["silent"] = json!(state.silent(h, now));
-            v
-        })
-        .collect();
-    Ok(Json(json!({ "hosts": hosts })).into_response())
+    let kept: Vec<crate::db::Host> = hosts.iter().filter(keep).cloned().collect();
+    Ok(Json(json!({ "hosts": host_views(&kept, &drift, now, state.silent_after) })).into_response())
 }
 
 /// Each CVE fixed live: on which hosts since when, and on which not.

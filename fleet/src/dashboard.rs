@@ -104,10 +104,8 @@ pub async fn login(State(state): State<AppState>, Path(code): Path<String>, Quer
     };
     // Audited: who logged in is an admin with a link; when is kept.
     let db = state.db.clone();
-    match tokio::task::spawn_blocking(move || db.record("admin", "login", "a dashboard session opened with a one-time link")).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!("login not audited: {e}"),
-        Err(e) => tracing::error!("login not audited: {e}"),
+    if crate::api::blocking(move || db.record("admin", "login", "a dashboard session opened with a one-time link")).await.is_err() {
+        tracing::error!("the login was not audited (the database error is logged above)");
     }
     let next = q.next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\')).unwrap_or_else(|| "/".into());
     let cookie = format!(
@@ -217,15 +215,7 @@ fn rollout_html(g: &GroupRollout) -> String {
 
 async fn load(state: &AppState) -> Result<(Vec<Host>, Vec<GroupRollout>), Response> {
     let (db, silent_after) = (state.db.clone(), state.silent_after);
-    let loaded = tokio::task::spawn_blocking(move || Ok::<_, crate::db::DbError>((db.hosts()?, db.rollouts(silent_after)?))).await;
-    match loaded {
-        Ok(Ok(x)) => Ok(x),
-        Ok(Err(e)) => {
-            tracing::error!("{e}");
-            Err((StatusCode::INTERNAL_SERVER_ERROR, "database error (see the server log)").into_response())
-        }
-        Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, format!("database task failed: {e}")).into_response()),
-    }
+    crate::api::blocking(move || Ok((db.hosts()?, db.rollouts(silent_after)?))).await.map_err(IntoResponse::into_response)
 }
 
 /// `GET /`: hosts per group, with each group's rollout.

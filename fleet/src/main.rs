@@ -71,6 +71,9 @@ enum Command {
         /// The database (a SQLite file or a postgres:// URL).
         #[arg(long)]
         db: String,
+        /// A host that has not checked in for this long is silent.
+        #[arg(long, default_value = "12h")]
+        silent_after: jiff::SignedDuration,
     },
     /// Print the audit log.
     Audit {
@@ -181,18 +184,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("rollout of group {name} resumed");
             Ok(())
         }
-        Command::Hosts { db } => {
+        Command::Hosts { db, silent_after } => {
             let hosts = Db::open_any(&db)?.hosts()?;
             let drift = kmend_fleet::drift::drift(&hosts);
-            let hosts: Vec<serde_json::Value> = hosts
-                .iter()
-                .map(|h| {
-                    let mut v = serde_json::to_value(h).unwrap_or_default();
-                    v["drift"] = serde_json::json!(drift.get(&h.id).cloned().unwrap_or_default());
-                    v
-                })
-                .collect();
-            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "hosts": hosts }))?);
+            let views = kmend_fleet::api::host_views(&hosts, &drift, jiff::Timestamp::now(), silent_after);
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "hosts": views }))?);
             Ok(())
         }
         Command::Audit { db } => {
