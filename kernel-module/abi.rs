@@ -15,11 +15,21 @@ use kernel::ffi::{
     c_void, //
 };
 
-/// Version of [`KmendPatch`]; bumped on any layout change.
-pub(crate) const KMEND_ABI_VERSION: u32 = 3;
+/// Version of [`KmendPatch`]; bumped on any change of layout or meaning.
+/// 4 added [`KMEND_PATCH_LINKED`]; kmend.ko also takes version 3
+/// descriptors, which have the same layout and no such flag.
+pub(crate) const KMEND_ABI_VERSION: u32 = 4;
 
 /// Flag: this patch supersedes every applied patch (cumulative "replace").
 pub(crate) const KMEND_PATCH_REPLACE: u32 = 1 << 0;
+
+/// Flag: the patch's code for functions of modules was linked against
+/// those modules as they were loaded when the patch module loaded (a fix
+/// built from a diff refers to their internal symbols, which the module
+/// loader resolved then). It is valid only for those loads of them: once
+/// one unloads, kmend refuses to apply the patch, and refuses the
+/// module's next load while the patch is applied (docs/safety.md).
+pub(crate) const KMEND_PATCH_LINKED: u32 = 1 << 1;
 
 /// One function a patch replaces.
 #[repr(C)]

@@ -51,6 +51,14 @@ impl Registry {
         for &(_, pi) in order.iter() {
             let p = &self.patches[pi];
             let sid = text(&p.id);
+            // Its code for this module refers to the module's previous
+            // load (which is gone): it cannot run on this one.
+            if p.linked_to(name) {
+                let r = refuse(EBUSY, format_args!(
+                    "module '{}' cannot load while patch '{sid}' is applied (linked to its previous load): revert the patch first",
+                    text(name)));
+                return Err(r.errno);
+            }
             for (fi, f) in p.funcs.iter().enumerate().filter(|(_, f)| f.target == 0 && f.object.to_bytes() == name.to_bytes()) {
                 let Some((addr, size)) = module.symbol(&f.name, f.sympos) else {
                     let r = refuse(ENOENT, format_args!("patch '{sid}': '{}' has no function '{}'", text(name), text(&f.name)));
@@ -108,6 +116,10 @@ impl Registry {
     /// it until it loads again.
     pub(crate) fn module_going(&mut self, module: &ModuleRefRaw) {
         let name = module.name();
+        // Patches linked against this load of the module are bound to it.
+        for p in self.patches.iter_mut().filter(|p| p.linked_to(name)) {
+            p.stale = true;
+        }
         if !self.is_gone(name) {
             match name.to_cstring() {
                 Ok(n) => {

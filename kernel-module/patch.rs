@@ -62,6 +62,12 @@ pub(crate) struct Patch {
     pub(crate) enabled_at: u64,
     pub(crate) id: CString,
     pub(crate) replace: bool,
+    /// The code for its module functions is bound to the loads of those
+    /// modules it was linked against ([`abi::KMEND_PATCH_LINKED`]).
+    pub(crate) linked: bool,
+    /// A module it is linked against has unloaded since (its code for
+    /// that module refers to memory that is gone).
+    pub(crate) stale: bool,
     pub(crate) cves: CString,
     pub(crate) owner: Owner,
     pub(crate) funcs: KVec<PatchFunc>,
@@ -72,6 +78,17 @@ pub(crate) struct Patch {
 impl Patch {
     pub(crate) fn enabled(&self) -> bool {
         matches!(self.state, State::Enabled { .. })
+    }
+
+    /// Whether its code was linked against module `object` as it was
+    /// loaded when the patch loaded.
+    pub(crate) fn linked_to(&self, object: &CStr) -> bool {
+        self.linked && self.funcs.iter().any(|f| f.object.to_bytes() == object.to_bytes())
+    }
+
+    /// The modules (not `vmlinux`) its functions are in, for messages.
+    pub(crate) fn modules(&self) -> impl Iterator<Item = &CStr> {
+        self.funcs.iter().map(|f| &*f.object).filter(|o| o.to_bytes() != b"vmlinux")
     }
 
     /// Adds the patch module's whole text to `ranges`, named for messages.
@@ -115,8 +132,16 @@ pub(crate) unsafe fn patch_from_abi(desc: *const abi::KmendPatch) -> Result<Patc
     }
     // SAFETY: the caller guarantees `desc` is valid for reads.
     let desc = unsafe { &*desc };
-    if desc.abi_version != abi::KMEND_ABI_VERSION {
-        pr_err!("patch descriptor has abi version {} (want {}) (-22)\n", desc.abi_version, abi::KMEND_ABI_VERSION);
+    let known_flags = match desc.abi_version {
+        3 => abi::KMEND_PATCH_REPLACE,
+        abi::KMEND_ABI_VERSION => abi::KMEND_PATCH_REPLACE | abi::KMEND_PATCH_LINKED,
+        v => {
+            pr_err!("patch descriptor has abi version {} (want 3 or {}) (-22)\n", v, abi::KMEND_ABI_VERSION);
+            return Err(EINVAL);
+        }
+    };
+    if desc.flags & !known_flags != 0 {
+        pr_err!("patch descriptor has unknown flags {:#x} for abi version {} (-22)\n", desc.flags & !known_flags, desc.abi_version);
         return Err(EINVAL);
     }
     if desc.nfuncs == 0 || desc.nfuncs > KMEND_FUNCS_MAX || desc.funcs.is_null() || desc.id.is_null() || desc.owner.is_null() {
@@ -184,6 +209,8 @@ pub(crate) unsafe fn patch_from_abi(desc: *const abi::KmendPatch) -> Result<Patc
         enabled_at: 0,
         id: id.to_cstring()?,
         replace: desc.flags & abi::KMEND_PATCH_REPLACE != 0,
+        linked: desc.flags & abi::KMEND_PATCH_LINKED != 0,
+        stale: false,
         cves,
         owner: Owner(desc.owner.cast()),
         funcs,

@@ -187,6 +187,13 @@ impl Registry {
             pr_err!("patch '{}': already registered (-17)\n", text(&patch.id));
             return Err(EEXIST);
         }
+        // Linked against a module that unloaded after the loader resolved
+        // the patch's references to it, before this registration.
+        if let Some(f) = patch.funcs.iter().find(|f| patch.linked && self.is_gone(&f.object)) {
+            pr_err!("patch '{}': module '{}' was unloaded while the patch loaded: load the patch again (-11)\n",
+                text(&patch.id), text(&f.object));
+            return Err(EAGAIN);
+        }
         patch.serial = self.next_serial;
         self.next_serial += 1;
         pr_info!("patch '{}': registered ({} functions)\n", text(&patch.id), patch.funcs.len());
@@ -319,6 +326,11 @@ impl Registry {
         };
         if self.patches[pos].enabled() {
             return Err(refuse(EEXIST, format_args!("patch '{sid}': already enabled")));
+        }
+        if self.patches[pos].stale {
+            let module = self.patches[pos].modules().next().map_or("?", text);
+            return Err(refuse(Error::from_errno(-(bindings::ESTALE as i32)), format_args!(
+                "patch '{sid}': module '{module}' reloaded since the patch loaded (its code is linked to the old load): reload the patch")));
         }
         if reqs.len() != self.patches[pos].funcs.len() {
             return Err(refuse(EINVAL, format_args!(

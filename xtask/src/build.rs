@@ -49,6 +49,10 @@ const PATCH_DIRS: &[&str] = &[
     "tests/bench/patches/ten",
 ];
 
+/// Modules of the stock kernel in its VM image (`/lib/kmend/<name>.ko`),
+/// for the fixes to module code the suite applies.
+const STOCK_MODULES: &[&str] = &["tcp_dctcp"];
+
 /// Patches built from upstream C diffs (xtask/src/diff_patch), for the
 /// stock kernel (the builder compiles single objects in its build tree):
 /// every `tests/patches/*` whose patch.toml names a `diff`: the real
@@ -143,6 +147,17 @@ pub fn for_kernel(kernel: &Kernel, userspace: &BTreeMap<String, PathBuf>, tried:
         files.insert(format!("{}.kmpatch", built.id), built.artifact);
     }
     files.insert("kmend.ko".into(), mods.kmend);
+    // The kernel's own modules that fixes to module code patch
+    // (tests/patches/stable_tcp_dctcp), as its package ships them.
+    if let Some(tree) = &kernel.modules {
+        for name in STOCK_MODULES {
+            for ko in stock_kernel::module_with_dependencies(tree, name)? {
+                if let Some(file) = ko.file_name().and_then(|n| n.to_str()) {
+                    files.insert(file.to_owned(), ko.clone());
+                }
+            }
+        }
+    }
     for f in &mods.fixtures {
         if let Some(name) = f.file_name().and_then(|n| n.to_str()) {
             files.insert(name.to_owned(), f.clone());

@@ -70,6 +70,7 @@ pub fn build(chroot: &Chroot, src: &KernelSource) -> anyhow::Result<Kernel> {
         vmlinux: build.join("vmlinux"),
         system_map: None,
         boot_modules: Vec::new(),
+        modules: None,
     };
     if bzimage.exists() && stamp_matches(&stamp, &stamp_key) {
         return Ok(kernel(release(&build)?));

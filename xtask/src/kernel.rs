@@ -58,6 +58,10 @@ pub struct Kernel {
     pub system_map: Option<PathBuf>,
     /// Modules the guest loads first to reach its disk, in load order.
     pub boot_modules: Vec<PathBuf>,
+    /// The kernel's own modules as its package ships them (`*.ko.xz`), for
+    /// patches to code built into one (the stock kernel; `None` for the
+    /// debug kernel, which builds what it needs into its image).
+    pub modules: Option<PathBuf>,
 }
 
 impl Kernel {

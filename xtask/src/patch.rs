@@ -9,6 +9,7 @@
 //! docs/feed-format.md). See docs/patch-format.md.
 
 use std::{
+    collections::BTreeSet,
     fmt::Write as _,
     fs,
     path::{
@@ -167,7 +168,9 @@ fn read_spec(dir: &Path) -> anyhow::Result<Spec> {
 /// The patch module's source: descriptor and registration around the
 /// replacements, which are patch.rs or, for a diff, the copied functions
 /// linked in from the fix's objects.
-fn generate(spec: &Spec, dir: &Path) -> anyhow::Result<String> {
+/// `linked`: the copied code was linked against its target modules as
+/// they are loaded when the patch loads.
+fn generate(spec: &Spec, dir: &Path, linked: bool) -> anyhow::Result<String> {
     let abi = paths::repo().join("kernel-module/abi.rs");
     let replacements = if spec.diff.is_some() {
         let mut decls = String::new();
@@ -278,7 +281,12 @@ impl Drop for KmendPatchModule {{
         abi = abi.display(),
         replacements = replacements,
         funcs = funcs,
-        flags = if spec.replace { "abi::KMEND_PATCH_REPLACE" } else { "0" },
+        flags = match (spec.replace, linked) {
+            (false, false) => "0",
+            (true, false) => "abi::KMEND_PATCH_REPLACE",
+            (false, true) => "abi::KMEND_PATCH_LINKED",
+            (true, true) => "abi::KMEND_PATCH_REPLACE | abi::KMEND_PATCH_LINKED",
+        },
         cves = spec.cves.join(","),
         callbacks = callbacks,
     ))
@@ -493,7 +501,7 @@ pub fn build(kernel: &Kernel, dir: &Path, extra_symbols: &Path, targets: &[PathB
             spec.functions = fix
                 .targets
                 .iter()
-                .map(|t| SpecFunction { object: vmlinux(), name: t.name.clone(), sympos: t.sympos, replacement: t.replacement.clone() })
+                .map(|t| SpecFunction { object: t.object.clone(), name: t.name.clone(), sympos: t.sympos, replacement: t.replacement.clone() })
                 .collect();
             Some(fix)
         }
@@ -505,7 +513,13 @@ pub fn build(kernel: &Kernel, dir: &Path, extra_symbols: &Path, targets: &[PathB
             f.name = name;
         }
     }
-    let source = generate(&spec, dir)?;
+    // Modules whose internals the copied code was linked against when the
+    // patch loads: it loads only while they are loaded (klp_relocs.rs).
+    let links: Vec<String> = match &fix {
+        Some(_) => spec.functions.iter().filter(|f| f.object != "vmlinux").map(|f| f.object.clone()).collect::<BTreeSet<_>>().into_iter().collect(),
+        None => Vec::new(),
+    };
+    let source = generate(&spec, dir, !links.is_empty())?;
     let main = match &fix {
         Some(_) => format!("{}_main", spec.id),
         None => spec.id.clone(),
@@ -557,6 +571,7 @@ pub fn build(kernel: &Kernel, dir: &Path, extra_symbols: &Path, targets: &[PathB
             (object, _) => {
                 let ko = targets
                     .iter()
+                    .chain(fix.iter().flat_map(|f| &f.modules))
                     .find(|t| t.file_stem().and_then(|s| s.to_str()) == Some(object))
                     .ok_or_else(|| anyhow!("patch '{}': no built module '{object}' to fingerprint", spec.id))?;
                 code_from_elf(ko, &f.name, f.sympos)?
@@ -589,6 +604,7 @@ pub fn build(kernel: &Kernel, dir: &Path, extra_symbols: &Path, targets: &[PathB
         "kernel": { "release": kernel.release, "build_id": build_id },
         "cves": spec.cves,
         "replace": spec.replace,
+        "links": links,
         "functions": functions,
         "module_sha256": hex::encode(Sha256::digest(&ko)),
     });

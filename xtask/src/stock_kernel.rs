@@ -143,6 +143,7 @@ pub fn prepare(chroot: &Chroot, src: &KernelSource) -> anyhow::Result<Kernel> {
         vmlinux,
         system_map: Some(system_map),
         boot_modules,
+        modules: Some(modules),
     })
 }
 
@@ -249,6 +250,18 @@ fn visit(name: &str, by_name: &BTreeMap<String, PathBuf>, out: &Path, order: &mu
     }
     order.push(target);
     Ok(())
+}
+
+/// Module `name` of the stock kernel, decompressed, with the modules it
+/// depends on, in load order (dependencies first). `tree` is
+/// [`Kernel::modules`].
+pub fn module_with_dependencies(tree: &Path, name: &str) -> anyhow::Result<Vec<PathBuf>> {
+    let mut by_name = BTreeMap::new();
+    index(tree, &mut by_name)?;
+    let out = tree.parent().unwrap_or(tree).join("unpacked-modules");
+    let mut order = Vec::new();
+    visit(&name.replace('-', "_"), &by_name, &out, &mut order, 0)?;
+    Ok(order)
 }
 
 /// The `depends=` field of a module's `.modinfo`.

@@ -19,14 +19,22 @@ use crate::harness::{
     TestResult,
     apply,
     check,
+    insmod,
     kmend,
+    module_loaded,
     revert,
+    rmmod,
     verify_while, //
 };
 
 /// kernel/exit.c's fix between Debian's 7.2.12 and 7.2.13: do_wait()
 /// sleeps TASK_FREEZABLE (tests/patches/stable_do_wait).
 const DO_WAIT: &str = "kp_stable_do_wait";
+
+/// net/ipv4/tcp_dctcp.c's fix between Debian's 7.2.12 and 7.2.13: code of
+/// module tcp_dctcp (tests/patches/stable_tcp_dctcp); the stock module is
+/// in the image as `tcp_dctcp.ko`.
+const DCTCP: &str = "kp_stable_tcp_dctcp";
 
 /// The other real fixes the suite applies together: every
 /// `kp_stable_*.kmpatch` of the image (tests/patches/stable_*, each one
@@ -36,7 +44,7 @@ fn real_fixes() -> Result<Vec<String>, String> {
         .map_err(|e| format!("{MODULE_DIR}: {e}"))?
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.strip_suffix(".kmpatch").map(str::to_owned))
-        .filter(|id| id.starts_with("kp_stable_") && id != DO_WAIT)
+        .filter(|id| id.starts_with("kp_stable_") && id != DO_WAIT && id != DCTCP)
         .collect();
     ids.sort();
     Ok(ids)
@@ -53,6 +61,7 @@ pub fn tests() -> Vec<Test> {
         tests.push(Test { name: "thread_asleep_in_the_target_is_parked_not_refused", run: thread_asleep_in_the_target_is_parked_not_refused });
         tests.push(Test { name: "static_twin_is_probed_where_it_is", run: static_twin_is_probed_where_it_is });
         tests.push(Test { name: "shadow_variable_lives_until_the_revert_callback", run: shadow_variable_lives_until_the_revert_callback });
+        tests.push(Test { name: "fix_in_a_module_is_bound_to_the_load_it_was_linked_against", run: fix_in_a_module_is_bound_to_the_load_it_was_linked_against });
     } else {
         println!("kmend-guest: no patches built from C diffs for this kernel (they are built for the stock kernel)");
     }
@@ -362,4 +371,109 @@ fn real_fixes_apply_together_run_and_revert() -> TestResult {
     exercise()?;
     let (code, out, _) = kmend(&["status", "--json"]);
     check(code == 1 && out.contains("\"patches\":[]"), || format!("status after reverting all: exit {code}: {out}"))
+}
+
+/// One loopback TCP connection with DCTCP as its congestion control (set
+/// on the socket: `TCP_CONGESTION`), some data each way: `dctcp_init`
+/// runs as it is established.
+fn dctcp_connection() -> TestResult {
+    use std::{
+        io::{
+            Read as _,
+            Write as _,
+        },
+        net::{
+            TcpListener,
+            TcpStream,
+        },
+        os::fd::AsRawFd as _,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| format!("local_addr: {e}"))?;
+    let set_dctcp = |fd: i32| -> TestResult {
+        let name = b"dctcp";
+        // SAFETY: a valid socket and a buffer of the given length.
+        let r = unsafe { libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, name.as_ptr().cast(), name.len() as u32) };
+        check(r == 0, || format!("setsockopt(TCP_CONGESTION, dctcp): {}", std::io::Error::last_os_error()))
+    };
+    set_dctcp(listener.as_raw_fd())?;
+    let mut client = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    let (mut server, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+    client.write_all(b"ping").map_err(|e| format!("write: {e}"))?;
+    let mut buf = [0u8; 4];
+    server.read_exact(&mut buf).map_err(|e| format!("read: {e}"))?;
+    server.write_all(&buf).map_err(|e| format!("write back: {e}"))?;
+    client.read_exact(&mut buf).map_err(|e| format!("read back: {e}"))?;
+    check(&buf == b"ping", || format!("echo: {buf:?}"))
+}
+
+/// A real fix to code built into a module (tcp_dctcp), whose copy refers
+/// to the module's own symbols: the kernel resolves those in the module as
+/// loaded when the patch loads, so the patch is bound to that load.
+/// Without the module, kmend says to load it first and loads nothing;
+/// with it, the copy runs and the old body does not (eBPF); while the
+/// patch is applied the module may unload (its function goes back to
+/// pending) but not load again (the copy would run against memory that is
+/// gone): kmend.ko refuses that load. Reverted, the module loads, and the
+/// patch applies again against the new load. Before, the builder refused
+/// every fix in a module ("fixes to modules are not supported").
+fn fix_in_a_module_is_bound_to_the_load_it_was_linked_against() -> TestResult {
+    let module = "tcp_dctcp";
+    check(!module_loaded(module), || format!("{module} loaded before the test"))?;
+    let (code, out, err) = kmend(&["apply", &format!("{MODULE_DIR}/{DCTCP}.kmpatch")]);
+    check(code == 4 && err.contains("which is not loaded: load it first (modprobe tcp_dctcp)"), || {
+        format!("apply without the module: exit {code}: {out} {err}")
+    })?;
+    check(!module_loaded(DCTCP), || "the patch module loaded without its target".to_owned())?;
+
+    insmod("tcp_dctcp.ko")?;
+    apply(&format!("{DCTCP}.kmpatch"))?;
+    let (_, status, _) = kmend(&["status", "--json"]);
+    let verified = verify_while(DCTCP, "2s", dctcp_connection);
+    let undo = || {
+        let _ = revert(DCTCP);
+        let _ = rmmod(module);
+    };
+    let (ok, v) = match verified {
+        Ok(r) => r,
+        Err(e) => {
+            undo();
+            return Err(e);
+        }
+    };
+    let f = v["functions"].as_array().into_iter().flatten().find(|f| f["function"] == "dctcp_init").cloned();
+    let proven = match &f {
+        Some(f) => f["replacement_hits"].as_u64().unwrap_or(0) > 0 && f["old_body_hits"].as_u64() == Some(0),
+        None => false,
+    };
+    if !proven || !status.contains("\"tcp_dctcp\"") {
+        undo();
+        return Err(format!("verify (exit ok: {ok}): dctcp_init: {f:?}; status: {status}"));
+    }
+    if let Some(f) = &f {
+        println!("kmend-guest: {DCTCP}: dctcp_init: copy hit {}, old body hit {}", f["replacement_hits"], f["old_body_hits"]);
+    }
+
+    // The module goes: allowed (its functions go back to pending); its
+    // next load is refused while the patch, linked to the gone load, is
+    // applied.
+    rmmod(module)?;
+    let reload = insmod("tcp_dctcp.ko");
+    let dmesg = String::from_utf8_lossy(&Command::new("/bin/dmesg").output().map(|o| o.stdout).unwrap_or_default()).into_owned();
+    if reload.is_ok() {
+        undo();
+        return Err("tcp_dctcp loaded again while the patch linked to its previous load was applied".to_owned());
+    }
+    check(dmesg.contains("module 'tcp_dctcp' cannot load while patch 'kp_stable_tcp_dctcp' is applied"), || {
+        format!("no refusal in the kernel log: {}", dmesg.lines().rev().take(5).collect::<Vec<_>>().join(" | "))
+    })?;
+
+    // Reverted: the module loads; the patch, loaded again, links to it.
+    revert(DCTCP)?;
+    insmod("tcp_dctcp.ko")?;
+    apply(&format!("{DCTCP}.kmpatch"))?;
+    let driven = dctcp_connection();
+    revert(DCTCP)?;
+    driven?;
+    rmmod(module)
 }

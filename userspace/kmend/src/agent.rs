@@ -141,6 +141,10 @@ pub enum AgentError {
     File(#[from] FileError),
     #[error("patch '{0}' is already applied: revert it first to apply another version")]
     AlreadyApplied(String),
+    #[error(
+        "patch '{id}' was built against the internals of module '{module}', which is not loaded: load it first (modprobe {module}), then apply the patch"
+    )]
+    NeedsModule { id: String, module: String },
 }
 
 /// What a feed check found.
@@ -490,6 +494,11 @@ impl Agent {
         self.check_kernel(artifact, &self.identity()?)?;
         if self.kernel.status()?.patch(&m.id).is_some() {
             return Err(AgentError::AlreadyApplied(m.id.clone()));
+        }
+        if let Some(module) = m.links.iter().find(|l| !self.kernel.module_loaded(l)) {
+            let e = AgentError::NeedsModule { id: m.id.clone(), module: module.clone() };
+            self.journal(action, label, Some(m), Err(e.to_string()));
+            return Err(e);
         }
         let (file, bytes, module) = self.cache_and_stage(artifact)?;
         let marker = Marker {

@@ -50,6 +50,11 @@ pub struct Manifest {
     /// A cumulative patch: it supersedes every patch applied before it.
     #[serde(default)]
     pub replace: bool,
+    /// Modules whose internal symbols the patch's code was linked against
+    /// when it loads (a fix built from a diff of a module's source): it
+    /// loads only while they are loaded (docs/patch-format.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
     pub functions: Vec<Function>,
     /// SHA-256 of `patch.ko`, lowercase hex.
     #[serde(default)]
@@ -267,6 +272,7 @@ pub(crate) mod tests {
             kernel: KernelIdentity { release: "7.2.13".into(), build_id: "ab".repeat(20) },
             cves: vec!["CVE-2026-0001".into()],
             replace: false,
+            links: Vec::new(),
             functions: vec![Function {
                 object: "vmlinux".into(),
                 name: "cmdline_proc_show".into(),

@@ -75,6 +75,9 @@ fn bodies(data: &[u8]) -> anyhow::Result<(BTreeMap<String, Body>, BTreeMap<Strin
             continue;
         }
         let (Ok(name), Some(index)) = (sym.name(), sym.section_index()) else { continue };
+        if super::extract::objtool_symbol(name) {
+            continue;
+        }
         let section = file.section_by_index(index)?;
         if !section.name().is_ok_and(|n| n.starts_with(".text.")) {
             continue;

@@ -50,6 +50,9 @@ pub struct ObjectPair {
     pub source: String,
     pub orig: PathBuf,
     pub patched: PathBuf,
+    /// The module the file is built into (kbuild's `KBUILD_MODNAME`);
+    /// `None` for code built into the kernel image.
+    pub module: Option<String>,
 }
 
 /// The files a unified diff changes (`+++ b/<path>` lines), refusing what
@@ -183,7 +186,7 @@ pub fn compile(kernel: &Kernel, diff_path: &Path, files: &[String], out: &Path) 
             fs::create_dir_all(p.parent().unwrap_or(out))?;
         }
         fs::copy(tree.join(target), &orig).with_context(|| format!("kbuild made no {target}: is {file} built into vmlinux by this config?"))?;
-        let command = patched_command(&tree, target, file, kernel, &patched_src, &patched)?;
+        let (command, module) = patched_command(&tree, target, file, kernel, &patched_src, &patched)?;
         let mut run = kernel.chroot.command_binding(&tree, &[out.to_owned()]);
         run.args(["sh", "-c", &command]);
         if exec_logged(&mut run, &log("patched")).is_err() {
@@ -195,43 +198,82 @@ pub fn compile(kernel: &Kernel, diff_path: &Path, files: &[String], out: &Path) 
                 log("patched").display()
             );
         }
-        pairs.push(ObjectPair { source: file.clone(), orig, patched });
+        pairs.push(ObjectPair { source: file.clone(), orig, patched, module });
     }
     Ok(pairs)
 }
 
 /// kbuild's command for `target`, turned to compile the patched file into
 /// `patched`: same flags; `__FILE__` and `#include "..."` as in the tree.
-fn patched_command(tree: &Path, target: &str, file: &str, kernel: &Kernel, patched_src: &Path, patched: &Path) -> anyhow::Result<String> {
+/// Also returns the module the object is built into, if any.
+fn patched_command(
+    tree: &Path,
+    target: &str,
+    file: &str,
+    kernel: &Kernel,
+    patched_src: &Path,
+    patched: &Path,
+) -> anyhow::Result<(String, Option<String>)> {
     let (dir, name) = target.rsplit_once('/').unwrap_or(("", target));
     let cmd_file = tree.join(dir).join(format!(".{name}.cmd"));
     let text = fs::read_to_string(&cmd_file).with_context(|| format!("read {}", cmd_file.display()))?;
     let line = text.lines().find(|l| l.starts_with("savedcmd_")).ok_or_else(|| anyhow!("{}: no savedcmd", cmd_file.display()))?;
     let cmd = line.split_once(" := ").map(|(_, c)| c.trim_end()).ok_or_else(|| anyhow!("{}: malformed", cmd_file.display()))?;
-    if cmd.contains(" -DMODULE ") {
-        bail!("{file} is built into a module: fixes to modules are not supported by the diff builder yet");
-    }
+    let module = match cmd.contains(" -DMODULE ") {
+        true => Some(module_name(cmd).ok_or_else(|| anyhow!("{}: a module object without KBUILD_MODNAME", cmd_file.display()))?),
+        false => None,
+    };
     let src = kernel.src.join(file);
     let tail = format!(" -c -o {target} {}", src.display());
-    let Some(head) = cmd.strip_suffix(&tail) else {
+    // A module's object is also checked and annotated by objtool right
+    // after it is compiled (`; ./tools/objtool/objtool ... --module <o>`;
+    // the kernel image's are, once, on vmlinux.o): the patched object gets
+    // the same, so both are compared in the same form.
+    let Some((head, post)) = cmd.split_once(&tail).filter(|(_, post)| post.is_empty() || post.trim_start().starts_with(';')) else {
         bail!("{}: the compile command does not end with '{tail}': cannot rebuild {file} alone", cmd_file.display());
+    };
+    let post = match post.trim() {
+        "" => String::new(),
+        post if post.ends_with(&format!(" --module {target}")) => {
+            format!(" {}{}", post.strip_suffix(target).unwrap_or(post), patched.display())
+        }
+        post => bail!("{}: after the compiler kbuild runs '{post}': cannot rebuild {file} alone", cmd_file.display()),
     };
     let (compiler, flags) = head.split_once(' ').ok_or_else(|| anyhow!("{}: malformed", cmd_file.display()))?;
     let depfile = format!("-Wp,-MMD,{dir}/.{name}.d");
     let flags = flags.replace(&depfile, &format!("-Wp,-MMD,{}.d", patched.display()));
     let src_dir = src.parent().unwrap_or(&kernel.src);
-    Ok(format!(
-        "{compiler} -iquote {} -fmacro-prefix-map={}/= {flags} -c -o {} {}",
+    let command = format!(
+        "{compiler} -iquote {} -fmacro-prefix-map={}/= {flags} -c -o {} {}{post}",
         src_dir.display(),
         patched_src.display(),
         patched.display(),
         patched_src.join(file).display()
-    ))
+    );
+    Ok((command, module))
+}
+
+/// The module name kbuild compiles an object for: `-DKBUILD_MODNAME='"x"'`.
+fn module_name(cmd: &str) -> Option<String> {
+    let rest = cmd.split_once("-DKBUILD_MODNAME='\"")?.1;
+    let name = rest.split_once("\"'")?.0;
+    (!name.is_empty() && name.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_')).then(|| name.to_owned())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::touched_files;
+    use super::{
+        module_name,
+        touched_files, //
+    };
+
+    #[test]
+    fn module_objects_name_their_module() {
+        let cmd = "gcc -Wp,-MMD,net/ipv4/.tcp_dctcp.o.d -nostdinc -DMODULE -DKBUILD_BASENAME='\"tcp_dctcp\"' -DKBUILD_MODNAME='\"tcp_dctcp\"' -D__KBUILD_MODNAME=kmod_tcp_dctcp -c -o net/ipv4/tcp_dctcp.o net/ipv4/tcp_dctcp.c";
+        assert_eq!(module_name(cmd).as_deref(), Some("tcp_dctcp"));
+        assert_eq!(module_name("gcc -DKBUILD_MODNAME='\"a;b\"' -c"), None);
+        assert_eq!(module_name("gcc -c -o kernel/exit.o kernel/exit.c"), None);
+    }
 
     #[test]
     fn touched_files_are_the_c_files_of_the_diff() {

@@ -44,12 +44,17 @@ use super::{
         parent_of_cold,
         pc_relative, //
     },
-    symbols::KernelSymbols,
+    symbols::{
+        KernelSymbols,
+        ModuleSymbols, //
+    },
 };
 
 /// A function the patch replaces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
+    /// `vmlinux`, or the module the function is in.
+    pub object: String,
     pub name: String,
     pub sympos: u64,
     /// Its copy in the patch module.
@@ -63,7 +68,7 @@ pub struct Extracted {
     /// Functions copied besides the targets (cold parts, new functions).
     pub helpers: Vec<String>,
     /// Non-exported kernel symbols the copies refer to, as the kernel will
-    /// resolve them (`name,sympos`).
+    /// resolve them (`name,sympos`, or `module:name,sympos` for a module's).
     pub kernel_references: BTreeSet<String>,
 }
 
@@ -81,10 +86,30 @@ fn special_layout(name: &str) -> Option<(u64, u64)> {
         ".altinstructions" => (14, 0),
         "__mcount_loc" => (8, 0),
         ".discard.annotate_insn" => (8, 0),
-        ".static_call_sites" => (8, 0),
-        ".return_sites" | ".call_sites" | ".retpoline_sites" | ".ibt_endbr_seal" => (4, 0),
         _ => return None,
     })
+}
+
+/// What objtool adds to an object after the compiler (unwind data, call
+/// and return sites, static call sites, prefix symbols): a module's objects
+/// get it as each is compiled, the kernel image's only on `vmlinux.o`. The
+/// copy is left without it: objtool makes it for the whole patch module
+/// when kbuild links it (and refuses an object that has it already).
+const OBJTOOL_SECTIONS: &[&str] = &[
+    ".orc_unwind",
+    ".orc_unwind_ip",
+    ".orc_header",
+    ".return_sites",
+    ".call_sites",
+    ".retpoline_sites",
+    ".ibt_endbr_seal",
+    ".static_call_sites",
+];
+
+/// Whether `name` is a symbol objtool adds (`__pfx_<f>`: the padding before
+/// function `f`; `__cfi_<f>`: its CFI hash): not functions of their own.
+pub fn objtool_symbol(name: &str) -> bool {
+    name.starts_with("__pfx_") || name.starts_with("__cfi_")
 }
 
 struct Sym {
@@ -100,16 +125,28 @@ struct Sym {
 /// `orig_names`: the functions and variables of the original object;
 /// `prefix`: what replacements are named (`<prefix><function>`);
 /// `roots`: functions the diff adds that are kept though no changed code
-/// calls them (the patch's callbacks).
+/// calls them (the patch's callbacks); `module`: the module the object is
+/// built into (its symbols, which its copied code refers to), `None` for
+/// the kernel image.
 pub fn extract(
     patched: &[u8],
     orig_names: &BTreeSet<String>,
     changes: &Changes,
     roots: &[String],
     kernel: &KernelSymbols,
+    module: Option<&ModuleSymbols>,
     prefix: &str,
 ) -> anyhow::Result<Extracted> {
     let mut b = Builder::read(patched).context("patched object")?;
+    let objtool_made: HashSet<usize> = b
+        .sections
+        .iter()
+        .filter(|s| {
+            let of = |x: &object::build::elf::Section| OBJTOOL_SECTIONS.iter().any(|n| n.as_bytes() == x.name.as_slice());
+            of(s) || s.sh_info_section.is_some_and(|t| of(b.sections.get(t)))
+        })
+        .map(|s| s.id().index())
+        .collect();
     let syms: HashMap<usize, Sym> = b
         .symbols
         .iter()
@@ -229,7 +266,7 @@ pub fn extract(
             continue;
         }
         let name = section_name(&b, id);
-        if name == ".smp_locks" {
+        if name == ".smp_locks" || objtool_made.contains(&id.index()) {
             continue;
         }
         for r in relocations(&b, id) {
@@ -291,31 +328,55 @@ pub fn extract(
                     // arithmetic): a section lies in the kernel as one block,
                     // so any of its symbols with the addend adjusted lands on
                     // the same byte.
-                    let named = || syms.values().filter(|y| y.section == Some(t) && matches!(y.st_type, elf::STT_FUNC | elf::STT_OBJECT));
+                    let named = || {
+                        syms.values().filter(|y| y.section == Some(t) && matches!(y.st_type, elf::STT_FUNC | elf::STT_OBJECT) && !objtool_symbol(&y.name))
+                    };
                     let y = named()
                         .find(|y| (y.value as i64) <= at && at < (y.value + y.size.max(1)) as i64)
                         .or_else(|| named().min_by_key(|y| (y.value as i64 - at).abs()))
                         .ok_or_else(|| anyhow!("a reference to {}{at:+} in a section with no symbol", section_name(&b, t)))?;
-                    let sympos = if y.global {
-                        kernel.global_sympos(&y.name)?
-                    } else {
-                        kernel.sympos(&y.name, y.st_type == elf::STT_FUNC, &globals, &own)?
+                    // The object's own symbols are its module's, when it is
+                    // built into one: found in that module, exported or not
+                    // (the patch must not depend on the module to load).
+                    let name = match module {
+                        Some(m) => m.klp_name(&y.name)?,
+                        None => {
+                            let sympos = if y.global {
+                                kernel.global_sympos(&y.name)?
+                            } else {
+                                kernel.sympos(&y.name, y.st_type == elf::STT_FUNC, &globals, &own)?
+                            };
+                            let exported = y.global && kernel.is_exported(&y.name);
+                            if exported { y.name.clone() } else { klp_name(&y.name, sympos) }
+                        }
                     };
-                    let exported = y.global && kernel.is_exported(&y.name);
-                    let name = if exported { y.name.clone() } else { klp_name(&y.name, sympos) };
                     (name, true, r.r_addend + sym.value as i64 - y.value as i64)
                 }
                 None if sym.name.is_empty() => continue,
-                None => {
-                    if kernel.is_exported(&sym.name) || sym.name.starts_with("kmend_") {
-                        continue;
-                    }
-                    (klp_name(&sym.name, kernel.global_sympos(&sym.name)?), true, r.r_addend)
-                }
+                None => match module {
+                    // Defined by another object of the module.
+                    Some(m) if m.defines(&sym.name) => (m.klp_name(&sym.name)?, true, r.r_addend),
+                    _ if kernel.is_exported(&sym.name) || sym.name.starts_with("kmend_") => continue,
+                    _ => (klp_name(&sym.name, kernel.global_sympos(&sym.name)?), true, r.r_addend),
+                },
             };
             let _ = global;
             if let Some(rest) = name.strip_prefix(".klp.sym.vmlinux.") {
                 kernel_references.insert(rest.to_owned());
+            } else if let (Some(m), Some(rest)) = (module, name.strip_prefix(".klp.sym.")) {
+                // A static key or static call of the module, in a special
+                // section: the kernel would link the patch's entries to the
+                // module's key without holding the module, and free them
+                // under the patch when the module unloads.
+                let section = section_name(&b, id);
+                if special_layout(&section).is_some() && section != "__bug_table" && section != "__ex_table" {
+                    bail!(
+                        "the changed code's {section} entry refers to '{}' of module {}: static keys and static calls of a module are not supported yet",
+                        rest.split(',').next().unwrap_or(rest).trim_start_matches(&format!("{}.", m.name)),
+                        m.name
+                    );
+                }
+                kernel_references.insert(rest.replacen('.', ":", 1));
             }
             pending.push((id, i, name, addend));
         }
@@ -361,11 +422,16 @@ pub fn extract(
     let mut renamed: HashMap<String, String> = HashMap::new();
     for s in b.symbols.iter_mut() {
         let Some(info) = syms.get(&s.id().index()) else { continue };
-        if info.st_type != elf::STT_FUNC || !info.section.is_some_and(|t| keep.contains(&t.index())) {
+        if info.st_type != elf::STT_FUNC || !info.section.is_some_and(|t| keep.contains(&t.index())) || objtool_symbol(&info.name) {
             continue;
         }
         if changes.changed.contains(&info.name) && parent_of_cold(&info.name).is_none() && orig_names.contains(&info.name) {
-            let sympos = if info.global { kernel.global_sympos(&info.name)? } else { kernel.sympos(&info.name, true, &globals, &own)? };
+            let sympos = match module {
+                Some(m) => m.sympos(&info.name)?,
+                None if info.global => kernel.global_sympos(&info.name)?,
+                None => kernel.sympos(&info.name, true, &globals, &own)?,
+            };
+            let object = module.map_or_else(|| "vmlinux".to_owned(), |m| m.name.clone());
             // A valid identifier for the descriptor (`foo.isra.0` is a
             // compiler clone the kernel knows by that name).
             let replacement = format!("{prefix}{}", info.name.replace('.', "_"));
@@ -373,7 +439,7 @@ pub fn extract(
             s.set_st_info(elf::STB_GLOBAL, elf::STT_FUNC);
             s.st_other = elf::STV_DEFAULT;
             renamed.insert(info.name.clone(), replacement.clone());
-            targets.push(Target { name: info.name.clone(), sympos, replacement });
+            targets.push(Target { object, name: info.name.clone(), sympos, replacement });
         } else {
             helpers.push(info.name.clone());
         }
@@ -396,8 +462,15 @@ pub fn extract(
         let structural = matches!(s.data, SectionData::Symbol | SectionData::String | SectionData::SectionString);
         let relocating_kept = matches!(s.data, SectionData::Relocation(_)) && s.sh_info_section.is_some_and(|t| keep.contains(&t.index()));
         let note = s.name.as_slice() == b".note.GNU-stack";
-        s.delete = !(keep.contains(&id.index()) || structural || relocating_kept || note) || s.sh_type == elf::SHT_GROUP;
+        s.delete = !(keep.contains(&id.index()) || structural || relocating_kept || note)
+            || s.sh_type == elf::SHT_GROUP
+            || objtool_made.contains(&id.index());
         s.sh_flags &= !u64::from(elf::SHF_GROUP);
+    }
+    for s in b.symbols.iter_mut() {
+        if objtool_symbol(&String::from_utf8_lossy(&s.name)) {
+            s.delete = true;
+        }
     }
     b.delete_orphan_symbols();
     let mut out = Vec::new();

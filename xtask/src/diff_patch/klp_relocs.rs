@@ -7,6 +7,16 @@
 //! own livepatch modules use (`objtool klp post-link` writes the same), so
 //! resolution is the kernel's, checked by the kernel, on every boot.
 //!
+//! A copied function of a module refers to that module's symbols the same
+//! way (`.klp.sym.<module>.<name>,<sympos>`), in the same `vmlinux`
+//! sections: the loader resolves those too at load, in the module as it is
+//! loaded then (`klp_find_object_symbol()`), so such a patch loads only
+//! while its module is loaded, and is bound to that instance of it
+//! (kmend.ko refuses it once the module has gone: docs/safety.md, "Fixes
+//! in modules"). The livepatch core's own way, module-specific sections
+//! applied when the module comes, needs `klp_info` that only a livepatch
+//! (`klp_enable_patch()`) patch uses.
+//!
 //! The linker cannot produce it (it knows no `SHN_LIVEPATCH` symbols), so
 //! it is done on the linked `.ko`: each such symbol is marked
 //! `SHN_LIVEPATCH`, and its relocations move from `.rela<sec>` to a new
@@ -42,7 +52,7 @@ use object::{
 const SHN_LIVEPATCH: u16 = 0xff20;
 /// Flag of relocation sections the livepatch core applies.
 const SHF_RELA_LIVEPATCH: u64 = 0x0010_0000;
-const PREFIX: &[u8] = b".klp.sym.vmlinux.";
+const PREFIX: &[u8] = b".klp.sym.";
 
 /// Rewrites module `ko`; returns how many relocations it moved. Undefined
 /// symbols the kernel has but does not export (objtool adds some when it

@@ -45,6 +45,9 @@ pub struct FixObjects {
     /// Object files (`<id>_fixN.o`, in the module's build directory).
     pub objects: Vec<String>,
     pub targets: Vec<Target>,
+    /// The target modules (`.ko`s as the kernel ships them) of functions
+    /// in modules, to fingerprint them.
+    pub modules: Vec<std::path::PathBuf>,
 }
 
 /// Builds the objects of the fix `diff` for patch `id` into `out` (the
@@ -60,13 +63,28 @@ pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, callbacks: &[String
     let mut objects = Vec::new();
     let mut targets: Vec<Target> = Vec::new();
     let mut found: Vec<String> = Vec::new();
+    let mut modules = Vec::new();
     for (n, pair) in pairs.iter().enumerate() {
         let orig = fs::read(&pair.orig).with_context(|| format!("read {}", pair.orig.display()))?;
         let patched = fs::read(&pair.patched).with_context(|| format!("read {}", pair.patched.display()))?;
+        // Code of a module: its references go to that module's symbols.
+        let module = match &pair.module {
+            Some(name) => {
+                let tree = kernel.modules.as_deref().ok_or_else(|| anyhow::anyhow!("{}: this kernel has no modules package", pair.source))?;
+                let ko = crate::stock_kernel::module_with_dependencies(tree, name)
+                    .with_context(|| format!("{} is built into module {name}", pair.source))?
+                    .pop()
+                    .ok_or_else(|| anyhow::anyhow!("module {name}: not found"))?;
+                let data = fs::read(&ko).with_context(|| format!("read {}", ko.display()))?;
+                modules.push(ko);
+                Some(symbols::ModuleSymbols::from_ko(name, &data)?)
+            }
+            None => None,
+        };
         // kbuild compiles any file it is asked for: one whose functions are
         // not in the running kernel is not built into it.
         let globals = global_functions(&orig)?;
-        if !globals.is_empty() && globals.iter().all(|g| symbols.named(g).is_empty()) {
+        if module.is_none() && !globals.is_empty() && globals.iter().all(|g| symbols.named(g).is_empty()) {
             bail!("{} is not built into the stock kernel (none of its functions is in its symbol table)", pair.source);
         }
         let changes = compare::compare(&orig, &patched).with_context(|| pair.source.clone())?;
@@ -77,7 +95,7 @@ pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, callbacks: &[String
             println!("xtask: {}: no function's code changed", pair.source);
             continue;
         }
-        let extracted = extract::extract(&patched, &defined_names(&orig)?, &changes, callbacks, &symbols, &format!("{id}__"))
+        let extracted = extract::extract(&patched, &defined_names(&orig)?, &changes, callbacks, &symbols, module.as_ref(), &format!("{id}__"))
             .with_context(|| format!("{}: copying the changed functions", pair.source))?;
         let names = |t: &[Target]| t.iter().map(|t| t.name.clone()).collect::<Vec<_>>().join(", ");
         println!("xtask: {}: replaces {}", pair.source, names(&extracted.targets));
@@ -109,7 +127,7 @@ pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, callbacks: &[String
             diff.display()
         );
     }
-    Ok(FixObjects { objects, targets })
+    Ok(FixObjects { objects, targets, modules })
 }
 
 fn kernel_symbols(kernel: &Kernel) -> anyhow::Result<symbols::KernelSymbols> {

@@ -173,6 +173,65 @@ impl KernelSymbols {
     }
 }
 
+/// The symbols of a module, as the kernel's kallsyms for it will hold them
+/// once it is loaded: what a copied function of that module refers to is
+/// resolved there, by name and position (`.klp.sym.<module>.<name>,<pos>`;
+/// kernel/livepatch/core.c walks `module_kallsyms_on_each_symbol()` in
+/// symbol-table order). Only what the module keeps after its init counts
+/// (kernel/module/kallsyms.c `is_core_symbol()`): named, defined, in an
+/// allocated section that is not init code or data.
+pub struct ModuleSymbols {
+    /// The module's name, as the kernel knows it.
+    pub name: String,
+    /// How many of its kept symbols have each name.
+    counts: BTreeMap<String, usize>,
+}
+
+impl ModuleSymbols {
+    /// From the module as the kernel's package ships it.
+    pub fn from_ko(name: &str, ko: &[u8]) -> anyhow::Result<Self> {
+        use object::{
+            Object as _,
+            ObjectSection as _,
+            ObjectSymbol as _,
+        };
+        let file = object::File::parse(ko).with_context(|| format!("module {name}: not ELF"))?;
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        for s in file.symbols() {
+            let (Ok(n), Some(ix)) = (s.name(), s.section_index()) else { continue };
+            let Ok(section) = file.section_by_index(ix) else { continue };
+            let object::SectionFlags::Elf { sh_flags } = section.flags() else { continue };
+            let init = section.name().is_ok_and(|n| n.starts_with(".init"));
+            if n.is_empty() || sh_flags & u64::from(object::elf::SHF_ALLOC) == 0 || init {
+                continue;
+            }
+            *counts.entry(n.to_owned()).or_default() += 1;
+        }
+        Ok(Self { name: name.to_owned(), counts })
+    }
+
+    /// Whether the module defines `name`.
+    pub fn defines(&self, name: &str) -> bool {
+        self.counts.contains_key(name)
+    }
+
+    /// The position of `name` in the module: 0, the only one; a name the
+    /// module has several times is refused (the copy's own cannot be told
+    /// apart yet).
+    pub fn sympos(&self, name: &str) -> anyhow::Result<u64> {
+        match self.counts.get(name) {
+            Some(1) => Ok(0),
+            None => bail!("'{name}' is not in module {}'s symbol table (inlined or discarded in the build that runs?)", self.name),
+            Some(n) => bail!("'{name}' has {n} symbols in module {}: which one is meant cannot be told", self.name),
+        }
+    }
+
+    /// The livepatch name of the module's symbol `name`.
+    pub fn klp_name(&self, name: &str) -> anyhow::Result<String> {
+        Ok(format!(".klp.sym.{}.{name},{}", self.name, self.sympos(name)?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;

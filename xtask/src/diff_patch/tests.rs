@@ -29,7 +29,10 @@ use super::{
     compare::compare,
     extract::extract,
     klp_relocs::post_link,
-    symbols::KernelSymbols,
+    symbols::{
+        KernelSymbols,
+        ModuleSymbols, //
+    },
 };
 
 /// A function: name, scope, code, and calls (offset of the rel32, callee).
@@ -47,6 +50,13 @@ struct Func<'a> {
 /// an `__mcount_loc` entry per function, undefined symbols for callees
 /// it does not define.
 fn object(funcs: &[Func], lead: &str) -> Vec<u8> {
+    object_with(funcs, lead, false)
+}
+
+/// [`object`], and with `objtool`, what objtool adds to a module's object
+/// as it compiles it: a `__pfx_` symbol per function, return sites and ORC
+/// unwind entries pointing into each.
+fn object_with(funcs: &[Func], lead: &str, objtool: bool) -> Vec<u8> {
     let mut o = Object::new(object::BinaryFormat::Elf, object::Architecture::X86_64, object::Endianness::Little);
     let strings = o.add_section(o.segment_name(StandardSegment::Data).to_vec(), b".rodata.str1.1".to_vec(), SectionKind::ReadOnlyString);
     let mut text = String::from(lead);
@@ -104,6 +114,31 @@ fn object(funcs: &[Func], lead: &str) -> Vec<u8> {
                 .unwrap();
         }
     }
+    if objtool {
+        let data = o.segment_name(StandardSegment::Data).to_vec();
+        let returns = o.add_section(data.clone(), b".return_sites".to_vec(), SectionKind::ReadOnlyData);
+        let orc_ip = o.add_section(data.clone(), b".orc_unwind_ip".to_vec(), SectionKind::ReadOnlyData);
+        let orc = o.add_section(data, b".orc_unwind".to_vec(), SectionKind::ReadOnlyData);
+        for (name, _, sec) in &ids {
+            o.add_symbol(Symbol {
+                name: format!("__pfx_{name}").into_bytes(),
+                value: 0,
+                size: 0,
+                kind: SymbolKind::Text,
+                scope: SymbolScope::Compilation,
+                weak: false,
+                section: SymbolSection::Section(*sec),
+                flags: SymbolFlags::None,
+            });
+            let sec_sym = o.section_symbol(*sec);
+            for site in [returns, orc_ip] {
+                let at = o.append_section_data(site, &[0; 4], 4);
+                let flags = RelocationFlags::Elf { r_type: elf::R_X86_64_PC32 };
+                o.add_relocation(site, Relocation { offset: at, symbol: sec_sym, addend: 0, flags }).unwrap();
+            }
+            o.append_section_data(orc, &[0; 6], 2);
+        }
+    }
     o.write().unwrap()
 }
 
@@ -152,7 +187,7 @@ ffffffff81a00000 T not_exported
 ";
     let kernel = KernelSymbols::parse(map, "0x0\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n");
     let names: BTreeSet<String> = ["user", "fixed", "helper", "other"].map(String::from).into();
-    let out = extract(&patched, &names, &changes, &[], &kernel, "kp_x__").unwrap();
+    let out = extract(&patched, &names, &changes, &[], &kernel, None, "kp_x__").unwrap();
     assert_eq!(out.targets.len(), 1);
     assert_eq!((out.targets[0].name.as_str(), out.targets[0].sympos, out.targets[0].replacement.as_str()), ("fixed", 0, "kp_x__fixed"));
     // The static helper has two copies in the kernel; this object's lies
@@ -194,7 +229,7 @@ fn ambiguous_static_is_refused_not_guessed() {
     // Two static helpers and no way to tell which is this object's.
     let kernel = KernelSymbols::parse("ffffffff81000100 t helper\nffffffff81000200 T fixed\nffffffff81900000 t helper\n", "");
     let names: BTreeSet<String> = ["fixed", "helper"].map(String::from).into();
-    let err = extract(&patched, &names, &changes, &[], &kernel, "kp_x__").err().expect("must refuse");
+    let err = extract(&patched, &names, &changes, &[], &kernel, None, "kp_x__").err().expect("must refuse");
     assert!(format!("{err:#}").contains("helper"), "{err:#}");
 }
 
@@ -210,12 +245,83 @@ fn callbacks_the_diff_adds_are_kept_other_additions_are_not() {
     let kernel = KernelSymbols::parse("ffffffff81000200 T fixed\n", "");
     let names: BTreeSet<String> = ["fixed"].map(String::from).into();
     let roots = ["kp_post_revert".to_owned()];
-    let out = extract(&patched, &names, &changes, &roots, &kernel, "kp_x__").unwrap();
+    let out = extract(&patched, &names, &changes, &roots, &kernel, None, "kp_x__").unwrap();
     assert_eq!(out.helpers, ["kp_post_revert"]);
     let file = object::File::parse(&*out.object).unwrap();
     let symbols: Vec<&str> = file.symbols().filter_map(|s| s.name().ok()).collect();
     assert!(symbols.contains(&"kp_post_revert") && !symbols.contains(&"unused_new"), "{symbols:?}");
     // Without the root, the callback is dropped like any uncalled addition.
-    let out = extract(&patched, &names, &changes, &[], &kernel, "kp_x__").unwrap();
+    let out = extract(&patched, &names, &changes, &[], &kernel, None, "kp_x__").unwrap();
     assert!(out.helpers.is_empty(), "{:?}", out.helpers);
+}
+
+/// A module as its package ships it: `defined` in `.text`, `init` in
+/// `.init.text` (gone after its init: not in its symbol table then).
+fn module_ko(defined: &[&str], init: &[&str]) -> Vec<u8> {
+    let mut o = Object::new(object::BinaryFormat::Elf, object::Architecture::X86_64, object::Endianness::Little);
+    let text = o.add_section(o.segment_name(StandardSegment::Text).to_vec(), b".text".to_vec(), SectionKind::Text);
+    let init_text = o.add_section(o.segment_name(StandardSegment::Text).to_vec(), b".init.text".to_vec(), SectionKind::Text);
+    for (names, sec) in [(defined, text), (init, init_text)] {
+        for name in names {
+            let value = o.append_section_data(sec, &[0xc3], 1);
+            o.add_symbol(Symbol {
+                name: name.as_bytes().to_vec(),
+                value,
+                size: 1,
+                kind: SymbolKind::Text,
+                scope: SymbolScope::Compilation,
+                weak: false,
+                section: SymbolSection::Section(sec),
+                flags: SymbolFlags::None,
+            });
+        }
+    }
+    o.write().unwrap()
+}
+
+#[test]
+fn module_symbols_count_what_the_module_keeps() {
+    let m = ModuleSymbols::from_ko("mymod", &module_ko(&["helper", "twice", "twice"], &["setup"])).unwrap();
+    assert_eq!(m.klp_name("helper").unwrap(), ".klp.sym.mymod.helper,0");
+    assert!(m.sympos("twice").is_err(), "a name the module has twice is not guessed");
+    assert!(!m.defines("setup") && m.sympos("setup").is_err(), "init code is freed after the module's init");
+}
+
+/// A fix to code built into a module: what the copy refers to in its own
+/// object goes to that module's symbols (resolved in the module when the
+/// patch loads), the kernel's to the kernel's; objtool's additions are
+/// left for the patch module's own objtool run. Before, every fix in a
+/// module was refused.
+#[test]
+fn code_of_a_module_refers_to_that_module() {
+    let helper = Func { name: "helper", global: false, code: &[0xc3], calls: &[], string: None };
+    let code: &[u8] = &[0xe8, 0, 0, 0, 0, 0xe8, 0, 0, 0, 0, 0xc3];
+    let patched_code: &[u8] = &[0xe8, 0, 0, 0, 0, 0xe8, 0, 0, 0, 0, 0x90, 0xc3];
+    let calls: &[(u64, &str)] = &[(1, "helper"), (6, "not_exported")];
+    let orig = object_with(&[Func { name: "fixed", global: false, code, calls, string: None }, Func { ..helper }], "", true);
+    let patched = object_with(&[Func { name: "fixed", global: false, code: patched_code, calls, string: None }, helper], "", true);
+    let changes = compare(&orig, &patched).unwrap();
+    assert_eq!(changes.changed.iter().collect::<Vec<_>>(), ["fixed"], "objtool's prefix symbols are not functions");
+    // The kernel has a 'helper' of its own: the module's is meant.
+    let kernel = KernelSymbols::parse("ffffffff81000100 t helper\nffffffff81a00000 T not_exported\n", "");
+    let module = ModuleSymbols::from_ko("mymod", &module_ko(&["fixed", "helper"], &[])).unwrap();
+    let names: BTreeSet<String> = ["fixed", "helper"].map(String::from).into();
+    let out = extract(&patched, &names, &changes, &[], &kernel, Some(&module), "kp_x__").unwrap();
+    assert_eq!(out.targets.len(), 1);
+    assert_eq!((out.targets[0].object.as_str(), out.targets[0].name.as_str(), out.targets[0].sympos), ("mymod", "fixed", 0));
+    assert_eq!(out.kernel_references.iter().collect::<Vec<_>>(), ["mymod:helper,0", "not_exported,0"]);
+    let file = object::File::parse(&*out.object).unwrap();
+    let sections: Vec<&str> = file.sections().filter_map(|s| s.name().ok()).collect();
+    for gone in [".return_sites", ".orc_unwind_ip", ".orc_unwind"] {
+        assert!(!sections.contains(&gone), "{gone} kept: objtool would refuse the patch module: {sections:?}");
+    }
+    let symbols: Vec<String> = file.symbols().filter_map(|s| s.name().ok().map(str::to_owned)).collect();
+    assert!(!symbols.iter().any(|s| s.starts_with("__pfx_")), "{symbols:?}");
+    assert!(symbols.contains(&".klp.sym.mymod.helper,0".to_owned()), "{symbols:?}");
+
+    // Linked: both references in the section the module loader applies.
+    let (ko, moved) = post_link(&out.object, &kernel, &Default::default()).unwrap();
+    assert_eq!(moved, 2);
+    let file = object::File::parse(&*ko).unwrap();
+    assert!(file.section_by_name(".klp.rela.vmlinux..text.fixed").is_some());
 }

@@ -136,6 +136,15 @@ impl Kernel {
         }
     }
 
+    /// Whether module `name` is loaded. The test double has every module
+    /// loaded (it has no modules to come and go).
+    pub fn module_loaded(&self, name: &str) -> bool {
+        match self {
+            Self::Real { .. } => transition::module_loaded(name),
+            Self::Fake(_) => true,
+        }
+    }
+
     /// Whether kmend.ko is loaded (its control device exists).
     pub fn core_loaded(&self) -> bool {
         match self {

@@ -80,7 +80,7 @@ fn ioctl(control: &Path, cmd: u32, req: &mut KmendReq, op: &'static str, id: &st
 }
 
 /// Whether module `name` is loaded (listed in /proc/modules).
-fn module_loaded(name: &str) -> bool {
+pub(crate) fn module_loaded(name: &str) -> bool {
     fs::read_to_string("/proc/modules")
         .is_ok_and(|m| m.lines().any(|l| l.split(' ').next() == Some(name)))
 }
