@@ -106,6 +106,12 @@ const OBJTOOL_SECTIONS: &[&str] = &[
     ".static_call_sites",
 ];
 
+/// Whether `name` is a local the compiler numbered (`__func__.3`,
+/// `__msg.12`): a function's own constant, not a variable of the file.
+fn compiler_numbered(name: &str) -> bool {
+    name.rsplit_once('.').is_some_and(|(base, n)| !base.is_empty() && !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+}
+
 /// Whether `name` is a symbol objtool adds (`__pfx_<f>`: the padding before
 /// function `f`; `__cfi_<f>`: its CFI hash): not functions of their own.
 pub fn objtool_symbol(name: &str) -> bool {
@@ -202,8 +208,15 @@ pub fn extract(
                 let own = if is_text(&b, t) {
                     functions_in(t).any(|f| changes.added.contains(&f.name) || wanted(&f.name))
                 } else {
+                    // Anonymous data, data the fix adds, and constants the
+                    // compiler named for one function (`__func__.3`): their
+                    // copies read the same, and the kernel has many of each
+                    // name, which no position could single out.
+                    let read_only = b.sections.get(t).sh_flags & u64::from(elf::SHF_WRITE) == 0;
                     let mut objects = objects_in(t).peekable();
-                    objects.peek().is_none() || objects.any(|o| !orig_names.contains(&o.name))
+                    objects.peek().is_none()
+                        || objects.any(|o| !orig_names.contains(&o.name))
+                        || (read_only && objects_in(t).all(|o| compiler_numbered(&o.name)))
                 };
                 if own {
                     queue.push(t);
@@ -356,6 +369,8 @@ pub fn extract(
                 None => match module {
                     // Defined by another object of the module.
                     Some(m) if m.defines(&sym.name) => (m.klp_name(&sym.name)?, true, r.r_addend),
+                    // Exported by a module the patched module depends on.
+                    Some(_) if kernel.is_exported_by_module(&sym.name) => continue,
                     _ if kernel.is_exported(&sym.name) || sym.name.starts_with("kmend_") => continue,
                     _ => (klp_name(&sym.name, kernel.global_sympos(&sym.name)?), true, r.r_addend),
                 },

@@ -66,7 +66,8 @@ pub fn post_link(ko: &[u8], kernel: &KernelSymbols, module_exports: &HashSet<Str
     for s in b.symbols.iter_mut() {
         let name = String::from_utf8_lossy(&s.name).into_owned();
         let undefined = s.section.is_none() && s.st_shndx == elf::SHN_UNDEF && !name.is_empty();
-        if undefined && !name.starts_with(".klp.") && !kernel.is_exported(&name) && !module_exports.contains(&name) {
+        let linkable = kernel.is_exported(&name) || kernel.is_exported_by_module(&name) || module_exports.contains(&name);
+        if undefined && !name.starts_with(".klp.") && !linkable {
             if kernel.named(&name).is_empty() {
                 bail!("the patch module refers to '{name}', which is neither in the kernel nor exported to modules");
             }

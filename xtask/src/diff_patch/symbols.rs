@@ -46,6 +46,10 @@ pub struct KernelSymbols {
     by_addr: Vec<(u64, String, bool)>,
     /// Exported to every module without a namespace.
     exports: HashSet<String>,
+    /// Exported by the kernel's own modules without a namespace (a module's
+    /// code may call them; the patch then depends on that module, which the
+    /// patched module depends on too).
+    module_exports: HashSet<String>,
 }
 
 impl KernelSymbols {
@@ -96,19 +100,29 @@ impl KernelSymbols {
         }
         by_addr.sort();
         // crc, symbol, object, export kind, namespace (empty when none).
-        let exports = symvers
-            .lines()
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split('\t').collect();
-                (f.len() >= 4 && f[2] == "vmlinux" && f.get(4).is_none_or(|ns| ns.is_empty())).then(|| f[1].to_owned())
-            })
-            .collect();
-        Self { by_name, by_addr, exports }
+        let mut exports = HashSet::new();
+        let mut module_exports = HashSet::new();
+        for l in symvers.lines() {
+            let f: Vec<&str> = l.split('\t').collect();
+            if f.len() < 4 || f.get(4).is_some_and(|ns| !ns.is_empty()) {
+                continue;
+            }
+            match f[2] {
+                "vmlinux" => exports.insert(f[1].to_owned()),
+                _ => module_exports.insert(f[1].to_owned()),
+            };
+        }
+        Self { by_name, by_addr, exports, module_exports }
     }
 
     /// Whether modules may link against `name` directly.
     pub fn is_exported(&self, name: &str) -> bool {
         self.exports.contains(name)
+    }
+
+    /// Whether one of the kernel's modules exports `name` to other modules.
+    pub fn is_exported_by_module(&self, name: &str) -> bool {
+        self.module_exports.contains(name)
     }
 
     /// The symbols named `name`, in address order.
@@ -280,6 +294,7 @@ ffffffff82001000 D shared_data
         assert!(k.is_exported("alpha"));
         assert!(!k.is_exported("gamma"), "a namespaced export needs an import: resolved by name instead");
         assert!(!k.is_exported("m"), "exported by a module, not vmlinux");
+        assert!(k.is_exported_by_module("m") && !k.is_exported_by_module("alpha") && !k.is_exported_by_module("gamma"));
         assert!(!k.is_exported("beta"));
     }
 }

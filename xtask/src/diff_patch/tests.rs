@@ -295,15 +295,18 @@ fn module_symbols_count_what_the_module_keeps() {
 #[test]
 fn code_of_a_module_refers_to_that_module() {
     let helper = Func { name: "helper", global: false, code: &[0xc3], calls: &[], string: None };
-    let code: &[u8] = &[0xe8, 0, 0, 0, 0, 0xe8, 0, 0, 0, 0, 0xc3];
-    let patched_code: &[u8] = &[0xe8, 0, 0, 0, 0, 0xe8, 0, 0, 0, 0, 0x90, 0xc3];
-    let calls: &[(u64, &str)] = &[(1, "helper"), (6, "not_exported")];
+    let code: &[u8] = &[0xe8, 0, 0, 0, 0, 0xe8, 0, 0, 0, 0, 0xe8, 0, 0, 0, 0, 0xc3];
+    let patched_code: &[u8] = &[0xe8, 0, 0, 0, 0, 0xe8, 0, 0, 0, 0, 0xe8, 0, 0, 0, 0, 0x90, 0xc3];
+    let calls: &[(u64, &str)] = &[(1, "helper"), (6, "not_exported"), (11, "other_mod_export")];
     let orig = object_with(&[Func { name: "fixed", global: false, code, calls, string: None }, Func { ..helper }], "", true);
     let patched = object_with(&[Func { name: "fixed", global: false, code: patched_code, calls, string: None }, helper], "", true);
     let changes = compare(&orig, &patched).unwrap();
     assert_eq!(changes.changed.iter().collect::<Vec<_>>(), ["fixed"], "objtool's prefix symbols are not functions");
     // The kernel has a 'helper' of its own: the module's is meant.
-    let kernel = KernelSymbols::parse("ffffffff81000100 t helper\nffffffff81a00000 T not_exported\n", "");
+    let kernel = KernelSymbols::parse(
+        "ffffffff81000100 t helper\nffffffff81a00000 T not_exported\n",
+        "0x0\tother_mod_export\tothermod\tEXPORT_SYMBOL_GPL\t\n",
+    );
     let module = ModuleSymbols::from_ko("mymod", &module_ko(&["fixed", "helper"], &[])).unwrap();
     let names: BTreeSet<String> = ["fixed", "helper"].map(String::from).into();
     let out = extract(&patched, &names, &changes, &[], &kernel, Some(&module), "kp_x__").unwrap();
@@ -318,10 +321,63 @@ fn code_of_a_module_refers_to_that_module() {
     let symbols: Vec<String> = file.symbols().filter_map(|s| s.name().ok().map(str::to_owned)).collect();
     assert!(!symbols.iter().any(|s| s.starts_with("__pfx_")), "{symbols:?}");
     assert!(symbols.contains(&".klp.sym.mymod.helper,0".to_owned()), "{symbols:?}");
+    assert!(symbols.contains(&"other_mod_export".to_owned()), "another module's export is linked as usual: {symbols:?}");
 
     // Linked: both references in the section the module loader applies.
     let (ko, moved) = post_link(&out.object, &kernel, &Default::default()).unwrap();
     assert_eq!(moved, 2);
     let file = object::File::parse(&*ko).unwrap();
     assert!(file.section_by_name(".klp.rela.vmlinux..text.fixed").is_some());
+}
+
+/// An object whose function `fixed` loads the address of `__func__.2`, a
+/// constant the compiler named for it, in its own read-only section.
+fn object_with_func_name(code: &[u8]) -> Vec<u8> {
+    let mut o = Object::new(object::BinaryFormat::Elf, object::Architecture::X86_64, object::Endianness::Little);
+    let rodata = o.add_section(o.segment_name(StandardSegment::Data).to_vec(), b".rodata.__func__.2".to_vec(), SectionKind::ReadOnlyData);
+    o.append_section_data(rodata, b"fixed\0", 1);
+    let name = o.add_symbol(Symbol {
+        name: b"__func__.2".to_vec(),
+        value: 0,
+        size: 6,
+        kind: SymbolKind::Data,
+        scope: SymbolScope::Compilation,
+        weak: false,
+        section: SymbolSection::Section(rodata),
+        flags: SymbolFlags::None,
+    });
+    let text = o.add_section(o.segment_name(StandardSegment::Text).to_vec(), b".text.fixed".to_vec(), SectionKind::Text);
+    o.append_section_data(text, code, 16);
+    o.add_symbol(Symbol {
+        name: b"fixed".to_vec(),
+        value: 0,
+        size: code.len() as u64,
+        kind: SymbolKind::Text,
+        scope: SymbolScope::Linkage,
+        weak: false,
+        section: SymbolSection::Section(text),
+        flags: SymbolFlags::None,
+    });
+    let flags = RelocationFlags::Elf { r_type: elf::R_X86_64_PC32 };
+    o.add_relocation(text, Relocation { offset: 3, symbol: name, addend: -4, flags }).unwrap();
+    o.write().unwrap()
+}
+
+/// The kernel has `__func__.2` many times (every file's second function
+/// name constant): referring to the running kernel's would need a
+/// position no rule can find. The copy takes its own: it reads the same.
+/// Before, such fixes were refused ("which one is meant cannot be told").
+#[test]
+fn constants_the_compiler_named_are_copied_not_referenced() {
+    // lea __func__.2(%rip),%rdi; ret  /  the same plus a nop.
+    let orig = object_with_func_name(&[0x48, 0x8d, 0x3d, 0, 0, 0, 0, 0xc3]);
+    let patched = object_with_func_name(&[0x48, 0x8d, 0x3d, 0, 0, 0, 0, 0x90, 0xc3]);
+    let changes = compare(&orig, &patched).unwrap();
+    let map = "ffffffff81000200 T fixed\nffffffff82000000 d __func__.2\nffffffff82000100 d __func__.2\nffffffff82000200 d __func__.2\n";
+    let kernel = KernelSymbols::parse(map, "");
+    let names: BTreeSet<String> = ["fixed", "__func__.2"].map(String::from).into();
+    let out = extract(&patched, &names, &changes, &[], &kernel, None, "kp_x__").unwrap();
+    assert!(out.kernel_references.is_empty(), "{:?}", out.kernel_references);
+    let file = object::File::parse(&*out.object).unwrap();
+    assert!(file.section_by_name(".rodata.__func__.2").is_some(), "the constant is copied");
 }
