@@ -63,7 +63,7 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
     let mut outcomes = Vec::new();
     for file in &files {
         let start = Instant::now();
-        let id = format!("fix_{}", file.trim_end_matches(".c").replace(['/', '-', '.'], "_"));
+        let id = survey_id(file);
         let dir = work.join(&id);
         fs::create_dir_all(&dir)?;
         let diff = Command::new("diff")
@@ -92,6 +92,18 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
     }
     print_table(&outcomes);
     Ok(())
+}
+
+/// The patch id of a candidate: `fix_<path>`, shortened with a hash of the
+/// path where that would be longer than a module name may be (55).
+fn survey_id(file: &str) -> String {
+    use sha2::Digest as _;
+    let id = format!("fix_{}", file.trim_end_matches(".c").replace(['/', '-', '.'], "_"));
+    if id.len() <= 50 {
+        return id;
+    }
+    let hash = hex::encode(&sha2::Sha256::digest(file.as_bytes())[..4]);
+    format!("{}_{hash}", &id[..40])
 }
 
 /// The reason class of a refusal, for the totals.
@@ -155,4 +167,15 @@ fn print_table(outcomes: &[Outcome]) {
         outcomes.len() - built,
         reasons.join(", ")
     );
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn survey_ids_fit_a_module_name() {
+        let long = super::survey_id("drivers/net/ethernet/mellanox/mlx5/core/steering/hws/fs_hws.c");
+        assert!(long.len() <= 55 && long.starts_with("fix_drivers_net_ethernet"), "{long}");
+        assert_ne!(long, super::survey_id("drivers/net/ethernet/mellanox/mlx5/core/steering/hws/fs_hws2.c"));
+        assert_eq!(super::survey_id("kernel/exit.c"), "fix_kernel_exit");
+    }
 }

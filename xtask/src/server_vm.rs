@@ -322,7 +322,7 @@ fn populate(stock: &Artifacts, lower: &Path, root: &Path, deb: &Path, feed_root:
     fs::create_dir_all(&e2e)?;
     fs::copy(deb, e2e.join("kmend.deb"))?;
     fs::copy(feed_root, e2e.join("root.json"))?;
-    write(root, "root/e2e/kmend.toml", &format!("feed_url = \"{url}\"\njitter = \"0\"\ninterval = \"10m\"\n"))?;
+    write(root, "root/e2e/kmend.toml", &format!("feed_url = \"{url}\"\njitter = \"0\"\ninterval = \"10m\"\nverify_after_apply = true\nverify_window = \"5s\"\n"))?;
     Ok(())
 }
 
