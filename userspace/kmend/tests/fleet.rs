@@ -229,6 +229,29 @@ fn the_daemon_checks_in_after_each_cycle_and_an_unreachable_server_does_not_stop
     assert!(log.contains("fleet check-in failed: fleet server http://127.0.0.1:9"), "{log}");
 }
 
+/// A host registered before its feed is configured (the role registers it,
+/// the feed comes later) still reports to its fleet every cycle: the
+/// admin sees it, and sees that it has no feed. Before, the daemon's cycle
+/// ended at "no feed configured", before the check-in.
+#[test]
+fn a_registered_host_without_a_feed_still_checks_in() {
+    let fleet = Fleet::start();
+    let key = fleet.db.add_group("ha", "test").unwrap();
+    let root = Root::new();
+    root.config("interval = \"1s\"\njitter = \"0\"\n");
+    assert_eq!(root.run(&["register", &key, "--server", &fleet.url]).code, 0);
+    // Known only to a later check-in: the tags in the config.
+    root.config("interval = \"1s\"\njitter = \"0\"\ntags = [\"nofeed\"]\n");
+    let child = root.cmd(&["daemon"]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for("the daemon without a feed to check in", Duration::from_secs(30), || {
+        let (_, body) = fleet.hosts(Some(ADMIN));
+        body["hosts"][0]["report"]["tags"] == serde_json::json!(["nofeed"])
+    });
+    let (code, log) = stop_daemon(child);
+    assert_eq!(code, Some(0), "{log}");
+    assert!(log.contains("no feed"), "the log still says why nothing is fetched: {log}");
+}
+
 #[test]
 fn the_host_left_behind_is_flagged_as_drift_in_the_api_and_metrics() {
     let fleet = Fleet::start();

@@ -76,11 +76,15 @@ fn cycle() -> Cycle {
     } else {
         agent.check(false).map(|r| tracing::info!("feed checked: {} update(s) available (auto_update is off)", r.plan.apply.len()))
     };
+    // No feed yet: looked for again soon; the fleet still hears from the
+    // host below (registered first, configured later).
+    let mut unconfigured = false;
     let ok = match result {
         Ok(()) => true,
         Err(e @ AgentError::NoFeed(_)) => {
             tracing::warn!("{e}; looking again every {}s", UNCONFIGURED_RECHECK.as_secs());
-            return Cycle { interval: UNCONFIGURED_RECHECK, jitter: Duration::ZERO, ok: true };
+            unconfigured = true;
+            true
         }
         // Not a transient failure: retrying sooner would not help.
         Err(AgentError::Policy(e @ PolicyError::Unsupported { .. })) => {
@@ -104,6 +108,9 @@ fn cycle() -> Cycle {
     // The fleet server hears about every cycle; when it is down, patching
     // goes on and only this is logged.
     let mut interval = interval;
+    if unconfigured {
+        (interval, jitter) = (UNCONFIGURED_RECHECK, Duration::ZERO);
+    }
     if let Some(f) = fleet.as_mut() {
         match f.check_in(&paths) {
             Ok(()) => {}
