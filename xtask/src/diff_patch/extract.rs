@@ -352,7 +352,7 @@ pub fn extract(
                     // built into one: found in that module, exported or not
                     // (the patch must not depend on the module to load).
                     let name = match module {
-                        Some(m) => m.klp_name(&y.name)?,
+                        Some(m) => m.klp_name_in(&y.name, &own)?,
                         None => {
                             let sympos = if y.global {
                                 kernel.global_sympos(&y.name)?
@@ -442,7 +442,7 @@ pub fn extract(
         }
         if changes.changed.contains(&info.name) && parent_of_cold(&info.name).is_none() && orig_names.contains(&info.name) {
             let sympos = match module {
-                Some(m) => m.sympos(&info.name)?,
+                Some(m) => m.sympos_in(&info.name, &own)?,
                 None if info.global => kernel.global_sympos(&info.name)?,
                 None => kernel.sympos(&info.name, true, &globals, &own)?,
             };

@@ -199,6 +199,9 @@ pub struct ModuleSymbols {
     pub name: String,
     /// How many of its kept symbols have each name.
     counts: BTreeMap<String, usize>,
+    /// Its kept symbols' names in symbol-table order (the order kallsyms
+    /// keeps, and counts positions in).
+    order: Vec<String>,
 }
 
 impl ModuleSymbols {
@@ -211,6 +214,7 @@ impl ModuleSymbols {
         };
         let file = object::File::parse(ko).with_context(|| format!("module {name}: not ELF"))?;
         let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        let mut order = Vec::new();
         for s in file.symbols() {
             let (Ok(n), Some(ix)) = (s.name(), s.section_index()) else { continue };
             let Ok(section) = file.section_by_index(ix) else { continue };
@@ -220,8 +224,9 @@ impl ModuleSymbols {
                 continue;
             }
             *counts.entry(n.to_owned()).or_default() += 1;
+            order.push(n.to_owned());
         }
-        Ok(Self { name: name.to_owned(), counts })
+        Ok(Self { name: name.to_owned(), counts, order })
     }
 
     /// Whether the module defines `name`.
@@ -243,6 +248,45 @@ impl ModuleSymbols {
     /// The livepatch name of the module's symbol `name`.
     pub fn klp_name(&self, name: &str) -> anyhow::Result<String> {
         Ok(format!(".klp.sym.{}.{name},{}", self.name, self.sympos(name)?))
+    }
+
+    /// The position of `name` as defined by the object whose symbols are
+    /// `own`: a name the module has once is 0; of several, the one whose
+    /// nearest uniquely named neighbours on both sides in the symbol table
+    /// are the object's own symbols (the linker keeps each object's locals
+    /// together). Refused when that does not single one out.
+    pub fn sympos_in(&self, name: &str, own: &BTreeSet<String>) -> anyhow::Result<u64> {
+        if self.counts.get(name).is_none_or(|&n| n < 2) {
+            return self.sympos(name);
+        }
+        let unique = |n: &String| self.counts.get(n) == Some(&1);
+        let mut placed = Vec::new();
+        let mut position = 0u64;
+        for (i, n) in self.order.iter().enumerate() {
+            if n != name {
+                continue;
+            }
+            position += 1;
+            let before = self.order[..i].iter().rev().find(|n| unique(n));
+            let after = self.order[i + 1..].iter().find(|n| unique(n));
+            if before.is_some_and(|b| own.contains(b)) && after.is_some_and(|a| own.contains(a)) {
+                placed.push(position);
+            }
+        }
+        match placed.as_slice() {
+            [p] => Ok(*p),
+            _ => bail!(
+                "'{name}' has {} symbols in module {} and {} lie among its object's own symbols: which one is meant cannot be told",
+                self.counts[name],
+                self.name,
+                placed.len()
+            ),
+        }
+    }
+
+    /// [`Self::klp_name`], placed by the object's own symbols `own`.
+    pub fn klp_name_in(&self, name: &str, own: &BTreeSet<String>) -> anyhow::Result<String> {
+        Ok(format!(".klp.sym.{}.{name},{}", self.name, self.sympos_in(name, own)?))
     }
 }
 

@@ -381,3 +381,22 @@ fn constants_the_compiler_named_are_copied_not_referenced() {
     let file = object::File::parse(&*out.object).unwrap();
     assert!(file.section_by_name(".rodata.__func__.2").is_some(), "the constant is copied");
 }
+
+/// A name a module has several times (a rate-limit state `_rs.0` per
+/// file) is the copy whose neighbours in the module's symbol table are the
+/// object's own symbols: the linker keeps each object's locals together.
+/// Before, every such name was refused.
+#[test]
+fn a_modules_duplicate_is_placed_by_its_objects_neighbours() {
+    let ko = module_ko(&["a_first", "_rs.0", "b_first", "c_second", "_rs.0", "d_second"], &[]);
+    let m = ModuleSymbols::from_ko("mymod", &ko).unwrap();
+    let second: BTreeSet<String> = ["c_second", "d_second", "_rs.0"].map(String::from).into();
+    assert_eq!(m.klp_name_in("_rs.0", &second).unwrap(), ".klp.sym.mymod._rs.0,2");
+    let first: BTreeSet<String> = ["a_first", "b_first"].map(String::from).into();
+    assert_eq!(m.sympos_in("_rs.0", &first).unwrap(), 1);
+    // Neighbours on one side only, or none: refused, not guessed.
+    let one_side: BTreeSet<String> = ["b_first"].map(String::from).into();
+    assert!(m.sympos_in("_rs.0", &one_side).is_err());
+    assert!(m.sympos_in("_rs.0", &BTreeSet::new()).is_err());
+    assert_eq!(m.sympos_in("a_first", &BTreeSet::new()).unwrap(), 0);
+}
