@@ -16,9 +16,10 @@ use kernel::ffi::{
 };
 
 /// Version of [`KmendPatch`]; bumped on any change of layout or meaning.
-/// 4 added [`KMEND_PATCH_LINKED`]; kmend.ko also takes version 3
-/// descriptors, which have the same layout and no such flag.
-pub(crate) const KMEND_ABI_VERSION: u32 = 4;
+/// 4 added [`KMEND_PATCH_LINKED`]; 5 added [`KmendFunc::placed`].
+/// kmend.ko takes only this version: a patch module is built against the
+/// kmend.ko it ships with.
+pub(crate) const KMEND_ABI_VERSION: u32 = 5;
 
 /// Flag: this patch supersedes every applied patch (cumulative "replace").
 pub(crate) const KMEND_PATCH_REPLACE: u32 = 1 << 0;
@@ -42,6 +43,14 @@ pub(crate) struct KmendFunc {
     pub(crate) sympos: u64,
     /// The replacement, with exactly the signature of the original.
     pub(crate) new_func: *const c_void,
+    /// For a `vmlinux` target: the target itself, as the kernel's module
+    /// loader placed it by name and position when the patch module loaded
+    /// (a livepatch relocation to `.klp.sym.vmlinux.<name>,<sympos>`,
+    /// which the loader resolves in kallsyms and refuses if the name is
+    /// not there, is ambiguous at position 0, or has no such position).
+    /// kmend enables the function only at this address. Null for module
+    /// targets: kmend.ko places those in the module itself.
+    pub(crate) placed: *const c_void,
 }
 
 /// A patch: an id and the functions it replaces, switched as one unit.

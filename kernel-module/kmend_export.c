@@ -20,6 +20,12 @@
  *    one function up, for patches applied when their target module loads.
  *    kmend_helper_module_text() gives a module's core text, which a revert
  *    checks no thread is in before the module is released.
+ *  - The per-CPU idle tasks are on no list a module can reach:
+ *    kmend_helper_idle_tasks() reads kernel/smpboot.c's `idle_threads`,
+ *    which the kernel does not export. kmend.ko names it by its livepatch
+ *    name; `cargo xtask` links kmend.ko so that the module loader places
+ *    it by name when kmend.ko loads (a livepatch relocation, the format the
+ *    kernel's own livepatch modules use; xtask/src/diff_patch/klp_relocs.rs).
  *  - The kernel's reliable stack walker (arch_stack_walk_reliable) is not
  *    exported, and the exported stack_trace_save_tsk() drops __sched
  *    functions and hides unwinder errors: kmend_helper_stack_walk() walks
@@ -60,6 +66,8 @@ unsigned long kmend_helper_module_symbol(struct module *mod, const char *name,
 					 unsigned long sympos, unsigned long *size);
 void kmend_helper_module_text(struct module *mod, unsigned long *start, unsigned long *size);
 int kmend_helper_stack_walk(struct task_struct *task, unsigned long *buf, unsigned int size);
+unsigned int kmend_helper_idle_tasks(struct task_struct **out, unsigned int max);
+bool kmend_helper_idle_tasks_placed(void);
 void *kmend_helper_map_writable(unsigned long addr, size_t len);
 void kmend_helper_unmap_writable(void *alias);
 void kmend_helper_sync_core(void);
@@ -242,4 +250,40 @@ void kmend_helper_unmap_writable(void *alias)
 void kmend_helper_sync_core(void)
 {
 	sync_core();
+}
+
+/*
+ * kernel/smpboot.c's `static DEFINE_PER_CPU(struct task_struct *,
+ * idle_threads)`: the idle task of every CPU. Weak, so that modpost does
+ * not refuse a name it cannot see; the module loader places it (see the
+ * comment at the top). Its address is that of a per-CPU variable, which
+ * per_cpu_offset() moves to each CPU's copy.
+ */
+extern struct task_struct *kmend_idle_threads
+	__asm__("\".klp.sym.vmlinux.idle_threads,0\"") __attribute__((weak));
+
+/* Whether the loader placed `idle_threads` (kmend.ko was linked by xtask). */
+bool kmend_helper_idle_tasks_placed(void)
+{
+	return &kmend_idle_threads != NULL;
+}
+
+/*
+ * The idle task of every online CPU, into @out (at most @max); returns how
+ * many. Call with the online CPUs fixed (under stop_machine). Idle tasks
+ * never exit: no reference is taken.
+ */
+unsigned int kmend_helper_idle_tasks(struct task_struct **out, unsigned int max)
+{
+	unsigned long base = (unsigned long)&kmend_idle_threads;
+	unsigned int cpu, n = 0;
+
+	if (!base)
+		return 0;
+	for_each_online_cpu(cpu) {
+		if (n == max)
+			break;
+		out[n++] = *(struct task_struct **)(base + per_cpu_offset(cpu));
+	}
+	return n;
 }

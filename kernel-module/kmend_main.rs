@@ -58,6 +58,7 @@ struct KmendModule {
     /// What the registry keeps running (the `sched_switch` probe); dropped
     /// last, after `/dev/kmend` and the module notifier are gone.
     _running: registry::Running,
+    _idle: task::IdleTasks,
 }
 
 impl kernel::InPlaceModule for KmendModule {
@@ -70,6 +71,8 @@ impl kernel::InPlaceModule for KmendModule {
         unsafe { registry::SWITCHING.init() };
         pr_info!("loaded (control abi {})\n", uapi::KMEND_UAPI_VERSION);
         try_pin_init!(Self {
+            // First: without it a switch could not check the idle tasks.
+            _idle <- task::IdleTasks::find(),
             _modules <- module_notifier::ModuleNotifier::new::<module_targets::ModuleTargets>(),
             _control <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"kmend" }),
             // Last: if anything above fails, nothing is left registered.

@@ -31,6 +31,9 @@ pub(crate) struct PatchFunc {
     pub(crate) object: CString,
     pub(crate) name: CString,
     pub(crate) sympos: u64,
+    /// A `vmlinux` target as the kernel's module loader placed it by name
+    /// and position ([`abi::KmendFunc::placed`]); 0 for module targets.
+    pub(crate) placed: usize,
     pub(crate) new_func: usize,
     /// Set while enabled and redirected: the verified target's start
     /// (0 while enabled: pending, the target module is not loaded).
@@ -132,14 +135,12 @@ pub(crate) unsafe fn patch_from_abi(desc: *const abi::KmendPatch) -> Result<Patc
     }
     // SAFETY: the caller guarantees `desc` is valid for reads.
     let desc = unsafe { &*desc };
-    let known_flags = match desc.abi_version {
-        3 => abi::KMEND_PATCH_REPLACE,
-        abi::KMEND_ABI_VERSION => abi::KMEND_PATCH_REPLACE | abi::KMEND_PATCH_LINKED,
-        v => {
-            pr_err!("patch descriptor has abi version {} (want 3 or {}) (-22)\n", v, abi::KMEND_ABI_VERSION);
-            return Err(EINVAL);
-        }
-    };
+    if desc.abi_version != abi::KMEND_ABI_VERSION {
+        pr_err!("patch descriptor has abi version {} (this kmend.ko takes {}): rebuild the patch against it (-22)\n",
+            desc.abi_version, abi::KMEND_ABI_VERSION);
+        return Err(EINVAL);
+    }
+    let known_flags = abi::KMEND_PATCH_REPLACE | abi::KMEND_PATCH_LINKED;
     if desc.flags & !known_flags != 0 {
         pr_err!("patch descriptor has unknown flags {:#x} for abi version {} (-22)\n", desc.flags & !known_flags, desc.abi_version);
         return Err(EINVAL);
@@ -187,11 +188,20 @@ pub(crate) unsafe fn patch_from_abi(desc: *const abi::KmendPatch) -> Result<Patc
                 text(id), text(name), repl.as_str(), text(owner.name()));
             return Err(EINVAL);
         }
+        // Where the module loader placed a kernel target by name and
+        // position; module targets are placed by kmend.ko.
+        let in_vmlinux = object.to_bytes() == b"vmlinux";
+        if in_vmlinux == f.placed.is_null() {
+            pr_err!("patch '{}': '{}:{}' {} (-22)\n", text(id), text(object), text(name),
+                if in_vmlinux { "has no placed address (the module loader resolves it)" } else { "must not carry a placed address" });
+            return Err(EINVAL);
+        }
         funcs.push(
             PatchFunc {
                 object: object.to_cstring()?,
                 name: name.to_cstring()?,
                 sympos: f.sympos,
+                placed: f.placed as usize,
                 new_func: f.new_func as usize,
                 target: 0,
                 fp_offset: 0,

@@ -229,6 +229,12 @@ impl Registry {
             return Err(refuse(ENOENT, format_args!("patch '{id}': module '{object}' is being unloaded")));
         }
         let addr = req.addr as usize;
+        // The position among same-named functions, checked by the kernel:
+        // the loader placed `name,sympos` when the patch module loaded.
+        if f.placed != 0 && addr != f.placed {
+            return Err(refuse(ENXIO, format_args!(
+                "patch '{id}': '{object}:{name}' at position {} is at {:#x} in kallsyms, not at {addr:#x}", f.sympos, f.placed)));
+        }
         let sym = Symbol::of(addr);
         let Some(size) = ksym::check_symbol(sym.as_str(), name, object) else {
             return Err(refuse(ENXIO, format_args!(
@@ -330,7 +336,7 @@ impl Registry {
         if self.patches[pos].stale {
             let module = self.patches[pos].modules().next().map_or("?", text);
             return Err(refuse(Error::from_errno(-(bindings::ESTALE as i32)), format_args!(
-                "patch '{sid}': module '{module}' reloaded since the patch loaded (its code is linked to the old load): reload the patch")));
+                "patch '{sid}': module '{module}' has unloaded since the patch loaded (its code is linked to that load): load the patch again")));
         }
         if reqs.len() != self.patches[pos].funcs.len() {
             return Err(refuse(EINVAL, format_args!(

@@ -8,9 +8,9 @@
 //! since. So only they are walked again, and the work inside the stop
 //! grows with how much ran during the check, not with how many threads
 //! exist (`transition.rs`). The threads that were on a CPU during the check
-//! are among them: the stop itself switches them out. So are the per-CPU
-//! idle tasks, which the task list does not hold, of every CPU that was
-//! idle when the machine stopped.
+//! are among them: the stop itself switches them out. (The per-CPU idle
+//! tasks, which the task list does not hold, are walked in the stop
+//! whatever the watch saw: `task::idle_tasks`.)
 //!
 //! C headers: [`include/linux/tracepoint.h`](srctree/include/linux/tracepoint.h),
 //! [`include/trace/events/sched.h`](srctree/include/trace/events/sched.h).

@@ -34,6 +34,12 @@ unsafe extern "C" {
 
     /// `kmend_export.c`: a reliable walk of a task's kernel stack.
     fn kmend_helper_stack_walk(task: *mut bindings::task_struct, buf: *mut c_ulong, size: c_uint) -> c_int;
+
+    /// `kmend_export.c`: the idle task of every online CPU.
+    fn kmend_helper_idle_tasks(out: *mut *mut bindings::task_struct, max: c_uint) -> c_uint;
+
+    /// `kmend_export.c`: whether the module loader placed `idle_threads`.
+    fn kmend_helper_idle_tasks_placed() -> bool;
 }
 
 /// A thread, borrowed during [`for_each_task`].
@@ -123,4 +129,34 @@ pub(crate) fn for_each_task<F: FnMut(&TaskRef) -> Result>(mut f: F) -> Result {
     // SAFETY: the callback matches the helper's type and `f` outlives it.
     let ret = unsafe { kmend_helper_for_each_task(Some(trampoline::<F>), (&raw mut f).cast()) };
     if ret == 0 { Ok(()) } else { Err(Error::from_errno(ret)) }
+}
+
+/// Proof that kmend.ko can find the idle tasks: the module loader placed
+/// the kernel's `idle_threads` when kmend.ko loaded (it was linked by
+/// `cargo xtask`, which makes that reference a livepatch relocation).
+pub(crate) struct IdleTasks;
+
+impl IdleTasks {
+    /// Fails (and kmend.ko does not load) if `idle_threads` was not placed:
+    /// a switch could not check the idle tasks.
+    pub(crate) fn find() -> Result<Self> {
+        // SAFETY: compares an address, reads no memory.
+        if unsafe { kmend_helper_idle_tasks_placed() } {
+            Ok(Self)
+        } else {
+            pr_err!("the kernel's idle tasks were not placed when kmend.ko loaded: build kmend.ko with `cargo xtask` (-2)\n");
+            Err(ENOENT)
+        }
+    }
+}
+
+/// The idle task of every online CPU, into `out`; returns those filled.
+/// The task list does not hold them. Call with the machine stopped (the
+/// online CPUs fixed, every idle task off-CPU). Idle tasks never exit, so
+/// the pointers stay valid without a reference.
+pub(crate) fn idle_tasks(out: &mut [*mut bindings::task_struct]) -> &[*mut bindings::task_struct] {
+    let max = c_uint::try_from(out.len()).unwrap_or(c_uint::MAX);
+    // SAFETY: `out` has room for `max` pointers.
+    let n = unsafe { kmend_helper_idle_tasks(out.as_mut_ptr(), max) };
+    &out[..(n as usize).min(out.len())]
 }

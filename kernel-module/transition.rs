@@ -114,7 +114,8 @@ enum Walk<'a, 'p> {
     /// With the machine stopped, only the threads switched out since the
     /// pre-check began (`sched_watch.rs`; sorted, repeats adjacent, each
     /// entry referenced): no other thread has run since, so no other stack
-    /// has changed.
+    /// has changed. Also the CPUs' idle tasks, which are on no task list
+    /// (they never exit, so they are not referenced).
     Ran(&'a [*mut bindings::task_struct]),
 }
 
@@ -203,7 +204,8 @@ fn find_blocker(ranges: &[Busy], buf: &mut [c_ulong], mut walk: Walk<'_, '_>, wa
             if i > 0 && list[i - 1] == t {
                 continue;
             }
-            // SAFETY: each entry holds a reference (`sched_watch.rs`).
+            // SAFETY: each entry holds a reference (`sched_watch.rs`) or is
+            // an idle task, which never exits.
             let task = unsafe { TaskRef::from_raw(t) };
             found = visit(&task, ranges, buf, &mut walk, walked);
             if found.is_some() {
@@ -264,6 +266,7 @@ pub(crate) fn attempt(ranges: &[Busy], stores: &[Store], watch: &mut SchedWatch,
     // Dropped (references and all) at the end of the attempt, in process
     // context.
     let mut ran = Held::for_watch(watch)?;
+    let mut idle = KVec::from_elem(core::ptr::null_mut(), kernel::cpu::nr_cpu_ids() as usize, GFP_KERNEL)?;
     let mut pre = PreCheck {
         parking,
         clean: KVec::with_capacity(512, GFP_KERNEL)?,
@@ -301,7 +304,12 @@ pub(crate) fn attempt(ranges: &[Busy], stores: &[Store], watch: &mut SchedWatch,
                     .or_else(|| find_blocker(ranges, &mut buf, Walk::Ran(running), &mut walked))
             }
             _ => find_blocker(ranges, &mut buf, Walk::Stopped(&pre.clean), &mut walked),
-        };
+        }
+        // The idle task of every CPU, on no task list: switched out by the
+        // stop on a CPU that was idle, and since whenever on one that was
+        // busy, inside the idle loop (`do_idle`, `schedule_idle`,
+        // `__schedule`). One per CPU.
+        .or_else(|| find_blocker(ranges, &mut buf, Walk::Ran(task::idle_tasks(&mut idle)), &mut walked));
         if let Some(b) = found {
             blocked = Some(b);
             return Err(EBUSY);

@@ -45,6 +45,7 @@ const PATCH_DIRS: &[&str] = &[
     "tests/patches/hammer",
     "tests/patches/alias",
     "tests/patches/kernel_data",
+    "tests/patches/idle",
     "tests/bench/patches/single",
     "tests/bench/patches/ten",
 ];

@@ -13,7 +13,10 @@ use std::{
     },
 };
 
-use anyhow::Context as _;
+use anyhow::{
+    Context as _,
+    bail, //
+};
 
 use crate::{
     kernel::Kernel,
@@ -45,8 +48,20 @@ pub fn build(kernel: &Kernel) -> anyhow::Result<Modules> {
         .iter()
         .map(|m| module_signing::sign(kernel, &fixtures_dir.join(m)))
         .collect::<anyhow::Result<_>>()?;
+    // kmend.ko refers to one kernel variable that is not exported (the
+    // idle tasks, kernel-module/kmend_export.c): the module loader places
+    // it by name, as for patch modules.
+    let stripped = kernel.strip_debug(&dir.join("kmend.ko"))?;
+    let (linked, moved) = crate::diff_patch::post_link(kernel, &fs::read(&stripped)?, &[]).context("kmend.ko")?;
+    if moved == 0 {
+        bail!("kmend.ko: no reference for the module loader to place (kmend_export.c's idle_threads)");
+    }
+    let kmend = dir.join("kmend.klp.ko");
+    if fs::read(&kmend).ok().as_deref() != Some(&linked[..]) {
+        fs::write(&kmend, &linked)?;
+    }
     Ok(Modules {
-        kmend: module_signing::sign(kernel, &kernel.strip_debug(&dir.join("kmend.ko"))?)?,
+        kmend: module_signing::sign(kernel, &kmend)?,
         kmend_symvers: dir.join("Module.symvers"),
         fixtures,
     })

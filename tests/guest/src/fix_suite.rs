@@ -13,6 +13,12 @@ use std::{
     time::Duration, //
 };
 
+use kmend::{
+    artifact::Artifact,
+    kallsyms,
+    sys::transition,
+};
+
 use crate::harness::{
     MODULE_DIR,
     Test,
@@ -22,6 +28,8 @@ use crate::harness::{
     insmod,
     kmend,
     module_loaded,
+    must,
+    read,
     revert,
     rmmod,
     verify_while, //
@@ -60,8 +68,10 @@ pub fn tests() -> Vec<Test> {
         tests.push(Test { name: "real_fixes_apply_together_run_and_revert", run: real_fixes_apply_together_run_and_revert });
         tests.push(Test { name: "thread_asleep_in_the_target_is_parked_not_refused", run: thread_asleep_in_the_target_is_parked_not_refused });
         tests.push(Test { name: "static_twin_is_probed_where_it_is", run: static_twin_is_probed_where_it_is });
+        tests.push(Test { name: "twin_at_the_wrong_position_is_refused_by_the_kernel", run: twin_at_the_wrong_position_is_refused_by_the_kernel });
         tests.push(Test { name: "shadow_variable_lives_until_the_revert_callback", run: shadow_variable_lives_until_the_revert_callback });
         tests.push(Test { name: "fix_in_a_module_is_bound_to_the_load_it_was_linked_against", run: fix_in_a_module_is_bound_to_the_load_it_was_linked_against });
+        tests.push(Test { name: "linked_patch_whose_module_went_is_refused_as_stale", run: linked_patch_whose_module_went_is_refused_as_stale });
     } else {
         println!("kmend-guest: no patches built from C diffs for this kernel (they are built for the stock kernel)");
     }
@@ -130,6 +140,68 @@ fn static_twin_is_probed_where_it_is() -> TestResult {
     check(f["old_body"].as_str().is_some_and(|p| p.starts_with("proc_single_open,2+")), || format!("old-body probe: {f}"))?;
     check(f["replacement_hits"].as_u64().unwrap_or(0) > 0, || format!("replacement not hit: {f}"))?;
     check(f["old_body_hits"].as_u64() == Some(0), || format!("old body ran: {f}"))
+}
+
+/// A target's position among same-named functions is checked in the
+/// kernel (issue #8): userspace sends, for the patch to generic.c's
+/// `proc_single_open` (position 2), the address of base.c's (position 1),
+/// with no fingerprint to catch it. The module loader placed
+/// `proc_single_open,2` when the patch module loaded, and kmend.ko enables
+/// the function there only. Before, kmend.ko checked the name at the
+/// address only, and redirected base.c's function to generic.c's fix.
+fn twin_at_the_wrong_position_is_refused_by_the_kernel() -> TestResult {
+    let artifact = Artifact::read(Path::new(&format!("{MODULE_DIR}/{TWIN}.kmpatch"))).map_err(|e| format!("{e}"))?;
+    let symbols = read("/proc/kallsyms")?;
+    let text = kallsyms::text_address(symbols.as_bytes())?;
+    let first = kallsyms::resolve(&symbols, "vmlinux", "proc_single_open", 1)?;
+    let mut functions = artifact.manifest.functions.clone();
+    check(functions.len() == 1 && functions[0].sympos == 2, || format!("not the twin patch: {functions:?}"))?;
+    functions[0].text_offset = Some(first - text);
+    functions[0].fingerprint.clear();
+    let ko = format!("/tmp/{TWIN}.ko");
+    std::fs::write(&ko, &artifact.module).map_err(|e| format!("{ko}: {e}"))?;
+    let result = transition::apply(Path::new("/dev/kmend"), Path::new(&ko), TWIN, &functions);
+    if result.is_ok() {
+        // Redirected base.c's function: undo before /proc/<pid>/ is read.
+        let _ = revert(TWIN);
+    }
+    let err = result.err().map(|e| e.to_string()).unwrap_or_default();
+    println!("kmend-guest: wrong twin: {err}");
+    check(err.contains("at position 2") && err.contains(&format!("not at {first:#x}")), || {
+        format!("the wrong twin's address was not refused by position: {err:?}")
+    })?;
+    check(!module_loaded(TWIN), || "refused patch left its module loaded".into())
+}
+
+/// A fix in a module, loaded (registered) while the module was loaded,
+/// then the module unloads before the patch is enabled: kmend.ko refuses
+/// to enable it (ESTALE): its code refers to the gone load's memory. The
+/// patch module then unloads cleanly.
+fn linked_patch_whose_module_went_is_refused_as_stale() -> TestResult {
+    let module = "tcp_dctcp";
+    check(!module_loaded(module), || format!("{module} loaded before the test"))?;
+    let artifact = Artifact::read(Path::new(&format!("{MODULE_DIR}/{DCTCP}.kmpatch"))).map_err(|e| format!("{e}"))?;
+    let ko = format!("/tmp/{DCTCP}.ko");
+    std::fs::write(&ko, &artifact.module).map_err(|e| format!("{ko}: {e}"))?;
+    insmod("tcp_dctcp.ko")?;
+    let loaded = must("/bin/insmod", &[&ko]);
+    let gone = rmmod(module);
+    let enabled = match (&loaded, &gone) {
+        (Ok(()), Ok(())) => transition::enable(Path::new("/dev/kmend"), DCTCP, &artifact.manifest.functions).map_err(|e| e.to_string()),
+        _ => Err(String::new()),
+    };
+    if enabled.is_ok() {
+        let _ = transition::revert(Path::new("/dev/kmend"), DCTCP);
+    }
+    let unloaded = if module_loaded(DCTCP) { rmmod(DCTCP) } else { Ok(()) };
+    loaded?;
+    gone?;
+    unloaded?;
+    let err = enabled.err().unwrap_or_default();
+    println!("kmend-guest: stale: {err}");
+    check(err.contains("module 'tcp_dctcp' has unloaded since the patch loaded"), || {
+        format!("enable of a patch linked to a gone load of its module: {err:?}")
+    })
 }
 
 /// The suite's C-diff patch with a shadow variable and callbacks

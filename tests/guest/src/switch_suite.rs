@@ -6,6 +6,13 @@ use std::{
     fs,
     os::fd::AsRawFd,
     path::Path,
+    sync::{
+        Arc,
+        atomic::{
+            AtomicBool,
+            Ordering, //
+        },
+    },
     thread,
     time::Duration, //
 };
@@ -45,6 +52,7 @@ pub fn tests() -> Vec<Test> {
     vec![
         Test { name: "patched_path_has_no_indirect_branch", run: patched_path_has_no_indirect_branch },
         Test { name: "sched_sleeper_blocks_until_it_leaves", run: sched_sleeper_blocks_until_it_leaves },
+        Test { name: "idle_tasks_of_busy_cpus_are_checked", run: idle_tasks_of_busy_cpus_are_checked },
         Test { name: "user_thread_asleep_in_the_target_is_parked", run: user_thread_asleep_in_the_target_is_parked },
         Test { name: "module_load_refused_leaves_nothing_redirected", run: module_load_refused_leaves_nothing_redirected },
         Test { name: "apply_racing_rmmod_of_its_target", run: apply_racing_rmmod_of_its_target },
@@ -220,6 +228,53 @@ fn sched_sleeper_blocks_until_it_leaves() -> TestResult {
         apply("kmend_schedsleep.ko")?;
         revert("kmend_schedsleep")
     })
+}
+
+/// Issue #8: the idle tasks are on no task list. A CPU's idle task is
+/// switched out inside the idle loop's `schedule_idle` whenever another
+/// task runs there; on a CPU that stays busy it is never switched during a
+/// switch's check, so only a check that finds the idle tasks itself (the
+/// kernel's `idle_threads`) sees it. With a thread spinning on every CPU,
+/// `kmend_idle` (a patch to `schedule_idle`) must be refused, naming an
+/// idle task. Before, it applied; its revert, with the CPUs still busy,
+/// would have freed the replacement under their idle tasks.
+fn idle_tasks_of_busy_cpus_are_checked() -> TestResult {
+    let cpus = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let spinners: Vec<_> = (0..cpus)
+        .map(|cpu| {
+            let stop = stop.clone();
+            thread::spawn(move || {
+                // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it.
+                let pinned = unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
+                };
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::spin_loop();
+                }
+                pinned
+            })
+        })
+        .collect();
+    // Every CPU busy from before the apply's check on.
+    thread::sleep(Duration::from_millis(300));
+    let (code, out, err) = kmend(&["apply", &format!("{MODULE_DIR}/kmend_idle.ko")]);
+    if code == 0 {
+        // Applied over the idle tasks: undo while the CPUs are still busy
+        // would free code they are in; leave it applied and fail.
+        stop.store(true, Ordering::Relaxed);
+        return Err(format!("kmend_idle applied while every idle task was in schedule_idle: {out}"));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let pinned = spinners.into_iter().all(|s| s.join().unwrap_or(false));
+    println!("kmend-guest: idle: {}", err.trim());
+    check(pinned, || "could not pin a spinning thread to every CPU".into())?;
+    check(code == 4 && err.contains("swapper/") && err.contains("schedule_idle"), || {
+        format!("apply of a patch to schedule_idle with every CPU busy: exit {code}: {out} {err}")
+    })?;
+    check(!module_loaded("kmend_idle"), || "refused patch left its module loaded".into())
 }
 
 /// A user thread asleep (interruptibly) in the target, reading

@@ -54,6 +54,23 @@ const SHN_LIVEPATCH: u16 = 0xff20;
 const SHF_RELA_LIVEPATCH: u64 = 0x0010_0000;
 const PREFIX: &[u8] = b".klp.sym.";
 
+/// Refuses a `.klp.sym.vmlinux.<name>,<sympos>` that the kernel's loader
+/// would not place (it would refuse the module at load): a name the
+/// kernel does not have, a position it does not have, or position 0 for a
+/// name it has several times. Module symbols are checked where they are
+/// named (`symbols.rs`).
+fn check_placeable(klp: &str, kernel: &KernelSymbols) -> anyhow::Result<()> {
+    let Some((name, pos)) = klp.strip_prefix(".klp.sym.vmlinux.").and_then(|r| r.rsplit_once(',')) else {
+        return Ok(());
+    };
+    let pos: usize = pos.parse().with_context(|| format!("{klp}: position"))?;
+    let n = kernel.named(name).len();
+    if n == 0 || pos > n || (pos == 0 && n > 1) {
+        bail!("the patch module refers to '{name}' at position {pos}, which the kernel does not place: it has {n} symbols of that name");
+    }
+    Ok(())
+}
+
 /// Rewrites module `ko`; returns how many relocations it moved. Undefined
 /// symbols the kernel has but does not export (objtool adds some when it
 /// links the module, e.g. static call keys; a hand-written replacement may
@@ -77,6 +94,7 @@ pub fn post_link(ko: &[u8], kernel: &KernelSymbols, module_exports: &HashSet<Str
             if s.section.is_some() {
                 bail!("{} is defined in the module: it must refer to the kernel", String::from_utf8_lossy(&s.name));
             }
+            check_placeable(&String::from_utf8_lossy(&s.name), kernel)?;
             s.st_shndx = SHN_LIVEPATCH;
             s.set_st_info(elf::STB_GLOBAL, elf::STT_NOTYPE);
             klp.push(s.id());

@@ -32,7 +32,10 @@ pub use compile::{
     precompile,
     touched_files,
 };
-pub use extract::Target;
+pub use extract::{
+    Target,
+    klp_name, //
+};
 use object::{
     Object as _,
     ObjectSymbol as _, //

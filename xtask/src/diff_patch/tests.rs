@@ -217,6 +217,12 @@ ffffffff81a00000 T not_exported
     let raw = file.section_by_name(".symtab").unwrap().data().unwrap();
     let entry = &raw[sym.index().0 * 24..][..24];
     assert_eq!(u16::from_le_bytes([entry[6], entry[7]]), 0xff20, "SHN_LIVEPATCH");
+
+    // Against a kernel that does not have that symbol at that position,
+    // the build fails, rather than the module loader at load.
+    let other_kernel = KernelSymbols::parse("ffffffff81000200 T fixed\n", "");
+    let err = post_link(&out.object, &other_kernel, &Default::default()).unwrap_err();
+    assert!(format!("{err:#}").contains("'helper' at position 1, which the kernel does not place: it has 0 symbols"), "{err:#}");
 }
 
 #[test]
