@@ -116,6 +116,16 @@ enum GroupCommand {
         #[arg(long)]
         health_window: Option<String>,
     },
+    /// Print every group with its policy and rollout (steps, halt) as
+    /// JSON, as `GET /api/v1/groups` does.
+    List {
+        /// The database (a SQLite file or a postgres:// URL).
+        #[arg(long)]
+        db: String,
+        /// A host that has not checked in for this long is silent.
+        #[arg(long, default_value = "12h")]
+        silent_after: jiff::SignedDuration,
+    },
     /// Let a halted rollout go on (its failed steps are acknowledged).
     Resume {
         /// The database (a SQLite file or a postgres:// URL).
@@ -177,6 +187,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let policy = input.validate().map_err(|e| anyhow::anyhow!(e))?;
             anyhow::ensure!(Db::open_any(&db)?.set_policy(&name, &policy, "cli")?, "no group '{name}' (kmend-fleet group add)");
             println!("{}", serde_json::to_string(&policy)?);
+            Ok(())
+        }
+        Command::Group(GroupCommand::List { db, silent_after }) => {
+            let groups = Db::open_any(&db)?.rollouts(silent_after)?;
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "groups": groups }))?);
             Ok(())
         }
         Command::Group(GroupCommand::Resume { db, name }) => {

@@ -11,12 +11,15 @@
 //! stopped: kmend-boot.service must have re-applied it from the cache
 //! before the network came up.
 //!
-//! Between the two, the host runs the repository's Ansible role
-//! (deploy/ansible/roles/kmend) against the server over ssh (a loopback
-//! port forward) twice: the second run must change nothing. The first
-//! registers the server with a kmend-fleet running on the host's loopback;
-//! the fleet must then list it with the real kernel's build id and the
-//! applied patch.
+//! Before its daemon is configured, the server registers (`kmend
+//! register`) with a kmend-fleet on the host's loopback, in a group whose
+//! rollout gate lets one host at a time apply: the daemon must ask the
+//! gate, apply, prove the patch itself, and the fleet must record the step
+//! done. Between the two boots, the host runs the repository's Ansible
+//! role (deploy/ansible/roles/kmend) against the server over ssh (a
+//! loopback port forward) twice: the second run must change nothing (its
+//! registration task finds the server registered). The fleet must list
+//! the server with the real kernel's build id and the applied patch.
 //!
 //! kmend.ko is not in the image: the feed carries it as the core artifact
 //! for the stock kernel, and the daemon loads it before the patch (and
@@ -64,6 +67,10 @@ use crate::{
 /// The patch the feed offers: a real stable fix built from its C diff.
 const PATCH: &str = "kp_stable_do_wait";
 
+/// How long the server must stay healthy, patch applied and proven, for
+/// its rollout step to be done (the group's gate).
+const HEALTH_WINDOW: &str = "10s";
+
 /// Kills the feed (or fleet) server when dropped.
 struct FeedServer(Child);
 
@@ -103,6 +110,10 @@ pub fn run(stock: &Artifacts, opts: &VmOptions) -> anyhow::Result<ServerRuns> {
     let root = dir.join("root");
     let feed_root = dir.join("feed/metadata/1.root.json");
     populate(stock, &lower, &root, &deb, &feed_root, &url)?;
+    // The guest registers before its daemon applies anything, in a group
+    // gated one host at a time: the daemon's own eBPF proof must move its
+    // rollout step on (Fleet::check_rollout).
+    write(&root, "root/e2e/fleet.env", &format!("KMEND_FLEET_URL={}\nKMEND_FLEET_KEY={}\n", fleet.url, fleet.key))?;
     let authorized = fs::read_to_string(ssh_key.with_extension("pub"))?;
     write(&root, "root/.ssh/authorized_keys", &authorized)?;
     let disk = dir.join("disk.img");
@@ -128,6 +139,7 @@ pub fn run(stock: &Artifacts, opts: &VmOptions) -> anyhow::Result<ServerRuns> {
         if line.contains("kmend-guest: waiting for the host's Ansible runs") {
             host_checks = ansible_twice(&playbook, ssh_port, &ssh_key, &vars);
             host_checks.push(fleet.check_listed(&build_id));
+            host_checks.push(fleet.check_rollout());
         }
     };
     let mut boots = vec![boot(stock, &initrd, &disk, "install", Some(ssh_port), opts, &mut ansible_turn)?];
@@ -158,6 +170,8 @@ impl Fleet {
         let token = dir.join("admin.token");
         fs::write(&token, "e2e-admin-token-0123456789abcdef0123456789\n")?;
         let key = crate::run::output(Command::new(&bin).args(["group", "add", "--db"]).arg(&db).arg("servers"))?.trim().to_owned();
+        // One host at a time, each proven and healthy for HEALTH_WINDOW.
+        exec(Command::new(&bin).args(["group", "policy", "--db"]).arg(&db).args(["servers", "--rollout-max", "1", "--health-window", HEALTH_WINDOW]))?;
         let mut child = Command::new(&bin)
             .args(["serve", "--listen", "127.0.0.1:0", "--db"])
             .arg(&db)
@@ -174,6 +188,31 @@ impl Fleet {
         let port = listening["listening"].as_str().and_then(|a| a.rsplit(':').next()).context("kmend-fleet serve: no address")?.to_owned();
         println!("xtask: fleet server on 127.0.0.1:{port}");
         Ok(Self { bin, db, url: format!("http://10.0.2.2:{port}"), key, _server: server })
+    }
+
+    /// Whether the group's rollout step for the server is done: the gate
+    /// let it apply, its daemon's own `kmend verify` proved the patch, and
+    /// it stayed healthy for the health window. Waits for it a while: the
+    /// window may still be running.
+    fn check_rollout(&self) -> (String, bool) {
+        let name = "fleet: the gated group's rollout step for the server is done, proven by its daemon";
+        let mut last = serde_json::Value::Null;
+        for _ in 0..60 {
+            let listed = crate::run::output(Command::new(&self.bin).args(["group", "list", "--db"]).arg(&self.db));
+            let groups: serde_json::Value = listed.as_deref().ok().and_then(|t| serde_json::from_str(t).ok()).unwrap_or_default();
+            let group = groups["groups"].as_array().and_then(|g| g.iter().find(|g| g["group"] == "servers")).cloned().unwrap_or_default();
+            let step = group["steps"].as_array().and_then(|s| s.iter().find(|s| s["hostname"] == "kmend-server")).cloned().unwrap_or_default();
+            let targets_patch = step["target"].as_array().is_some_and(|t| t.iter().any(|t| t.as_str().is_some_and(|t| t.starts_with(PATCH))))
+                || step["target"].as_str().is_some_and(|t| t.contains(PATCH));
+            if step["state"] == "done" && !step["proven_at"].is_null() && targets_patch && group["halted"].is_null() {
+                println!("{name} ... ok (target {}, proven at {}, done at {})", step["target"], step["proven_at"], step["finished"]);
+                return (name.to_owned(), true);
+            }
+            last = group;
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        println!("{name} ... FAILED\n  {last}");
+        (name.to_owned(), false)
     }
 
     /// Whether the fleet lists the server, registered by the role, with
