@@ -24,8 +24,15 @@
  *                             that much live kernel memory, in hex (up to
  *                             PEEK_MAX bytes; "fault" if unmapped), so the
  *                             suite can disassemble what kmend wrote
+ *  /proc/kmend_unwind_at      write "<hex address>": a kprobe there walks,
+ *                             from the registers it interrupted, the stack
+ *                             of every task it stops (as kmend's check
+ *                             walks a task preempted there); write "0":
+ *                             remove it; read: "<walks> <reliable>
+ *                             <unreliable> <frames of the last walk>"
  */
 #include <linux/delay.h>
+#include <linux/kprobes.h>
 #include <linux/kthread.h>
 #include <linux/ktime.h>
 #include <linux/module.h>
@@ -35,6 +42,7 @@
 #include <linux/proc_fs.h>
 #include <linux/seq_file.h>
 #include <linux/uaccess.h>
+#include <asm/unwind.h>
 
 int kmend_testmod_show(struct seq_file *m, void *v);
 void kmend_testmod_sleepy(void);
@@ -341,6 +349,101 @@ static const struct proc_ops peek_ops = {
 	.proc_release = single_release,
 };
 
+static DEFINE_MUTEX(unwind_lock);
+static struct kprobe unwind_probe;
+static bool unwind_armed;
+static atomic_t unwind_walks, unwind_reliable, unwind_unreliable, unwind_frames;
+
+/*
+ * Walks the interrupted task's stack from the registers the kprobe's
+ * breakpoint saved, with the reliability rules of kmend's check
+ * (kmend_helper_stack_walk): the walk must end at the user-mode registers
+ * with no unwinder error and no address outside kernel text.
+ */
+static int unwind_pre(struct kprobe *p, struct pt_regs *regs)
+{
+	struct unwind_state state;
+	struct pt_regs *r;
+	bool reliable = true;
+	int frames = 0;
+
+	for (unwind_start(&state, current, regs, NULL);
+	     !unwind_done(&state) && !unwind_error(&state);
+	     unwind_next_frame(&state)) {
+		r = unwind_get_entry_regs(&state, NULL);
+		if (r && user_mode(r))
+			break;
+		if (!unwind_get_return_address(&state)) {
+			reliable = false;
+			break;
+		}
+		frames++;
+	}
+	if (unwind_error(&state))
+		reliable = false;
+	atomic_inc(&unwind_walks);
+	atomic_inc(reliable ? &unwind_reliable : &unwind_unreliable);
+	atomic_set(&unwind_frames, frames);
+	return 0;
+}
+
+static void unwind_disarm(void)
+{
+	if (unwind_armed)
+		unregister_kprobe(&unwind_probe);
+	unwind_armed = false;
+}
+
+static ssize_t unwind_write(struct file *f, const char __user *ubuf, size_t len, loff_t *off)
+{
+	char buf[32];
+	unsigned long addr;
+	int ret = 0;
+
+	if (len >= sizeof(buf))
+		return -EINVAL;
+	if (copy_from_user(buf, ubuf, len))
+		return -EFAULT;
+	buf[len] = 0;
+	if (kstrtoul(strim(buf), 16, &addr))
+		return -EINVAL;
+	mutex_lock(&unwind_lock);
+	unwind_disarm();
+	if (addr) {
+		memset(&unwind_probe, 0, sizeof(unwind_probe));
+		unwind_probe.addr = (kprobe_opcode_t *)addr;
+		unwind_probe.pre_handler = unwind_pre;
+		atomic_set(&unwind_walks, 0);
+		atomic_set(&unwind_reliable, 0);
+		atomic_set(&unwind_unreliable, 0);
+		atomic_set(&unwind_frames, 0);
+		ret = register_kprobe(&unwind_probe);
+		unwind_armed = !ret;
+	}
+	mutex_unlock(&unwind_lock);
+	return ret ? ret : len;
+}
+
+static int unwind_show(struct seq_file *m, void *v)
+{
+	seq_printf(m, "%d %d %d %d\n", atomic_read(&unwind_walks), atomic_read(&unwind_reliable),
+		   atomic_read(&unwind_unreliable), atomic_read(&unwind_frames));
+	return 0;
+}
+
+static int unwind_open(struct inode *inode, struct file *file)
+{
+	return single_open(file, unwind_show, NULL);
+}
+
+static const struct proc_ops unwind_ops = {
+	.proc_open = unwind_open,
+	.proc_read = seq_read,
+	.proc_write = unwind_write,
+	.proc_lseek = seq_lseek,
+	.proc_release = single_release,
+};
+
 static int __init kmend_testmod_init(void)
 {
 	if (!proc_create("kmend_testmod", 0444, NULL, &show_ops) ||
@@ -348,6 +451,7 @@ static int __init kmend_testmod_init(void)
 	    !proc_create("kmend_testmod_wait", 0600, NULL, &wait_ops) ||
 	    !proc_create("kmend_bench", 0600, NULL, &bench_ops) ||
 	    !proc_create("kmend_peek", 0600, NULL, &peek_ops) ||
+	    !proc_create("kmend_unwind_at", 0600, NULL, &unwind_ops) ||
 	    !proc_create("kmend_stop", 0600, NULL, &stop_ops))
 		goto fail;
 	sleeper = kthread_run(sleeper_fn, NULL, "kmend-sleeper");
@@ -355,6 +459,7 @@ static int __init kmend_testmod_init(void)
 		goto fail;
 	return 0;
 fail:
+	remove_proc_entry("kmend_unwind_at", NULL);
 	remove_proc_entry("kmend_stop", NULL);
 	remove_proc_entry("kmend_peek", NULL);
 	remove_proc_entry("kmend_bench", NULL);
@@ -371,6 +476,10 @@ static void __exit kmend_testmod_exit(void)
 	/* Readers still asleep go; removing the entry waits for them. */
 	atomic_set(&wait_released, 1);
 	wake_up_all(&wait_queue);
+	remove_proc_entry("kmend_unwind_at", NULL);
+	mutex_lock(&unwind_lock);
+	unwind_disarm();
+	mutex_unlock(&unwind_lock);
 	remove_proc_entry("kmend_stop", NULL);
 	remove_proc_entry("kmend_peek", NULL);
 	remove_proc_entry("kmend_bench", NULL);

@@ -53,6 +53,7 @@ pub fn tests() -> Vec<Test> {
         Test { name: "patched_path_has_no_indirect_branch", run: patched_path_has_no_indirect_branch },
         Test { name: "sched_sleeper_blocks_until_it_leaves", run: sched_sleeper_blocks_until_it_leaves },
         Test { name: "idle_tasks_of_busy_cpus_are_checked", run: idle_tasks_of_busy_cpus_are_checked },
+        Test { name: "task_interrupted_on_a_trampoline_is_walked_whole", run: task_interrupted_on_a_trampoline_is_walked_whole },
         Test { name: "user_thread_asleep_in_the_target_is_parked", run: user_thread_asleep_in_the_target_is_parked },
         Test { name: "module_load_refused_leaves_nothing_redirected", run: module_load_refused_leaves_nothing_redirected },
         Test { name: "apply_racing_rmmod_of_its_target", run: apply_racing_rmmod_of_its_target },
@@ -275,6 +276,39 @@ fn idle_tasks_of_busy_cpus_are_checked() -> TestResult {
         format!("apply of a patch to schedule_idle with every CPU busy: exit {code}: {out} {err}")
     })?;
     check(!module_loaded("kmend_idle"), || "refused patch left its module loaded".into())
+}
+
+/// Issue #8: a task interrupted or preempted on one of kmend's trampolines
+/// must still be walked whole and reliably by the check. The test
+/// module's kprobe on the trampoline of `cmdline_proc_show` (redirected by
+/// `kmend_sample`) stops every call there and walks the interrupted task's
+/// stack from the saved registers, as kmend's check walks a task preempted
+/// there: every walk must reach the user-mode registers with no unwinder
+/// error. Without the trampolines' unwind hints (UNWIND_HINT_FUNC in
+/// kmend_trampolines.S) the ORC unwinder has nothing for those addresses
+/// and each walk ends in an error.
+fn task_interrupted_on_a_trampoline_is_walked_whole() -> TestResult {
+    const READS: u32 = 20;
+    with_testmod(|| {
+        let table = symbol("kmend_trampolines", Some("kmend"))?;
+        apply("kmend_sample.kmpatch")?;
+        let walked = (|| {
+            let (tramp, _) = follow(symbol("cmdline_proc_show", None)?, table)?;
+            fs::write("/proc/kmend_unwind_at", format!("{tramp:x}")).map_err(|e| format!("kprobe at {tramp:#x}: {e}"))?;
+            let reads = (0..READS).try_for_each(|_| read("/proc/cmdline").map(drop));
+            let report = read("/proc/kmend_unwind_at");
+            let removed = fs::write("/proc/kmend_unwind_at", "0").map_err(|e| format!("remove the kprobe: {e}"));
+            reads?;
+            removed?;
+            let n: Vec<u64> = report?.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+            println!("kmend-guest: interrupted on trampoline {tramp:#x}: walks, reliable, unreliable, frames: {n:?}");
+            check(n.len() == 4 && n[0] >= u64::from(READS) && n[1] == n[0] && n[2] == 0 && n[3] > 3, || {
+                format!("walks from the trampoline {tramp:#x} (walks, reliable, unreliable, frames): {n:?}")
+            })
+        })();
+        let reverted = revert("kmend_sample");
+        walked.and(reverted)
+    })
 }
 
 /// A user thread asleep (interruptibly) in the target, reading
