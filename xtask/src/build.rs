@@ -46,6 +46,7 @@ const PATCH_DIRS: &[&str] = &[
     "tests/patches/alias",
     "tests/patches/kernel_data",
     "tests/patches/idle",
+    "tests/patches/idle_path",
     "tests/bench/patches/single",
     "tests/bench/patches/ten",
 ];

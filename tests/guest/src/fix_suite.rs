@@ -32,6 +32,7 @@ use crate::harness::{
     read,
     revert,
     rmmod,
+    verify_then_revert,
     verify_while, //
 };
 
@@ -124,19 +125,14 @@ const TWIN: &str = "kmend_dup_static";
 fn static_twin_is_probed_where_it_is() -> TestResult {
     let version = std::fs::read_to_string("/proc/version").map_err(|e| format!("/proc/version: {e}"))?;
     apply(&format!("{TWIN}.kmpatch"))?;
-    let verified = verify_while(TWIN, "2s", || {
+    let f = verify_then_revert(TWIN, "2s", || {
         // generic.c's (patched) and base.c's (not) proc_single_open.
         let during = std::fs::read_to_string("/proc/version").map_err(|e| format!("/proc/version: {e}"))?;
         check(during == version, || format!("/proc/version with the patch: {during:?}"))?;
         std::fs::read_to_string("/proc/self/status").map_err(|e| format!("/proc/self/status: {e}"))?;
         std::thread::sleep(Duration::from_millis(20));
         Ok(())
-    });
-    let reverted = revert(TWIN);
-    let (ok, v) = verified?;
-    reverted?;
-    let f = &v["functions"][0];
-    check(ok && v["proven"] == true, || format!("verify failed: {v}"))?;
+    })?;
     check(f["old_body"].as_str().is_some_and(|p| p.starts_with("proc_single_open,2+")), || format!("old-body probe: {f}"))?;
     check(f["replacement_hits"].as_u64().unwrap_or(0) > 0, || format!("replacement not hit: {f}"))?;
     check(f["old_body_hits"].as_u64() == Some(0), || format!("old body ran: {f}"))

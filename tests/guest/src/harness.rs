@@ -194,3 +194,15 @@ pub fn verify_while(id: &str, window: &str, mut exercise: impl FnMut() -> TestRe
         .map_err(|e| format!("verify {id}: {}: {e}: {stdout} {}", out.status, String::from_utf8_lossy(&out.stderr)))?;
     Ok((out.status.success(), report))
 }
+
+/// [`verify_while`] on applied patch `id`, then `kmend revert` of it
+/// (whatever the proof said); the first function's proof, once the whole
+/// patch is proven.
+pub fn verify_then_revert(id: &str, window: &str, exercise: impl FnMut() -> TestResult) -> Result<serde_json::Value, String> {
+    let verified = verify_while(id, window, exercise);
+    let reverted = revert(id);
+    let (ok, v) = verified?;
+    reverted?;
+    check(ok && v["proven"] == true, || format!("verify failed: {v}"))?;
+    Ok(v["functions"][0].clone())
+}

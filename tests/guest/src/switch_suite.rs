@@ -42,6 +42,7 @@ use crate::harness::{
     read,
     revert,
     rmmod,
+    verify_then_revert,
     with_testmod, //
 };
 
@@ -53,6 +54,7 @@ pub fn tests() -> Vec<Test> {
         Test { name: "patched_path_has_no_indirect_branch", run: patched_path_has_no_indirect_branch },
         Test { name: "sched_sleeper_blocks_until_it_leaves", run: sched_sleeper_blocks_until_it_leaves },
         Test { name: "idle_tasks_of_busy_cpus_are_checked", run: idle_tasks_of_busy_cpus_are_checked },
+        Test { name: "idle_path_function_reverted_and_its_module_removed", run: idle_path_function_reverted_and_its_module_removed },
         Test { name: "task_interrupted_on_a_trampoline_is_walked_whole", run: task_interrupted_on_a_trampoline_is_walked_whole },
         Test { name: "user_thread_asleep_in_the_target_is_parked", run: user_thread_asleep_in_the_target_is_parked },
         Test { name: "module_load_refused_leaves_nothing_redirected", run: module_load_refused_leaves_nothing_redirected },
@@ -276,6 +278,27 @@ fn idle_tasks_of_busy_cpus_are_checked() -> TestResult {
         format!("apply of a patch to schedule_idle with every CPU busy: exit {code}: {out} {err}")
     })?;
     check(!module_loaded("kmend_idle"), || "refused patch left its module loaded".into())
+}
+
+/// Issue #8: a function on the idle path, `arch_cpu_idle_enter` (every idle
+/// CPU's idle task calls it on each pass of its loop, interrupts off), is
+/// patched, proven by eBPF to run from idle, reverted and its patch module
+/// removed; then the CPUs keep idling through the original. The revert
+/// walks the idle tasks too, and none is ever inside that function when
+/// switched out, so it is not held up, and nothing runs the freed code.
+fn idle_path_function_reverted_and_its_module_removed() -> TestResult {
+    const ID: &str = "kmend_idle_path";
+    apply(&format!("{ID}.kmpatch"))?;
+    let f = verify_then_revert(ID, "2s", || {
+        thread::sleep(Duration::from_millis(100));
+        Ok(())
+    })?;
+    let hits = f["replacement_hits"].as_u64().unwrap_or(0);
+    println!("kmend-guest: idle path: replacement hit {hits} times while the CPUs idled; old body {}", f["old_body_hits"]);
+    check(hits > 0 && f["old_body_hits"].as_u64() == Some(0), || format!("idle path: {f}"))?;
+    // The module is gone; every CPU idles on through the original.
+    thread::sleep(Duration::from_millis(500));
+    check(!module_loaded(ID), || format!("{ID} still loaded"))
 }
 
 /// Issue #8: a task interrupted or preempted on one of kmend's trampolines
