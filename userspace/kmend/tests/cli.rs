@@ -257,6 +257,30 @@ fn the_journal_names_the_real_user_and_shows_tampering() {
     assert!(r.stderr.contains("journal line 2: does not follow line 1"), "{r}");
 }
 
+/// A fix built against a module's internals (manifest `links`) is refused
+/// while that module is not loaded, saying what to do, and nothing is
+/// loaded; once the module is there, it applies. (The test double says
+/// which modules are loaded; the guest suite proves the real path with
+/// tcp_dctcp.)
+#[test]
+fn a_patch_linked_to_a_module_applies_only_while_it_is_loaded() {
+    let root = Root::new();
+    let work = tempfile::tempdir().unwrap();
+    let a = artifact(work.path(), &Patch { links: &["tcp_dctcp"], function: "dctcp_init", ..Patch::new("kp_dctcp", 1) });
+    let mut without = root.cmd(&["apply", a.to_str().unwrap()]);
+    without.env("KMEND_FAKE_UNLOADED", "tcp_dctcp");
+    let r = run(without);
+    assert_eq!(r.code, 4, "{r}");
+    assert!(
+        r.stderr.contains("patch 'kp_dctcp' was built against the internals of module 'tcp_dctcp', which is not loaded: load it first (modprobe tcp_dctcp), then apply the patch"),
+        "{r}"
+    );
+    assert!(root.applied().is_empty());
+    let r = root.run(&["apply", a.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(root.applied(), ["kp_dctcp"]);
+}
+
 #[test]
 fn a_bare_module_is_applied_like_a_managed_patch() {
     let root = Root::new();

@@ -16,7 +16,9 @@
 //! once (one replacement hit, no old-body hit) unless
 //! `KMEND_FAKE_OLD_BODY_RUNS=<id>` says the old body of patch `<id>` still
 //! runs (host tests of what the agent and the fleet do with a failed
-//! proof; eBPF cannot run there). The real kernel path, eBPF included, is
+//! proof; eBPF cannot run there). Every module counts as loaded but those
+//! `KMEND_FAKE_UNLOADED=<m1,m2>` names (the refusal of a patch linked to a
+//! module that is not loaded). The real kernel path, eBPF included, is
 //! proven by the VM suite.
 
 use std::{
@@ -66,6 +68,12 @@ fn errno(op: &'static str, id: &str, code: i32) -> SysError {
 }
 
 impl FakeKernel {
+    /// Whether module `name` is loaded: yes, unless `KMEND_FAKE_UNLOADED`
+    /// names it (see the module docs).
+    pub fn module_loaded(&self, name: &str) -> bool {
+        std::env::var("KMEND_FAKE_UNLOADED").map_or(true, |v| !v.split(',').any(|m| m == name))
+    }
+
     pub fn new(paths: &Paths) -> Self {
         Self { control: paths.control_device(), state: paths.fake_kernel_dir().join("state.json") }
     }

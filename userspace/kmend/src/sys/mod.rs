@@ -141,7 +141,7 @@ impl Kernel {
     pub fn module_loaded(&self, name: &str) -> bool {
         match self {
             Self::Real { .. } => transition::module_loaded(name),
-            Self::Fake(_) => true,
+            Self::Fake(f) => f.module_loaded(name),
         }
     }
 

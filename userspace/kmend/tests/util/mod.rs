@@ -193,11 +193,13 @@ pub struct Patch<'a> {
     pub replace: bool,
     pub cves: &'a [&'a str],
     pub function: &'a str,
+    /// Modules whose internals the patch was linked against (`links`).
+    pub links: &'a [&'a str],
 }
 
 impl<'a> Patch<'a> {
     pub fn new(id: &'a str, version: u32) -> Self {
-        Self { id, version, build_id: BUILD_ID, replace: false, cves: &[], function: "cmdline_proc_show" }
+        Self { id, version, build_id: BUILD_ID, replace: false, cves: &[], function: "cmdline_proc_show", links: &[] }
     }
 }
 
@@ -211,6 +213,7 @@ pub fn artifact(dir: &Path, p: &Patch) -> PathBuf {
         "kernel": { "release": RELEASE, "build_id": p.build_id },
         "cves": p.cves,
         "replace": p.replace,
+        "links": p.links,
         "functions": [{ "object": "vmlinux", "name": p.function, "sympos": 0, "replacement": format!("{}_{}", p.id, p.function), "fingerprint": "" }],
     });
     fs::create_dir_all(dir).unwrap();
