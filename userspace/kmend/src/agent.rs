@@ -201,14 +201,20 @@ impl Agent {
     /// A host registered with a fleet server follows its group's policy
     /// (channel, delay, sticky) as the server last sent it.
     pub fn new(paths: Paths, actor: String) -> Result<Self, AgentError> {
-        let mut config = Config::load(&paths.config_file())?;
+        let config = Config::load(&paths.config_file())?;
+        Ok(Self::with_config(paths, actor, config))
+    }
+
+    /// [`Self::new`] with the config already read (the daemon reads it
+    /// once per cycle).
+    pub fn with_config(paths: Paths, actor: String, mut config: Config) -> Self {
         if let Ok(Some(policy)) = crate::fleet::Registration::load(&paths).map(|r| r.and_then(|r| r.policy)) {
             if let Err(e) = crate::fleet::apply_group_policy(&policy, &mut config.policy) {
                 tracing::warn!("fleet policy not applied: {e}");
             }
         }
         let kernel = Kernel::from_env(&paths);
-        Ok(Self { paths, config, kernel, actor })
+        Self { paths, config, kernel, actor }
     }
 
     fn lock(&self) -> Result<fsutil::Lock, AgentError> {

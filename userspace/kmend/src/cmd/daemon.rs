@@ -18,9 +18,12 @@ use kmend::{
         Agent,
         AgentError,
     },
+    config::Config,
     exit::Exit,
     paths::Paths,
     policy::PolicyError,
+    report::Overview,
+    timestamp::Timestamp,
 };
 use rand::Rng as _;
 use tokio::signal::unix::{
@@ -45,21 +48,24 @@ struct Cycle {
 
 fn cycle() -> Cycle {
     let paths = Paths::from_env();
-    // A registered host follows its group's policy (fetched here, applied
-    // by Agent::new) and rollout gate; a server that cannot be reached
-    // never stops a host outside a gate.
-    let mut fleet = super::fleet::FleetCycle::begin(&paths).unwrap_or_else(|e| {
-        tracing::warn!("fleet: {}", kmend::proxy::redact_text(&format!("{e:#}")));
-        None
-    });
-    let agent = match Agent::new(paths.clone(), "daemon".into()) {
-        Ok(a) => a,
+    // Read once per cycle: the fleet client, the agent, the check-in and
+    // the metrics all use this.
+    let config = match Config::load(&paths.config_file()) {
+        Ok(c) => c,
         Err(e) => {
             tracing::error!("{}", kmend::proxy::redact_text(&e.to_string()));
-            let d = kmend::config::Config::default();
+            let d = Config::default();
             return Cycle { interval: d.interval, jitter: d.jitter, ok: false };
         }
     };
+    // A registered host follows its group's policy (fetched here, applied
+    // by the agent) and rollout gate; a server that cannot be reached
+    // never stops a host outside a gate.
+    let mut fleet = super::fleet::FleetCycle::begin(&paths, &config).unwrap_or_else(|e| {
+        tracing::warn!("fleet: {}", kmend::proxy::redact_text(&format!("{e:#}")));
+        None
+    });
+    let agent = Agent::with_config(paths.clone(), "daemon".into(), config);
     let gated = fleet.as_ref().is_some_and(super::fleet::FleetCycle::gated);
     let (interval, mut jitter) = (agent.config.interval, agent.config.jitter);
     let result = if agent.config.auto_update {
@@ -111,8 +117,15 @@ fn cycle() -> Cycle {
     if unconfigured {
         (interval, jitter) = (UNCONFIGURED_RECHECK, Duration::ZERO);
     }
-    if let Some(f) = fleet.as_mut() {
-        match f.check_in(&paths) {
+    // The state after this cycle, gathered once for the check-in and the
+    // metrics.
+    let overview = if fleet.is_some() || agent.config.metrics_textfile.is_some() {
+        Overview::gather(&paths, &agent.kernel).map_err(|e| tracing::warn!("status not gathered: {e}")).ok()
+    } else {
+        None
+    };
+    if let (Some(f), Some(o)) = (fleet.as_mut(), &overview) {
+        match f.check_in(&paths, &agent.config, o) {
             Ok(()) => {}
             Err(e) => tracing::warn!("fleet check-in failed: {}", kmend::proxy::redact_text(&format!("{e:#}"))),
         }
@@ -122,9 +135,9 @@ fn cycle() -> Cycle {
             (interval, jitter) = (r, Duration::ZERO);
         }
     }
-    if let Some(file) = &agent.config.metrics_textfile {
-        let written = super::metrics::text(&paths).and_then(|t| super::metrics::write(std::path::Path::new(file), &t));
-        if let Err(e) = written {
+    if let (Some(file), Some(o)) = (&agent.config.metrics_textfile, &overview) {
+        let text = kmend::metrics::render(o, Timestamp::now());
+        if let Err(e) = super::metrics::write(std::path::Path::new(file), &text) {
             tracing::warn!("metrics not written: {e:#}");
         }
     }
@@ -150,8 +163,8 @@ fn next_wait(c: &Cycle, failures: u32) -> Duration {
 /// The wait before the first cycle: a random part of the configured
 /// jitter (none when `jitter = "0"`, nor before a feed is configured).
 fn first_wait() -> Duration {
-    let jitter = Agent::new(Paths::from_env(), "daemon".into())
-        .map(|a| if a.config.feed_url.is_some() { a.config.jitter } else { Duration::ZERO })
+    let jitter = Config::load(&Paths::from_env().config_file())
+        .map(|c| if c.feed_url.is_some() { c.jitter } else { Duration::ZERO })
         .unwrap_or_default();
     random_up_to(jitter)
 }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use kmend::{
+    agent::Agent,
     config::Config,
     exit::Exit,
     fleet::{
@@ -16,12 +17,10 @@ use kmend::{
     identity::Uname,
     paths::Paths,
     report::Overview,
-    sys::Kernel,
 };
 use serde_json::json;
 
-fn client(paths: &Paths, server: &str) -> anyhow::Result<Client> {
-    let config = Config::load(&paths.config_file())?;
+fn client(paths: &Paths, server: &str, config: &Config) -> anyhow::Result<Client> {
     let ca = config.ca_certs.as_deref().map(|p| paths.at(p));
     Ok(Client::new(server, config.proxy.as_deref(), config.timeout, ca.as_deref())?)
 }
@@ -29,14 +28,14 @@ fn client(paths: &Paths, server: &str) -> anyhow::Result<Client> {
 /// Journal entries a check-in carries (the dashboard's host page).
 const JOURNAL_EXCERPT: usize = 20;
 
-/// What a check-in reports: what `kmend status --json` prints, the last
-/// entries of the journal under `journal`, and the host's `channel` (its
-/// group's, if the group sets one) and `tags`.
-fn report(paths: &Paths) -> anyhow::Result<serde_json::Value> {
-    let mut report = serde_json::to_value(Overview::gather(paths, &Kernel::from_env(paths))?)?;
-    let agent = kmend::agent::Agent::new(paths.clone(), "checkin".into())?;
-    report["channel"] = serde_json::json!(agent.config.policy.channel);
-    report["tags"] = serde_json::json!(agent.config.tags);
+/// What a check-in reports: what `kmend status --json` prints
+/// (`overview`), the last entries of the journal under `journal`, and the
+/// host's `channel` (its group's, if the group sets one: `config` as the
+/// agent applied the policy) and `tags`.
+fn report(paths: &Paths, config: &Config, overview: &Overview) -> anyhow::Result<serde_json::Value> {
+    let mut report = serde_json::to_value(overview)?;
+    report["channel"] = serde_json::json!(config.policy.channel);
+    report["tags"] = serde_json::json!(config.tags);
     // A journal that cannot be read costs the excerpt, not the check-in.
     let journal = kmend::journal::read_all(paths).unwrap_or_default();
     let excerpt = &journal[journal.len().saturating_sub(JOURNAL_EXCERPT)..];
@@ -48,8 +47,12 @@ fn report(paths: &Paths) -> anyhow::Result<serde_json::Value> {
 /// if it registered with one: whether it did (`kmend register`, `kmend
 /// checkin`; the daemon uses [`FleetCycle`]).
 pub fn check_in_if_registered(paths: &Paths) -> anyhow::Result<bool> {
-    let Some(mut fleet) = FleetCycle::begin(paths)? else { return Ok(false) };
-    fleet.check_in(paths)?;
+    let config = Config::load(&paths.config_file())?;
+    let Some(mut fleet) = FleetCycle::begin(paths, &config)? else { return Ok(false) };
+    // After `begin`: the group's policy as the server just sent it applies.
+    let agent = Agent::with_config(paths.clone(), "checkin".into(), config);
+    let overview = Overview::gather(paths, &agent.kernel)?;
+    fleet.check_in(paths, &agent.config, &overview)?;
     Ok(true)
 }
 
@@ -65,10 +68,11 @@ pub struct FleetCycle {
 }
 
 impl FleetCycle {
-    /// `None` when the host is not registered.
-    pub fn begin(paths: &Paths) -> anyhow::Result<Option<Self>> {
+    /// `None` when the host is not registered. `config` gives the
+    /// client's proxy, timeout and CA.
+    pub fn begin(paths: &Paths, config: &Config) -> anyhow::Result<Option<Self>> {
         let Some(mut reg) = Registration::load(paths)? else { return Ok(None) };
-        let client = client(paths, &reg.server)?;
+        let client = client(paths, &reg.server, config)?;
         let policy = match client.policy(paths, &mut reg) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -107,9 +111,10 @@ impl FleetCycle {
         }
     }
 
-    /// Sends this host's status.
-    pub fn check_in(&mut self, paths: &Paths) -> anyhow::Result<()> {
-        if let Some(d) = self.client.check_in(&self.reg, &report(paths)?)? {
+    /// Sends this host's status (`overview`, and from `config` its channel
+    /// and tags).
+    pub fn check_in(&mut self, paths: &Paths, config: &Config, overview: &Overview) -> anyhow::Result<()> {
+        if let Some(d) = self.client.check_in(&self.reg, &report(paths, config, overview)?)? {
             self.sooner(d);
         }
         Ok(())
@@ -119,7 +124,7 @@ impl FleetCycle {
 pub fn register(key: &str, server: &str, hostname: Option<&str>, json: bool) -> anyhow::Result<Exit> {
     let paths = Paths::from_env();
     let hostname = hostname.map_or_else(|| Uname::get().nodename, str::to_owned);
-    let reg = client(&paths, server)?.register(&paths, key, &hostname)?;
+    let reg = client(&paths, server, &Config::load(&paths.config_file())?)?.register(&paths, key, &hostname)?;
     // The first check-in at once, so the host shows up with its state.
     let checked_in = check_in_if_registered(&paths);
     if json {
