@@ -106,6 +106,7 @@ pub fn router(state: AppState) -> Router {
         .route("/hosts/{id}", get(crate::dashboard::host))
         .route("/compliance", get(crate::dashboard::compliance))
         .route("/login/{code}", get(crate::dashboard::login))
+        .route("/login", post(crate::dashboard::login_with_password))
         .route("/api/v1/login-links", post(login_link))
         .route("/api/v1/register", post(register))
         .route("/api/v1/checkin", post(check_in))

@@ -7,10 +7,12 @@
 //! | `/hosts/{id}` | one host: kernel, patches, proofs, coverage, its last journal entries |
 //! | `/compliance` | each CVE fixed live: on which hosts, since when |
 //! | `/login/{code}?next=/…` | opens a session from a one-time login link (`crate::session`) |
+//! | `POST /login` (form: `user`, `password`) | opens a session for a dashboard user (`crate::users`) |
 //!
 //! Pages need a session cookie (or the admin token as a bearer header).
 
 use axum::{
+    Form,
     extract::{
         Path,
         Query,
@@ -77,16 +79,58 @@ fn session_cookie(headers: &HeaderMap) -> Option<&str> {
     cookies.split(';').find_map(|c| c.trim().strip_prefix(session::COOKIE)?.strip_prefix('='))
 }
 
+/// The login form for dashboard users, and the other way in.
+const LOGIN_FORM: &str = "<form method=\"post\" action=\"/login\">\
+    <p><label>User <input name=\"user\" autocomplete=\"username\" required></label></p>\
+    <p><label>Password <input name=\"password\" type=\"password\" autocomplete=\"current-password\" required></label></p>\
+    <p><button type=\"submit\">Log in</button></p></form>\
+    <p>Or with a one-time link: <code>curl -X POST -H \"Authorization: Bearer $(cat admin.token)\" \
+    http://&lt;server&gt;/api/v1/login-links</code>, then open the <code>path</code> it returns.</p>";
+
 /// A page for a logged-in admin, or the way to log in.
 fn require_session(state: &AppState, headers: &HeaderMap) -> Result<(), Response> {
     if session_cookie(headers).is_some_and(|id| state.sessions.valid(id)) || crate::api::is_admin(state, headers) {
         return Ok(());
     }
-    let body = "<p>Log in with a one-time link: <code>curl -X POST -H \"Authorization: Bearer $(cat admin.token)\" \
-                http://&lt;server&gt;/api/v1/login-links</code>, then open the <code>path</code> it returns.</p>";
-    let mut r = page("Login required", body);
+    let mut r = page("Login required", LOGIN_FORM);
     *r.status_mut() = StatusCode::UNAUTHORIZED;
     Err(r)
+}
+
+/// Sets session `id`'s cookie and goes to `next` (a path on this server
+/// only).
+fn enter(id: &str, next: Option<String>) -> Response {
+    let next = next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\')).unwrap_or_else(|| "/".into());
+    let cookie = format!(
+        "{}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        session::COOKIE,
+        session::SESSION_LIFETIME.as_secs()
+    );
+    (StatusCode::SEE_OTHER, [(header::SET_COOKIE, cookie), (header::LOCATION, next)]).into_response()
+}
+
+#[derive(Deserialize)]
+pub struct PasswordLogin {
+    user: String,
+    password: String,
+    next: Option<String>,
+}
+
+/// `POST /login`: a dashboard user's name and password open a session;
+/// anything else is refused with the form again (audited either way).
+pub async fn login_with_password(State(state): State<AppState>, Form(f): Form<PasswordLogin>) -> Response {
+    let db = state.db.clone();
+    let PasswordLogin { user, password, next } = f;
+    match crate::api::blocking(move || db.log_in(&user, &password)).await {
+        Ok(true) => enter(&state.sessions.open_for_user(), next),
+        Ok(false) => {
+            let body = format!("<p class=\"error\">Wrong user name or password.</p>{LOGIN_FORM}");
+            let mut r = page("Login required", &body);
+            *r.status_mut() = StatusCode::UNAUTHORIZED;
+            r
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 #[derive(Deserialize)]
@@ -107,13 +151,7 @@ pub async fn login(State(state): State<AppState>, Path(code): Path<String>, Quer
     if crate::api::blocking(move || db.record("admin", "login", "a dashboard session opened with a one-time link")).await.is_err() {
         tracing::error!("the login was not audited (the database error is logged above)");
     }
-    let next = q.next.filter(|n| n.starts_with('/') && !n.starts_with("//") && !n.contains('\\')).unwrap_or_else(|| "/".into());
-    let cookie = format!(
-        "{}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        session::COOKIE,
-        session::SESSION_LIFETIME.as_secs()
-    );
-    (StatusCode::SEE_OTHER, [(header::SET_COOKIE, cookie), (header::LOCATION, next)]).into_response()
+    enter(&id, q.next)
 }
 
 /// What the dashboard says of a host, and the row's colour.

@@ -35,6 +35,9 @@ pub enum DbError {
     GroupExists(String),
     #[error("invalid group name '{0}': 1 to 64 characters of [A-Za-z0-9_.-]")]
     BadGroupName(String),
+    /// A user that cannot be added (`crate::users`), with why.
+    #[error("{0}")]
+    BadUser(String),
 }
 
 /// A host as the API lists it.
@@ -328,13 +331,27 @@ mod tests {
         let steps: Vec<(String, String)> = db.rollouts(minute).unwrap()[0].steps.iter().map(|s| (s.hostname.clone(), s.state.clone())).collect();
         assert_eq!(steps, [("web2".to_owned(), "done".to_owned()), ("web1".to_owned(), "failed".to_owned())]);
 
+        // Dashboard users: only the right password logs in; each try audited.
+        db.add_user("alice", "correct horse battery", "admin").unwrap();
+        assert!(db.add_user("alice", "another long password", "admin").unwrap_err().to_string().contains("already exists"));
+        assert!(db.add_user("bob", "too short", "admin").unwrap_err().to_string().contains("at least 12 characters"));
+        assert!(db.log_in("alice", "correct horse battery").unwrap());
+        assert!(!db.log_in("alice", "correct horse batter").unwrap());
+        assert!(!db.log_in("mallory", "correct horse battery").unwrap());
+        assert_eq!(db.users().unwrap(), ["alice"]);
+        assert!(db.remove_user("alice", "admin").unwrap());
+        assert!(!db.log_in("alice", "correct horse battery").unwrap());
+
         assert!(db.revoke(id1, "admin").unwrap());
         assert!(!db.revoke(id1, "admin").unwrap());
         assert_eq!(db.check_in(&t1, &json!({})).unwrap(), None);
         let actions: Vec<String> = db.audit_log().unwrap().into_iter().map(|a| a.2).collect();
         assert_eq!(
             actions,
-            ["group-add", "register", "register", "policy", "rollout-start", "rollout-halt", "rollout-resume", "rollout-start", "rollout-done", "revoke"]
+            [
+                "group-add", "register", "register", "policy", "rollout-start", "rollout-halt", "rollout-resume", "rollout-start", "rollout-done",
+                "user-add", "login", "login-failed", "login-failed", "user-remove", "login-failed", "revoke"
+            ]
         );
     }
 
@@ -347,6 +364,7 @@ mod tests {
             let key = db.add_group("other", "admin").unwrap();
             (key.clone(), db.register(&key, "db1").unwrap().unwrap().1)
         };
+        db.add_user("carol", "a password nobody reads", "admin").unwrap();
         // Reopening migrates nothing twice and keeps the data.
         drop(db);
         let db = Db::open(&dir.path().join("fleet.sqlite")).unwrap();
@@ -354,7 +372,8 @@ mod tests {
         // Nothing secret is stored: neither the key nor the token.
         let raw = std::fs::read(dir.path().join("fleet.sqlite")).unwrap();
         let raw = String::from_utf8_lossy(&raw);
-        assert!(!raw.contains(&key) && !raw.contains(&token));
+        assert!(!raw.contains(&key) && !raw.contains(&token) && !raw.contains("a password nobody reads"));
+        assert!(db.log_in("carol", "a password nobody reads").unwrap(), "the user survives reopening");
     }
 
     /// The same on a real PostgreSQL server (Debian's, started here on a

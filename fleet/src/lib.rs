@@ -14,6 +14,7 @@
 //! - [`api`]: the HTTP API (axum).
 //! - [`dashboard`]: the web pages (server-rendered HTML).
 //! - [`session`]: one-time login links and browser sessions.
+//! - [`users`]: dashboard users and their hashed passwords.
 
 pub mod api;
 pub mod compliance;
@@ -27,5 +28,6 @@ pub mod rollout;
 pub mod secret;
 pub mod session;
 pub mod sql;
+pub mod users;
 #[cfg(any(test, feature = "test-postgres"))]
 pub mod test_postgres;

@@ -66,6 +66,10 @@ enum Command {
     /// Manage groups.
     #[command(subcommand)]
     Group(GroupCommand),
+    /// Manage dashboard users (name and password; the admin token works
+    /// too).
+    #[command(subcommand)]
+    User(UserCommand),
     /// Print every host as JSON, as `GET /api/v1/hosts` does.
     Hosts {
         /// The database (a SQLite file or a postgres:// URL).
@@ -77,6 +81,32 @@ enum Command {
     },
     /// Print the audit log.
     Audit {
+        /// The database (a SQLite file or a postgres:// URL).
+        #[arg(long)]
+        db: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user; the password is read from standard input (one line, at
+    /// least 12 characters), so it is in no process list or shell history.
+    Add {
+        /// The database (a SQLite file or a postgres:// URL).
+        #[arg(long)]
+        db: String,
+        name: String,
+    },
+    /// Remove a user (its open sessions end at the server's restart or
+    /// within 12 hours).
+    Remove {
+        /// The database (a SQLite file or a postgres:// URL).
+        #[arg(long)]
+        db: String,
+        name: String,
+    },
+    /// List the users' names.
+    List {
         /// The database (a SQLite file or a postgres:// URL).
         #[arg(long)]
         db: String,
@@ -197,6 +227,25 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Group(GroupCommand::Resume { db, name }) => {
             anyhow::ensure!(Db::open_any(&db)?.resume(&name, "cli")?, "no group '{name}'");
             println!("rollout of group {name} resumed");
+            Ok(())
+        }
+        Command::User(UserCommand::Add { db, name }) => {
+            let mut password = String::new();
+            std::io::stdin().read_line(&mut password).context("read the password from standard input")?;
+            let password = password.trim_end_matches(['\n', '\r']);
+            Db::open_any(&db)?.add_user(&name, password, "cli")?;
+            println!("user {name} added");
+            Ok(())
+        }
+        Command::User(UserCommand::Remove { db, name }) => {
+            anyhow::ensure!(Db::open_any(&db)?.remove_user(&name, "cli")?, "no user '{name}'");
+            println!("user {name} removed");
+            Ok(())
+        }
+        Command::User(UserCommand::List { db }) => {
+            for name in Db::open_any(&db)?.users()? {
+                println!("{name}");
+            }
             Ok(())
         }
         Command::Hosts { db, silent_after } => {

@@ -6,7 +6,8 @@
 //! as Jupyter's token URLs); opening it sets an `HttpOnly`,
 //! `SameSite=Strict` session cookie valid 12 hours. Only SHA-256 digests
 //! of codes and session ids are kept, in memory: a restart logs everyone
-//! out.
+//! out. Dashboard users (`crate::users`) open the same sessions with a
+//! name and a password (`POST /login`).
 
 use std::{
     collections::HashMap,
@@ -63,9 +64,19 @@ impl Sessions {
     pub fn open(&self, code: &str) -> Option<String> {
         let mut inner = self.lock();
         inner.links.remove(&secret::digest(code))?;
+        Some(Self::new_session(&mut inner))
+    }
+
+    /// A new session for a user who gave the right password
+    /// (`crate::users`).
+    pub fn open_for_user(&self) -> String {
+        Self::new_session(&mut self.lock())
+    }
+
+    fn new_session(inner: &mut Inner) -> String {
         let id = secret::generate("kms_");
         inner.sessions.insert(secret::digest(&id), Instant::now() + SESSION_LIFETIME);
-        Some(id)
+        id
     }
 
     /// Whether session `id` is live.

@@ -131,6 +131,44 @@ impl Drop for Fleet {
     }
 }
 
+/// A dashboard user (`kmend-fleet user add`) logs in with the form: the
+/// right password gets a session cookie that opens the dashboard; a wrong
+/// password or an unknown name gets the form again (401) and no cookie.
+/// Each try is in the audit log.
+#[test]
+fn a_dashboard_user_logs_in_with_a_password() {
+    let fleet = Fleet::start();
+    fleet.db.add_user("alice", "correct horse battery", "cli").unwrap();
+    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).max_redirects(0).build());
+    let post = |user: &str, password: &str| {
+        let form = [("user", user), ("password", password), ("next", "/compliance")];
+        let mut resp = agent.post(format!("{}/login", fleet.url)).send_form(form).unwrap();
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let (cookie, location) = (header("set-cookie"), header("location"));
+        (resp.status().as_u16(), cookie, location, resp.body_mut().read_to_string().unwrap())
+    };
+
+    let (code, cookie, location, _) = post("alice", "correct horse battery");
+    assert_eq!((code, location.as_deref()), (303, Some("/compliance")));
+    let cookie = cookie.expect("a session cookie");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"), "{cookie}");
+    let session = cookie.split(';').next().unwrap().to_owned();
+    assert!(session.starts_with("kmend_fleet_session=kms_"), "{session}");
+    let mut page = agent.get(format!("{}/", fleet.url)).header("cookie", &session).call().unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    assert!(page.body_mut().read_to_string().unwrap().contains("<h1>Hosts</h1>"));
+
+    for (user, password) in [("alice", "correct horse batter"), ("mallory", "correct horse battery")] {
+        let (code, cookie, _, body) = post(user, password);
+        assert_eq!((code, cookie), (401, None), "{user}: {body}");
+        assert!(body.contains("Wrong user name or password.") && body.contains(r#"<form method="post" action="/login">"#), "{body}");
+    }
+    let (code, body) = fleet.get("/", None);
+    assert!(code == 401 && body.contains(r#"<input name="password" type="password""#), "{body}");
+    let actions: Vec<String> = fleet.db.audit_log().unwrap().into_iter().map(|a| a.2).collect();
+    assert_eq!(actions, ["user-add", "login", "login-failed", "login-failed"]);
+}
+
 #[test]
 fn a_host_registers_checks_in_and_is_listed_until_revoked() {
     let mut fleet = Fleet::start();
