@@ -207,13 +207,29 @@ fn config_differences(want: &str, got: &str) -> Vec<String> {
 /// Decompresses `BOOT_MODULES` and their dependencies into `out`, in load
 /// order (dependencies first), from the modules package's tree.
 fn boot_modules(tree: &Path, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    let mut by_name = BTreeMap::new();
-    index(tree, &mut by_name)?;
+    let by_name = modules_by_name(tree)?;
     let mut order = Vec::new();
     for m in BOOT_MODULES {
         visit(m, &by_name, out, &mut order, 0)?;
     }
     Ok(order)
+}
+
+/// The modules of `tree` by name (`-` as `_`), indexed once per tree and
+/// run: the tree holds thousands of files, and every module fix and suite
+/// module asks.
+fn modules_by_name(tree: &Path) -> anyhow::Result<std::sync::Arc<BTreeMap<String, PathBuf>>> {
+    type Indexes = std::sync::Mutex<BTreeMap<PathBuf, std::sync::Arc<BTreeMap<String, PathBuf>>>>;
+    static INDEXES: std::sync::OnceLock<Indexes> = std::sync::OnceLock::new();
+    let indexes = INDEXES.get_or_init(Default::default);
+    if let Some(by_name) = indexes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(tree) {
+        return Ok(by_name.clone());
+    }
+    let mut by_name = BTreeMap::new();
+    index(tree, &mut by_name)?;
+    let by_name = std::sync::Arc::new(by_name);
+    indexes.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(tree.to_owned(), by_name.clone());
+    Ok(by_name)
 }
 
 fn index(dir: &Path, by_name: &mut BTreeMap<String, PathBuf>) -> anyhow::Result<()> {
@@ -256,8 +272,7 @@ fn visit(name: &str, by_name: &BTreeMap<String, PathBuf>, out: &Path, order: &mu
 /// depends on, in load order (dependencies first). `tree` is
 /// [`Kernel::modules`].
 pub fn module_with_dependencies(tree: &Path, name: &str) -> anyhow::Result<Vec<PathBuf>> {
-    let mut by_name = BTreeMap::new();
-    index(tree, &mut by_name)?;
+    let by_name = modules_by_name(tree)?;
     let out = tree.parent().unwrap_or(tree).join("unpacked-modules");
     let mut order = Vec::new();
     visit(&name.replace('-', "_"), &by_name, &out, &mut order, 0)?;
