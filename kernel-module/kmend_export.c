@@ -17,7 +17,8 @@
  *    under stop_machine can skip tasks that have not run since the pre-check.
  *  - A coming module's symbols are only reachable through its RCU-protected
  *    mod_kallsyms and the ELF_ST_* macros: kmend_helper_module_symbol() looks
- *    one function up, for patches applied when their target module loads.
+ *    one function up, for patches applied when their target module loads,
+ *    or one variable (a coming patch module's kmend_pinned_modules).
  *    kmend_helper_module_text() gives a module's core text, which a revert
  *    checks no thread is in before the module is released.
  *  - The per-CPU idle tasks are on no list a module can reach:
@@ -63,7 +64,7 @@ void kmend_helper_task_comm(struct task_struct *t, char *buf);
 const char *kmend_helper_module_name(struct module *mod);
 unsigned long kmend_helper_task_switches(struct task_struct *t, bool *on_cpu);
 unsigned long kmend_helper_module_symbol(struct module *mod, const char *name,
-					 unsigned long sympos, unsigned long *size);
+					 unsigned long sympos, unsigned char type, unsigned long *size);
 void kmend_helper_module_text(struct module *mod, unsigned long *start, unsigned long *size);
 int kmend_helper_stack_walk(struct task_struct *task, unsigned long *buf, unsigned int size);
 unsigned int kmend_helper_idle_tasks(struct task_struct **out, unsigned int max);
@@ -131,7 +132,7 @@ const char *kmend_helper_module_name(struct module *mod)
  * @name in @mod, its size in @size; 0 if there is no such single function.
  */
 unsigned long kmend_helper_module_symbol(struct module *mod, const char *name,
-					 unsigned long sympos, unsigned long *size)
+					 unsigned long sympos, unsigned char type, unsigned long *size)
 {
 	struct mod_kallsyms *kallsyms;
 	unsigned long addr = 0, count = 0;
@@ -142,7 +143,7 @@ unsigned long kmend_helper_module_symbol(struct module *mod, const char *name,
 	for (i = 0; kallsyms && i < kallsyms->num_symtab; i++) {
 		const Elf_Sym *sym = &kallsyms->symtab[i];
 
-		if (sym->st_shndx == SHN_UNDEF || ELF_ST_TYPE(sym->st_info) != STT_FUNC)
+		if (sym->st_shndx == SHN_UNDEF || ELF_ST_TYPE(sym->st_info) != type)
 			continue;
 		if (strcmp(kallsyms->strtab + sym->st_name, name))
 			continue;

@@ -8,10 +8,12 @@
 //! to a [`trampoline`]; [`transition`] switches them under stop_machine
 //! ([`stop`]) when no [`task`] runs the code being replaced;
 //! [`module_targets`] follows patched modules as they come and go
-//! ([`module_notifier`]); [`kapi`], [`ksym`] and [`modref`] wrap what has no
+//! ([`module_notifier`]), and [`module_pins`] keeps loaded the modules whose
+//! static keys a patch's code uses; [`kapi`], [`ksym`] and [`modref`] wrap what has no
 //! Rust binding; [`refusal`] is the one-line error every refusal carries.
 
 use kernel::{
+    ffi::c_int,
     miscdevice::{
         MiscDeviceOptions,
         MiscDeviceRegistration, //
@@ -26,6 +28,7 @@ mod ftrace;
 mod kapi;
 mod ksym;
 mod module_notifier;
+mod module_pins;
 mod module_targets;
 mod modref;
 mod park;
@@ -53,6 +56,12 @@ module! {
 struct KmendModule {
     #[pin]
     _modules: module_notifier::ModuleNotifier,
+    /// Module references for patch modules' static keys ([`module_pins`]):
+    /// taken first when a module comes, dropped last when it goes.
+    #[pin]
+    _pin: module_notifier::ModuleNotifier,
+    #[pin]
+    _unpin: module_notifier::ModuleNotifier,
     #[pin]
     _control: MiscDeviceRegistration<control::ControlFile>,
     /// What the registry keeps running (the `sched_switch` probe); dropped
@@ -69,11 +78,15 @@ impl kernel::InPlaceModule for KmendModule {
         unsafe { registry::STATE.init() };
         // SAFETY: as above, before `/dev/kmend` exists.
         unsafe { registry::SWITCHING.init() };
+        // SAFETY: called once, before the notifiers that use it exist.
+        unsafe { module_pins::PINS.init() };
         pr_info!("loaded (control abi {})\n", uapi::KMEND_UAPI_VERSION);
         try_pin_init!(Self {
             // First: without it a switch could not check the idle tasks.
             _idle <- task::IdleTasks::find(),
-            _modules <- module_notifier::ModuleNotifier::new::<module_targets::ModuleTargets>(),
+            _modules <- module_notifier::ModuleNotifier::new::<module_targets::ModuleTargets>(0),
+            _pin <- module_notifier::ModuleNotifier::new::<module_pins::PinOnComing>(c_int::MAX),
+            _unpin <- module_notifier::ModuleNotifier::new::<module_pins::UnpinOnGoing>(c_int::MIN),
             _control <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"kmend" }),
             // Last: if anything above fails, nothing is left registered.
             _running: registry::Running::start(),
@@ -89,6 +102,7 @@ impl PinnedDrop for KmendModule {
         // still owns when it drops, after this. No thread is parked any
         // more (each held kmend), but one may still be leaving `park`.
         park::drain();
+        module_pins::release_all();
         pr_info!("unloaded\n");
     }
 }

@@ -21,11 +21,13 @@ unsafe extern "C" {
     /// `kmend_export.c`: a module's name.
     fn kmend_helper_module_name(module: *mut bindings::module) -> *const u8;
 
-    /// `kmend_export.c`: a function in a module's symbol table.
+    /// `kmend_export.c`: a function or variable (`type`: `STT_FUNC`,
+    /// `STT_OBJECT`) in a module's symbol table.
     fn kmend_helper_module_symbol(
         module: *mut bindings::module,
         name: *const u8,
         sympos: c_ulong,
+        r#type: u8,
         size: *mut c_ulong,
     ) -> c_ulong;
 }
@@ -51,12 +53,30 @@ impl ModuleRefRaw {
 
     /// Start and size of function `name` (the `sympos`-th; 0: unique).
     pub(crate) fn symbol(&self, name: &CStr, sympos: u64) -> Option<(usize, usize)> {
+        self.lookup(name, sympos, bindings::STT_FUNC as u8)
+    }
+
+    /// Start and size of the module's one variable `name`.
+    pub(crate) fn variable(&self, name: &CStr) -> Option<(usize, usize)> {
+        self.lookup(name, 0, bindings::STT_OBJECT as u8)
+    }
+
+    fn lookup(&self, name: &CStr, sympos: u64, r#type: u8) -> Option<(usize, usize)> {
         let mut size: c_ulong = 0;
         // SAFETY: a live module, a NUL-terminated name, and room for the size.
         let addr = unsafe {
-            kmend_helper_module_symbol(self.0, name.as_ptr().cast(), sympos as c_ulong, &mut size)
+            kmend_helper_module_symbol(self.0, name.as_ptr().cast(), sympos as c_ulong, r#type, &mut size)
         };
         (addr != 0 && size != 0).then_some((addr as usize, size as usize))
+    }
+
+    /// Whether the module is still coming: a "going" event for a module in
+    /// this state undoes a "coming" that a later notifier failed (the
+    /// kernel sends it to the notifiers before that one, in their order).
+    pub(crate) fn is_coming(&self) -> bool {
+        // SAFETY: the notifier passes a live module; `state` is a plain
+        // field the loader sets before calling the notifiers.
+        unsafe { (*self.0).state == bindings::module_state_MODULE_STATE_COMING }
     }
 }
 
@@ -91,8 +111,10 @@ pub(crate) enum ModuleEvent {
 
 impl ModuleNotifier {
     /// Calls `H::on_event` for every module that comes or goes; an error
-    /// from a `Coming` event makes that module's load fail.
-    pub(crate) fn new<H: ModuleHandler>() -> impl PinInit<Self, Error> {
+    /// from a `Coming` event makes that module's load fail. Notifiers of
+    /// higher `priority` hear of each event first (the kernel's jump label
+    /// notifier has 1, most others 0).
+    pub(crate) fn new<H: ModuleHandler>(priority: c_int) -> impl PinInit<Self, Error> {
         try_pin_init!(Self {
             nb <- kernel::types::Opaque::try_ffi_init(|nb: *mut bindings::notifier_block| {
                 // SAFETY: `nb` points to pinned memory for a notifier block;
@@ -100,6 +122,7 @@ impl ModuleNotifier {
                 unsafe {
                     nb.write(core::mem::zeroed());
                     (*nb).notifier_call = Some(Self::callback::<H>);
+                    (*nb).priority = priority;
                 }
                 // SAFETY: `nb` is initialised and stays put until drop.
                 kernel::error::to_result(unsafe { bindings::register_module_notifier(nb) })

@@ -53,7 +53,7 @@ const PATCH_DIRS: &[&str] = &[
 
 /// Modules of the stock kernel in its VM image (`/lib/kmend/<name>.ko`),
 /// for the fixes to module code the suite applies.
-const STOCK_MODULES: &[&str] = &["tcp_dctcp"];
+const STOCK_MODULES: &[&str] = &["tcp_dctcp", "tcp_lp"];
 
 /// Patches built from upstream C diffs (xtask/src/diff_patch), for the
 /// stock kernel (the builder compiles single objects in its build tree):

@@ -113,7 +113,6 @@ fn class(reason: &str) -> &'static str {
         ("is not built into the stock kernel", "not in this kernel's config"),
         ("does not compile with the stock kernel's config", "not in this kernel's config"),
         ("no ftrace call site", "notrace code"),
-        ("static keys and static calls of a module", "module static key or call"),
         ("the stock modules package has no module", "not in this kernel's config"),
         ("symbols in module", "module symbol not placeable"),
         ("is not in module", "module symbol not placeable"),

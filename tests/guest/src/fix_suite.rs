@@ -45,6 +45,11 @@ const DO_WAIT: &str = "kp_stable_do_wait";
 /// in the image as `tcp_dctcp.ko`.
 const DCTCP: &str = "kp_stable_tcp_dctcp";
 
+/// A C-diff patch to module tcp_lp's tcp_lp_pkts_acked(), whose pr_debug()
+/// key lives in tcp_lp (tests/patches/lp_debug); the stock module is in
+/// the image as `tcp_lp.ko`.
+const LP_DEBUG: &str = "kmend_lp_debug";
+
 /// The other real fixes the suite applies together: every
 /// `kp_stable_*.kmpatch` of the image (tests/patches/stable_*, each one
 /// file's change between Debian's 7.2.12 and 7.2.13).
@@ -73,6 +78,7 @@ pub fn tests() -> Vec<Test> {
         tests.push(Test { name: "shadow_variable_lives_until_the_revert_callback", run: shadow_variable_lives_until_the_revert_callback });
         tests.push(Test { name: "fix_in_a_module_is_bound_to_the_load_it_was_linked_against", run: fix_in_a_module_is_bound_to_the_load_it_was_linked_against });
         tests.push(Test { name: "linked_patch_whose_module_went_is_refused_as_stale", run: linked_patch_whose_module_went_is_refused_as_stale });
+        tests.push(Test { name: "module_static_key_in_the_copy_works_and_pins_the_module", run: module_static_key_in_the_copy_works_and_pins_the_module });
     } else {
         println!("kmend-guest: no patches built from C diffs for this kernel (they are built for the stock kernel)");
     }
@@ -439,6 +445,105 @@ fn real_fixes_apply_together_run_and_revert() -> TestResult {
     exercise()?;
     let (code, out, _) = kmend(&["status", "--json"]);
     check(code == 1 && out.contains("\"patches\":[]"), || format!("status after reverting all: exit {code}: {out}"))
+}
+
+/// A fix whose copied code uses a static key of the module it patches:
+/// tcp_lp_pkts_acked()'s pr_debug(), whose dynamic debug key lives in
+/// tcp_lp. The kernel links the copy's `__jump_table` entry to that key
+/// when the patch module loads and reads the key again when it unloads,
+/// so kmend.ko keeps tcp_lp loaded for as long as the patch module is
+/// (kernel-module/module_pins.rs): `rmmod tcp_lp` is refused and its
+/// reference count shows the hold. The key reaches the copy: enabling the
+/// pr_debug through dynamic debug makes the copy print (the old body does
+/// not run: eBPF). Reverted (the patch module unloads), tcp_lp unloads,
+/// and the guest log stays clean (checked after the suite). Before, the
+/// builder refused such fixes (19 of `cargo xtask fixes`).
+fn module_static_key_in_the_copy_works_and_pins_the_module() -> TestResult {
+    let module = "tcp_lp";
+    let refcnt = || read("/sys/module/tcp_lp/refcnt").map(|r| r.trim().parse::<u32>().unwrap_or(u32::MAX));
+    insmod("tcp_lp.ko")?;
+    let before = refcnt()?;
+    apply(&format!("{LP_DEBUG}.kmpatch"))?;
+    let undo = || {
+        let _ = std::fs::write("/proc/dynamic_debug/control", "func tcp_lp_pkts_acked -p");
+        let _ = revert(LP_DEBUG);
+        let _ = rmmod(module);
+    };
+    let held = refcnt()?;
+    if held != before + 1 || rmmod(module).is_ok() {
+        undo();
+        return Err(format!("tcp_lp not held by the patch module: refcnt {before} before, {held} with the patch; rmmod refused: {}", module_loaded(module)));
+    }
+    println!("kmend-guest: {LP_DEBUG}: tcp_lp held while the patch module is loaded (refcnt {before} -> {held}, rmmod refused)");
+
+    if let Err(e) = std::fs::write("/proc/dynamic_debug/control", "func tcp_lp_pkts_acked +p") {
+        undo();
+        return Err(format!("/proc/dynamic_debug/control: enable tcp_lp_pkts_acked: {e}"));
+    }
+    let verified = verify_while(LP_DEBUG, "2s", || congestion_connection("lp"));
+    let dmesg = String::from_utf8_lossy(&Command::new("/bin/dmesg").output().map(|o| o.stdout).unwrap_or_default()).into_owned();
+    let (ok, v) = match verified {
+        Ok(r) => r,
+        Err(e) => {
+            undo();
+            return Err(e);
+        }
+    };
+    let f = v["functions"].as_array().into_iter().flatten().find(|f| f["function"] == "tcp_lp_pkts_acked").cloned();
+    let proven = f.as_ref().is_some_and(|f| f["replacement_hits"].as_u64().unwrap_or(0) > 0 && f["old_body_hits"].as_u64() == Some(0));
+    let printed = dmesg.lines().filter(|l| l.contains("TCP-LP:")).count();
+    if !proven || printed == 0 {
+        undo();
+        return Err(format!(
+            "verify (exit ok: {ok}): tcp_lp_pkts_acked: {f:?}; pr_debug lines from the copy: {printed}; last log lines: {}",
+            dmesg.lines().rev().take(5).collect::<Vec<_>>().join(" | ")
+        ));
+    }
+    if let Some(f) = &f {
+        println!(
+            "kmend-guest: {LP_DEBUG}: tcp_lp_pkts_acked: copy hit {}, old body hit {}; the copy's pr_debug printed {printed} line(s)",
+            f["replacement_hits"], f["old_body_hits"]
+        );
+    }
+    std::fs::write("/proc/dynamic_debug/control", "func tcp_lp_pkts_acked -p").map_err(|e| format!("dynamic debug: disable: {e}"))?;
+    revert(LP_DEBUG)?;
+    check(refcnt()? == before, || format!("tcp_lp still held after the patch module unloaded: refcnt {:?}", refcnt()))?;
+    rmmod(module)
+}
+
+/// One loopback TCP connection whose server side uses congestion control
+/// `name` (set on the listening socket, `TCP_CONGESTION`), the server
+/// sending 256 KiB that the client reads: its congestion control hears of
+/// every ACK (`pkts_acked`).
+fn congestion_connection(name: &str) -> TestResult {
+    use std::{
+        io::{
+            Read as _,
+            Write as _,
+        },
+        net::{
+            TcpListener,
+            TcpStream,
+        },
+        os::fd::AsRawFd as _,
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
+    let addr = listener.local_addr().map_err(|e| format!("local_addr: {e}"))?;
+    // SAFETY: a valid socket and a buffer of the given length.
+    let r = unsafe { libc::setsockopt(listener.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_CONGESTION, name.as_ptr().cast(), name.len() as u32) };
+    check(r == 0, || format!("setsockopt(TCP_CONGESTION, {name}): {}", std::io::Error::last_os_error()))?;
+    let mut client = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
+    let (mut server, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
+    let sender = std::thread::spawn(move || {
+        let chunk = [0x5au8; 4096];
+        for _ in 0..64 {
+            server.write_all(&chunk)?;
+        }
+        Ok::<_, std::io::Error>(())
+    });
+    let mut buf = vec![0u8; 64 * 4096];
+    client.read_exact(&mut buf).map_err(|e| format!("read: {e}"))?;
+    sender.join().map_err(|_| "sender panicked".to_owned())?.map_err(|e| format!("write: {e}"))
 }
 
 /// One loopback TCP connection with DCTCP as its congestion control (set

@@ -70,6 +70,9 @@ pub struct Extracted {
     /// Non-exported kernel symbols the copies refer to, as the kernel will
     /// resolve them (`name,sympos`, or `module:name,sympos` for a module's).
     pub kernel_references: BTreeSet<String>,
+    /// Modules whose static keys or static calls the copies' special
+    /// section entries refer to: kept loaded while the patch module is.
+    pub pinned: BTreeSet<String>,
 }
 
 /// Entry size and, in each entry, where the relocation naming the code it
@@ -323,6 +326,7 @@ pub fn extract(
     // References to what was not kept: the running kernel's symbols.
     let mut external: HashMap<String, SymbolId> = HashMap::new();
     let mut kernel_references = BTreeSet::new();
+    let mut pinned = BTreeSet::new();
     let mut rewrites: Vec<(SectionId, usize, SymbolId, i64)> = Vec::new();
     let mut pending: Vec<(SectionId, usize, String, i64)> = Vec::new();
     for &ix in &keep {
@@ -380,16 +384,13 @@ pub fn extract(
                 kernel_references.insert(rest.to_owned());
             } else if let (Some(m), Some(rest)) = (module, name.strip_prefix(".klp.sym.")) {
                 // A static key or static call of the module, in a special
-                // section: the kernel would link the patch's entries to the
-                // module's key without holding the module, and free them
-                // under the patch when the module unloads.
+                // section: the kernel links the patch's entries to the
+                // module's key when the patch loads and reads the key again
+                // when it unloads, so kmend.ko keeps the module loaded as
+                // long as the patch module is (kernel-module/module_pins.rs).
                 let section = section_name(&b, id);
                 if special_layout(&section).is_some() && section != "__bug_table" && section != "__ex_table" {
-                    bail!(
-                        "the changed code's {section} entry refers to '{}' of module {}: static keys and static calls of a module are not supported yet",
-                        rest.split(',').next().unwrap_or(rest).trim_start_matches(&format!("{}.", m.name)),
-                        m.name
-                    );
+                    pinned.insert(m.name.clone());
                 }
                 kernel_references.insert(rest.replacen('.', ":", 1));
             }
@@ -490,7 +491,7 @@ pub fn extract(
     b.delete_orphan_symbols();
     let mut out = Vec::new();
     b.write(&mut out).context("writing the patch object")?;
-    Ok(Extracted { object: out, targets, helpers, kernel_references })
+    Ok(Extracted { object: out, targets, helpers, kernel_references, pinned })
 }
 
 /// The livepatch name of a kernel symbol: `.klp.sym.vmlinux.<name>,<pos>`.

@@ -51,6 +51,9 @@ pub struct FixObjects {
     /// The target modules (`.ko`s as the kernel ships them) of functions
     /// in modules, to fingerprint them.
     pub modules: Vec<std::path::PathBuf>,
+    /// Modules whose static keys or static calls the copied code uses
+    /// (kmend.ko keeps them loaded while the patch module is loaded).
+    pub pinned: BTreeSet<String>,
 }
 
 /// Builds the objects of the fix `diff` for patch `id` into `out` (the
@@ -67,6 +70,7 @@ pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, callbacks: &[String
     let mut targets: Vec<Target> = Vec::new();
     let mut found: Vec<String> = Vec::new();
     let mut modules = Vec::new();
+    let mut pinned = BTreeSet::new();
     for (n, pair) in pairs.iter().enumerate() {
         let orig = fs::read(&pair.orig).with_context(|| format!("read {}", pair.orig.display()))?;
         let patched = fs::read(&pair.patched).with_context(|| format!("read {}", pair.patched.display()))?;
@@ -109,6 +113,10 @@ pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, callbacks: &[String
             let refs: Vec<&str> = extracted.kernel_references.iter().map(String::as_str).collect();
             println!("xtask: {}: resolved by the kernel at load: {}", pair.source, refs.join(" "));
         }
+        for m in &extracted.pinned {
+            println!("xtask: {}: uses static keys or static calls of module {m}: it stays loaded while the patch is", pair.source);
+        }
+        pinned.extend(extracted.pinned);
         // A prebuilt object: kbuild has no rule for it and links it as is.
         let name = format!("{id}_fix{n}.o");
         let object = out.join(&name);
@@ -130,7 +138,7 @@ pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, callbacks: &[String
             diff.display()
         );
     }
-    Ok(FixObjects { objects, targets, modules })
+    Ok(FixObjects { objects, targets, modules, pinned })
 }
 
 fn kernel_symbols(kernel: &Kernel) -> anyhow::Result<symbols::KernelSymbols> {
