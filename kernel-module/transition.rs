@@ -227,6 +227,20 @@ fn find_blocker(ranges: &[Busy], buf: &mut [c_ulong], mut walk: Walk<'_, '_>, wa
     found
 }
 
+/// The entries of `tasks` that are not in `sorted`, moved to its front
+/// (no allocation: this runs with the machine stopped).
+fn not_in<'a>(tasks: &'a mut [*mut bindings::task_struct], sorted: &[*mut bindings::task_struct]) -> &'a [*mut bindings::task_struct] {
+    let mut kept = 0;
+    for i in 0..tasks.len() {
+        let t = tasks[i];
+        if sorted.binary_search_by_key(&(t as usize), |&s| s as usize).is_err() {
+            tasks[kept] = t;
+            kept += 1;
+        }
+    }
+    &tasks[..kept]
+}
+
 /// What a switch cost.
 pub(crate) struct Pause {
     /// The whole stop-the-world pause, in nanoseconds.
@@ -292,6 +306,11 @@ pub(crate) fn attempt(ranges: &[Busy], stores: &[Store], watch: &mut SchedWatch,
     let t0 = kapi::now_ns();
     let stopped = stop::stop_the_world(|| {
         let w0 = kapi::now_ns();
+        // The idle task of every CPU, on no task list: switched out by the
+        // stop on a CPU that was idle, and since whenever on one that was
+        // busy, inside the idle loop (`do_idle`, `schedule_idle`,
+        // `__schedule`). One per CPU.
+        let idle_count = task::idle_tasks(&mut idle).len();
         let found = match watch.take(&mut ran) {
             Ran::Threads(list) if !pre.incomplete => {
                 watched = true;
@@ -300,16 +319,16 @@ pub(crate) fn attempt(ranges: &[Busy], stores: &[Store], watch: &mut SchedWatch,
                 // reference that dropping `ran` drops.)
                 sort_by_key(list, |&t| t as usize);
                 let running = pre.running.sorted(|l| sort_by_key(l, |&t| t as usize));
+                // The idle tasks the watch saw switched out (every idle
+                // CPU's, by the stop itself) are in `list`: walked once.
+                let idle = not_in(&mut idle[..idle_count], list);
                 find_blocker(ranges, &mut buf, Walk::Ran(list), &mut walked)
                     .or_else(|| find_blocker(ranges, &mut buf, Walk::Ran(running), &mut walked))
+                    .or_else(|| find_blocker(ranges, &mut buf, Walk::Ran(idle), &mut walked))
             }
-            _ => find_blocker(ranges, &mut buf, Walk::Stopped(&pre.clean), &mut walked),
-        }
-        // The idle task of every CPU, on no task list: switched out by the
-        // stop on a CPU that was idle, and since whenever on one that was
-        // busy, inside the idle loop (`do_idle`, `schedule_idle`,
-        // `__schedule`). One per CPU.
-        .or_else(|| find_blocker(ranges, &mut buf, Walk::Ran(task::idle_tasks(&mut idle)), &mut walked));
+            _ => find_blocker(ranges, &mut buf, Walk::Stopped(&pre.clean), &mut walked)
+                .or_else(|| find_blocker(ranges, &mut buf, Walk::Ran(&idle[..idle_count]), &mut walked)),
+        };
         if let Some(b) = found {
             blocked = Some(b);
             return Err(EBUSY);
