@@ -4,6 +4,7 @@
 //!
 //! - [`secret`]: group keys and host tokens; only their SHA-256 is stored.
 //! - [`sql`]: SQLite and PostgreSQL behind one interface, and their migrations.
+//! - [`pg_pool`]: PostgreSQL's connection pool and TLS, from its URL.
 //! - [`db`]: the database's queries (hosts, groups, audit).
 //! - [`policy`]: a group's channel, delay, sticky pin and rollout gate.
 //! - [`rollout`]: the gate: N hosts at a time, each proven and healthy.
@@ -23,6 +24,7 @@ pub mod db;
 pub mod drift;
 pub mod metrics;
 pub mod notify;
+pub mod pg_pool;
 pub mod policy;
 pub mod rollout;
 pub mod secret;

@@ -81,8 +81,30 @@ impl Row {
 pub enum SqlError {
     #[error("{0}")]
     Sqlite(#[from] rusqlite::Error),
-    #[error("{0}")]
+    #[error("{}", pg_message(.0))]
     Postgres(#[from] postgres::Error),
+    #[error("{0}")]
+    PgSetup(#[from] crate::pg_pool::PgSetupError),
+    /// No pooled connection within the wait (the server is down, or every
+    /// connection stays busy).
+    #[error("no connection to PostgreSQL: {0}")]
+    Pool(#[from] r2d2::Error),
+}
+
+/// A PostgreSQL error with what the server or the TLS layer said: the
+/// client's own text is only "db error" or "error performing TLS
+/// handshake", with the reason in its source.
+fn pg_message(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
 }
 
 /// `$N` placeholders as SQLite's `?N`.
@@ -341,7 +363,9 @@ const POSTGRES_MIGRATIONS: &[&str] = &["
 #[derive(Clone)]
 pub enum Conn {
     Sqlite(Arc<Mutex<rusqlite::Connection>>),
-    Postgres(Arc<Mutex<postgres::Client>>),
+    /// A pool of connections (`crate::pg_pool`): transactions of
+    /// concurrent requests run side by side.
+    Postgres(crate::pg_pool::Pool),
 }
 
 impl Conn {
@@ -360,11 +384,13 @@ impl Conn {
         Ok(Self::Sqlite(Arc::new(Mutex::new(conn))))
     }
 
-    /// PostgreSQL at `url` (`postgres://user@host:port/db`), migrated
-    /// forward. The connection is not encrypted: keep it on loopback or a
-    /// private network.
+    /// PostgreSQL at `url` (`postgres://user@host:port/db`, TLS as its
+    /// `sslmode` says: `crate::pg_pool`), migrated forward.
     pub fn postgres(url: &str) -> Result<Self, SqlError> {
-        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+        let target = crate::pg_pool::Target::parse(url)?;
+        // One connection first, so that a wrong URL, a refused login or a
+        // certificate that does not verify fails here, with its reason.
+        let mut client = target.config.connect(target.tls.clone())?;
         client.batch_execute("CREATE TABLE IF NOT EXISTS kmend_schema (version BIGINT NOT NULL)")?;
         // One server at a time migrates (an advisory lock for the session).
         client.batch_execute("SELECT pg_advisory_lock(7458203)")?;
@@ -381,7 +407,8 @@ impl Conn {
         })();
         client.batch_execute("SELECT pg_advisory_unlock(7458203)")?;
         migrated?;
-        Ok(Self::Postgres(Arc::new(Mutex::new(client))))
+        drop(client);
+        Ok(Self::Postgres(target.pool()))
     }
 
     /// Runs `f` in a transaction, committed when it returns `Ok`.
@@ -396,8 +423,8 @@ impl Conn {
                 tx.commit()?;
                 Ok(out)
             }
-            Self::Postgres(c) => {
-                let mut client = c.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            Self::Postgres(pool) => {
+                let mut client = pool.get().map_err(SqlError::from)?;
                 let mut tx = Tx::Postgres(client.transaction().map_err(SqlError::from)?);
                 let out = f(&mut tx)?;
                 tx.commit()?;

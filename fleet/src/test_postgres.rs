@@ -3,6 +3,9 @@
 //! setup`), a fresh cluster in a temporary directory, listening on a free
 //! loopback port only, stopped and removed on drop. Run as root, the
 //! cluster belongs to the `postgres` user (the server refuses root).
+//! [`TestPostgres::start_tls`]: the same server accepting TCP connections
+//! over TLS only, with a certificate for 127.0.0.1 from a throwaway CA
+//! (the openssl CLI, a real X.509 chain).
 
 use std::{
     path::{
@@ -63,6 +66,43 @@ impl TestPostgres {
 
     /// Starts a new cluster.
     pub fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// Starts a new cluster that takes TCP connections over TLS only
+    /// (`hostssl` in pg_hba.conf); the CA that issued its certificate is
+    /// [`Self::ca`].
+    pub fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    /// The CA certificate (PEM) of a [`Self::start_tls`] server.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// A CA and a server certificate for 127.0.0.1 in `dir`
+    /// (`ca.pem`, `server.pem`, `server.key`).
+    pub fn make_certificates(dir: &Path) {
+        let sh = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl (cargo xtask setup installs it)");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        let mut ca = vec!["req", "-x509"];
+        ca.extend(ec);
+        ca.extend(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=kmend test database CA"]);
+        ca.extend(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"]);
+        sh(&ca);
+        let mut req = vec!["req"];
+        req.extend(ec);
+        req.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+        sh(&req);
+        std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").expect("ext.cnf");
+        sh(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf"]);
+    }
+
+    fn start_with(tls: bool) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port");
         let dir = std::env::temp_dir().join(format!("kmend-pg-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -76,7 +116,20 @@ impl TestPostgres {
         let data = pg.dir.join("data");
         let (data, log, sock) = (data.to_string_lossy().into_owned(), pg.dir.join("server.log"), pg.dir.to_string_lossy().into_owned());
         pg.run("initdb", &["-D", &data, "-A", "trust", "-U", "kmend", "--no-sync", "-E", "UTF8"]);
-        let options = format!("-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off");
+        let mut options = format!("-p {port} -k {sock} -c listen_addresses=127.0.0.1 -c fsync=off");
+        if tls {
+            Self::make_certificates(&pg.dir);
+            // TCP only with TLS; the server's own tools use the socket.
+            std::fs::write(Path::new(&data).join("pg_hba.conf"), "local all all trust\nhostssl all all 127.0.0.1/32 trust\n").expect("pg_hba.conf");
+            if as_postgres {
+                let status = Command::new("chown").arg("-R").arg("postgres:postgres").arg(&pg.dir).status().expect("chown");
+                assert!(status.success(), "chown -R postgres {}", pg.dir.display());
+            }
+            let (cert, key) = (pg.dir.join("server.pem"), pg.dir.join("server.key"));
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).expect("chmod server.key");
+            options.push_str(&format!(" -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}", cert.display(), key.display()));
+        }
         pg.run("pg_ctl", &["-D", &data, "-o", &options, "-l", &log.to_string_lossy(), "-w", "start"]);
         pg
     }
