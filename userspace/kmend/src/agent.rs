@@ -329,7 +329,8 @@ impl Agent {
                 self.ensure_core(state, &index, &fetcher, &kernel)?;
             }
             let applied = self.applied_refs(state)?;
-            let plan = policy::plan(&index, &kernel, &self.config.policy, time, &applied, &state.blocked_refs(), force)?;
+            let loaded = |m: &str| self.kernel.module_loaded(m);
+            let plan = policy::plan(&index, &kernel, &self.config.policy, time, &applied, &state.blocked_refs(), force, &loaded)?;
             let channel = self.config.policy.channel.clone();
             let coverage = index.kernel(&channel, &kernel).map(|k| k.coverage.clone()).unwrap_or_default();
             Ok((CheckReport { time, feed: url, kernel, channel, plan, coverage }, fetcher))
@@ -436,6 +437,12 @@ impl Agent {
         for (artifact, released) in ready {
             match self.install(state, &artifact, Some(released), "apply") {
                 Ok(record) => applied.push(record),
+                // A feed written before index.json listed a patch's
+                // modules (the plan holds such fixes back otherwise): the
+                // fix waits for its module, the others go on.
+                Err(AgentError::NeedsModule { id, module }) => {
+                    tracing::info!("patch '{id}' fixes module {module}, which is not loaded: applied by the first update after it loads");
+                }
                 Err(e) => {
                     for done in applied.iter().rev() {
                         if let Err(undo) = self.revert_locked(state, &done.id, "rollback") {
@@ -447,7 +454,9 @@ impl Agent {
             }
         }
         let mut superseded = Vec::new();
-        if check.plan.target.first().is_some_and(|p| p.replace) {
+        // Only a cumulative patch that is applied supersedes anything.
+        let cumulative = check.plan.target.first().filter(|p| p.replace);
+        if cumulative.is_some_and(|c| state.applied.iter().any(|a| a.id == c.id && a.version == c.version)) {
             let status = self.kernel.status()?;
             for id in &check.plan.supersede {
                 if status.patch(id).is_some() {

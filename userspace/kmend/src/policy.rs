@@ -82,6 +82,9 @@ pub enum HeldBack {
     Blocked,
     /// A newer cumulative patch already contains it.
     Superseded,
+    /// A fix to the code of `module`, which is not loaded: its code does
+    /// not run here. Applied by the first update after it loads.
+    ModuleNotLoaded { module: String },
 }
 
 /// What to do.
@@ -117,7 +120,10 @@ fn key(p: &PatchEntry) -> (Timestamp, u32, &str) {
     (p.released, p.version, &p.id)
 }
 
-/// Plans the update of a machine running `kernel` with `applied` patches.
+/// Plans the update of a machine running `kernel` with `applied` patches;
+/// `loaded` says whether a module is loaded (a fix linked to a module that
+/// is not is held back, and a cumulative patch before it stays the target).
+#[allow(clippy::too_many_arguments, reason = "one pure function of everything a plan depends on")]
 pub fn plan(
     index: &Index,
     kernel: &KernelIdentity,
@@ -126,6 +132,7 @@ pub fn plan(
     applied: &[PatchRef],
     blocked: &[PatchRef],
     force: bool,
+    loaded: &dyn Fn(&str) -> bool,
 ) -> Result<Plan, PolicyError> {
     let offered = index.patches_for(&policy.channel, kernel).ok_or_else(|| PolicyError::Unsupported {
         channel: policy.channel.clone(),
@@ -158,6 +165,8 @@ pub fn plan(
             Some(HeldBack::Delay { eligible_at: p.released.saturating_add(policy.delay) })
         } else if !force && blocked.iter().any(|b| b.id == p.id && b.version == p.version) {
             Some(HeldBack::Blocked)
+        } else if let Some(module) = p.links.iter().find(|m| !loaded(m)) {
+            Some(HeldBack::ModuleNotLoaded { module: module.clone() })
         } else {
             None
         };
@@ -207,6 +216,7 @@ mod tests {
             url: format!("patches/{id}-1.kmpatch"),
             replace,
             description: String::new(),
+            links: Vec::new(),
         }
     }
 
@@ -250,23 +260,44 @@ mod tests {
 
     #[test]
     fn cumulative_patch_supersedes_older_ones() {
-        let plan = plan(&feed(), &kernel(), &policy("stable", 0, None), t(NOW), &[], &[], false).unwrap();
+        let plan = plan(&feed(), &kernel(), &policy("stable", 0, None), t(NOW), &[], &[], false, &|_| true).unwrap();
         assert_eq!(ids(&plan.target), ["c2", "p3", "p4"]);
         assert_eq!(ids(&plan.apply), ["c2", "p3", "p4"]);
         assert!(plan.held_back.iter().any(|(p, h)| p.id == "p1" && *h == HeldBack::Superseded));
     }
 
+    /// A fix linked to a module that is not loaded is held back, and a
+    /// cumulative one held back so does not supersede the patches before
+    /// it: they stay the target (the machine keeps their fixes).
+    #[test]
+    fn fixes_for_modules_not_loaded_are_held_back_without_superseding() {
+        let mut feed = feed();
+        for k in feed.channels.get_mut("stable").unwrap().kernels.iter_mut() {
+            for p in k.patches.iter_mut().filter(|p| p.id == "c2" || p.id == "p4") {
+                p.links = vec!["tcp_dctcp".into()];
+            }
+        }
+        let unloaded = plan(&feed, &kernel(), &policy("stable", 0, None), t(NOW), &[], &[], false, &|m| m != "tcp_dctcp").unwrap();
+        assert_eq!(ids(&unloaded.target), ["p1", "p3"]);
+        let held: Vec<_> = unloaded.held_back.iter().map(|(p, h)| (p.id.as_str(), h.clone())).collect();
+        let waiting = HeldBack::ModuleNotLoaded { module: "tcp_dctcp".into() };
+        assert_eq!(held, [("c2", waiting.clone()), ("p4", waiting)]);
+        assert!(unloaded.supersede.is_empty());
+        let loaded = plan(&feed, &kernel(), &policy("stable", 0, None), t(NOW), &[], &[], false, &|_| true).unwrap();
+        assert_eq!(ids(&loaded.target), ["c2", "p3", "p4"]);
+    }
+
     #[test]
     fn applied_patches_are_not_applied_again_and_superseded_ones_go() {
         let applied = [PatchRef { id: "p1".into(), version: 1 }, PatchRef { id: "c2".into(), version: 1 }];
-        let plan = plan(&feed(), &kernel(), &policy("stable", 0, None), t(NOW), &applied, &[], false).unwrap();
+        let plan = plan(&feed(), &kernel(), &policy("stable", 0, None), t(NOW), &applied, &[], false, &|_| true).unwrap();
         assert_eq!(ids(&plan.apply), ["p3", "p4"]);
         assert_eq!(plan.supersede, ["p1"]);
     }
 
     #[test]
     fn delay_holds_back_recent_patches() {
-        let plan = plan(&feed(), &kernel(), &policy("stable", 12, None), t(NOW), &[], &[], false).unwrap();
+        let plan = plan(&feed(), &kernel(), &policy("stable", 12, None), t(NOW), &[], &[], false, &|_| true).unwrap();
         assert_eq!(ids(&plan.target), ["c2", "p3"]);
         let (p, h) = plan.held_back.iter().find(|(p, _)| p.id == "p4").unwrap();
         assert_eq!(*h, HeldBack::Delay { eligible_at: p.released.saturating_add(Duration::from_secs(12 * 3600)) });
@@ -274,32 +305,32 @@ mod tests {
 
     #[test]
     fn channel_selects_its_own_list() {
-        let plan = plan(&feed(), &kernel(), &policy("test", 0, None), t(NOW), &[], &[], false).unwrap();
+        let plan = plan(&feed(), &kernel(), &policy("test", 0, None), t(NOW), &[], &[], false, &|_| true).unwrap();
         assert_eq!(ids(&plan.target), ["p1", "t9"]);
     }
 
     #[test]
     fn sticky_date_and_patch_pin_the_level() {
-        let by_date = plan(&feed(), &kernel(), &policy("stable", 0, Some("2026-05-15")), t(NOW), &[], &[], false).unwrap();
+        let by_date = plan(&feed(), &kernel(), &policy("stable", 0, Some("2026-05-15")), t(NOW), &[], &[], false, &|_| true).unwrap();
         assert_eq!(ids(&by_date.target), ["c2"]);
         // The pinned day itself is included, to its last second.
-        let same_day = plan(&feed(), &kernel(), &policy("stable", 0, Some("2026-05-20")), t(NOW), &[], &[], false).unwrap();
+        let same_day = plan(&feed(), &kernel(), &policy("stable", 0, Some("2026-05-20")), t(NOW), &[], &[], false, &|_| true).unwrap();
         assert_eq!(ids(&same_day.target), ["c2", "p3"]);
         // A patch pin ignores the delay: p4 is 6 h old, delay 48 h.
-        let by_id = plan(&feed(), &kernel(), &policy("stable", 48, Some("p4")), t(NOW), &[], &[], false).unwrap();
+        let by_id = plan(&feed(), &kernel(), &policy("stable", 48, Some("p4")), t(NOW), &[], &[], false, &|_| true).unwrap();
         assert_eq!(ids(&by_id.target), ["c2", "p3", "p4"]);
-        let by_id = plan(&feed(), &kernel(), &policy("stable", 0, Some("p3")), t(NOW), &[], &[], false).unwrap();
+        let by_id = plan(&feed(), &kernel(), &policy("stable", 0, Some("p3")), t(NOW), &[], &[], false, &|_| true).unwrap();
         assert_eq!(ids(&by_id.target), ["c2", "p3"]);
-        let missing = plan(&feed(), &kernel(), &policy("stable", 0, Some("nope")), t(NOW), &[], &[], false);
+        let missing = plan(&feed(), &kernel(), &policy("stable", 0, Some("nope")), t(NOW), &[], &[], false, &|_| true);
         assert_eq!(missing.unwrap_err(), PolicyError::StickyNotFound("nope".into()));
     }
 
     #[test]
     fn blocked_patches_are_skipped_unless_forced() {
         let blocked = [PatchRef { id: "p3".into(), version: 1 }];
-        let plan1 = plan(&feed(), &kernel(), &policy("stable", 0, None), t(NOW), &[], &blocked, false).unwrap();
+        let plan1 = plan(&feed(), &kernel(), &policy("stable", 0, None), t(NOW), &[], &blocked, false, &|_| true).unwrap();
         assert_eq!(ids(&plan1.apply), ["c2", "p4"]);
-        let forced = plan(&feed(), &kernel(), &policy("stable", 0, None), t(NOW), &[], &blocked, true).unwrap();
+        let forced = plan(&feed(), &kernel(), &policy("stable", 0, None), t(NOW), &[], &blocked, true, &|_| true).unwrap();
         assert_eq!(ids(&forced.apply), ["c2", "p3", "p4"]);
     }
 
@@ -308,17 +339,17 @@ mod tests {
         // Pinned to p3, and p3 brought the machine down: it must be held
         // back as blocked, not re-applied on every boot.
         let blocked = [PatchRef { id: "p3".into(), version: 1 }];
-        let plan1 = plan(&feed(), &kernel(), &policy("stable", 0, Some("p3")), t(NOW), &[], &blocked, false).unwrap();
+        let plan1 = plan(&feed(), &kernel(), &policy("stable", 0, Some("p3")), t(NOW), &[], &blocked, false, &|_| true).unwrap();
         assert_eq!(ids(&plan1.apply), ["c2"]);
         assert!(plan1.held_back.iter().any(|(p, h)| p.id == "p3" && *h == HeldBack::Blocked));
-        let by_date = plan(&feed(), &kernel(), &policy("stable", 0, Some("2026-05-25")), t(NOW), &[], &blocked, false).unwrap();
+        let by_date = plan(&feed(), &kernel(), &policy("stable", 0, Some("2026-05-25")), t(NOW), &[], &blocked, false, &|_| true).unwrap();
         assert_eq!(ids(&by_date.apply), ["c2"]);
     }
 
     #[test]
     fn unknown_kernel_is_unsupported() {
         let other = KernelIdentity { release: "7.2.13".into(), build_id: "cd".repeat(20) };
-        let err = plan(&feed(), &other, &policy("stable", 0, None), t(NOW), &[], &[], false).unwrap_err();
+        let err = plan(&feed(), &other, &policy("stable", 0, None), t(NOW), &[], &[], false, &|_| true).unwrap_err();
         assert!(matches!(err, PolicyError::Unsupported { .. }));
         assert!(err.to_string().starts_with("kernel not supported"));
     }

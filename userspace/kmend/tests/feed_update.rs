@@ -290,3 +290,42 @@ fn an_update_is_all_or_nothing_when_a_later_load_fails() {
     assert_eq!(r.code, 0, "{r}");
     assert_eq!(root.applied(), ["kp_a", "kp_b"]);
 }
+
+/// A feed with a fix for module code (linked to `tcp_dctcp`) and a fix to
+/// the kernel image, on a host where tcp_dctcp is not loaded (most hosts
+/// never load most modules): the kernel fix applies and the module fix
+/// waits, reported as waiting for its module, with no failed update; once
+/// the module is loaded, the next update applies it.
+#[test]
+fn a_fix_for_a_module_that_is_not_loaded_waits_without_blocking_the_others() {
+    let root = Root::new();
+    let work = tempfile::tempdir().unwrap();
+    let feed = Feed::new();
+    let module_fix = artifact(work.path(), &Patch { links: &["tcp_dctcp"], function: "dctcp_init", cves: &["CVE-2026-2001"], ..Patch::new("kp_dctcp", 1) });
+    let kernel_fix = artifact(work.path(), &Patch { cves: &["CVE-2026-2002"], ..Patch::new("kp_kernel", 2) });
+    feed.publish("stable", &time_from_now(-3 * 86400), &[module_fix, kernel_fix]);
+    let server = Server::start(&feed.root());
+    root.config(&feed.config(&server.url, ""));
+
+    let mut update = root.cmd(&["update", "--json"]);
+    update.env("KMEND_FAKE_UNLOADED", "tcp_dctcp");
+    let r = run(update);
+    assert_eq!(r.code, 0, "a module fix for an unloaded module failed the update: {r}");
+    assert_eq!(root.applied(), ["kp_kernel"], "{r}");
+    let held = &r.json()["check"]["plan"]["held_back"];
+    assert_eq!(held[0][0]["id"], "kp_dctcp", "{r}");
+    assert_eq!(held[0][1], serde_json::json!({ "reason": "module_not_loaded", "module": "tcp_dctcp" }), "{r}");
+    // Not an update waiting to be made: status says up to date.
+    let mut status = root.cmd(&["status", "--json"]);
+    status.env("KMEND_FAKE_UNLOADED", "tcp_dctcp");
+    let s = run(status);
+    assert_eq!(s.code, 0, "{s}");
+    assert!(s.json()["last_update"]["time"].is_string() && s.json()["last_update"]["error"].is_null(), "{s}");
+
+    // Loaded now: the next update applies it.
+    let r = root.run(&["update", "--json"]);
+    assert_eq!(r.code, 0, "{r}");
+    let mut applied = root.applied();
+    applied.sort();
+    assert_eq!(applied, ["kp_dctcp", "kp_kernel"], "{r}");
+}

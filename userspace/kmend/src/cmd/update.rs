@@ -37,6 +37,7 @@ fn print_check(r: &CheckReport) {
             HeldBack::Sticky => "after the sticky pin".into(),
             HeldBack::Blocked => "blocked: the machine went down while applying it (use --force)".into(),
             HeldBack::Superseded => "superseded by a cumulative patch".into(),
+            HeldBack::ModuleNotLoaded { module } => format!("fixes module {module}, which is not loaded: applied by the first update after it loads"),
         };
         println!("  held back: {}: {why}", p.label());
     }

@@ -105,6 +105,12 @@ pub struct PatchEntry {
     pub replace: bool,
     #[serde(default)]
     pub description: String,
+    /// Modules whose internals the patch's code was linked against (a fix
+    /// to module code): it applies only while they are loaded. Absent in
+    /// feeds written before it was listed here; the artifact's manifest
+    /// says the same.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
 }
 
 /// An index that kmend refuses.
@@ -271,6 +277,7 @@ impl Index {
             url,
             replace: m.replace,
             description: m.description.clone(),
+            links: m.links.clone(),
         };
         if m.core {
             kernels[pos].core = Some(entry);
