@@ -56,7 +56,7 @@ pub fn second_boot_tests() -> Vec<Test> {
     ]
 }
 
-fn spawn(args: &[&str]) -> Result<Child, String> {
+pub(crate) fn spawn(args: &[&str]) -> Result<Child, String> {
     Command::new("/bin/kmend")
         .args(args)
         .stdout(Stdio::piped())
@@ -65,13 +65,13 @@ fn spawn(args: &[&str]) -> Result<Child, String> {
         .map_err(|e| format!("spawn kmend {}: {e}", args.join(" ")))
 }
 
-fn stop(child: &mut Child, signal: i32) {
+pub(crate) fn stop(child: &mut Child, signal: i32) {
     // SAFETY: sending a signal to our own child.
     unsafe { libc::kill(child.id() as i32, signal) };
     let _ = child.wait();
 }
 
-fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> TestResult {
+pub(crate) fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> TestResult {
     let start = Instant::now();
     while start.elapsed() < timeout {
         if cond() {
@@ -89,34 +89,50 @@ fn state_on_persistent_disk() -> TestResult {
     fs::write(format!("{STATE_DIR}/.probe"), "x").map_err(|e| format!("write to the disk: {e}"))
 }
 
-fn daemon_applies_from_feed_within_one_interval() -> TestResult {
-    let (code, _, err) = kmend(&["feed", "keygen", "--out", "/tmp/feedkey"]);
+/// A signed feed in `dir` with `artifacts` on its stable channel, served
+/// on a loopback port in the guest (`kmend feed serve`): the server and
+/// its `host:port`.
+pub(crate) fn serve_feed(dir: &str, artifacts: &[&str]) -> Result<(Child, String), String> {
+    let key = format!("{dir}-key");
+    let (code, _, err) = kmend(&["feed", "keygen", "--out", &key]);
     check(code == 0, || format!("keygen: {err}"))?;
-    let (code, _, err) = kmend(&["feed", "init", "--dir", "/tmp/feed", "--root-key", "/tmp/feedkey.key"]);
+    let (code, _, err) = kmend(&["feed", "init", "--dir", dir, "--root-key", &format!("{key}.key")]);
     check(code == 0, || format!("feed init: {err}"))?;
-    let (code, _, err) = kmend(&[
-        "feed", "build", "--dir", "/tmp/feed", "--channel", "stable", "--released", "2026-01-01T00:00:00Z",
-        &format!("{MODULE_DIR}/kmend_sample.kmpatch"),
-    ]);
+    let mut build = vec!["feed", "build", "--dir", dir, "--channel", "stable", "--released", "2026-01-01T00:00:00Z"];
+    build.extend(artifacts);
+    let (code, _, err) = kmend(&build);
     check(code == 0, || format!("feed build: {err}"))?;
-    let (code, _, err) = kmend(&["feed", "sign", "--dir", "/tmp/feed", "--key", "/tmp/feedkey.key"]);
+    let (code, _, err) = kmend(&["feed", "sign", "--dir", dir, "--key", &format!("{key}.key")]);
     check(code == 0, || format!("feed sign: {err}"))?;
-    let mut server = spawn(&["feed", "serve", "--dir", "/tmp/feed", "--listen", "127.0.0.1:0"])?;
+    let mut server = spawn(&["feed", "serve", "--dir", dir, "--listen", "127.0.0.1:0"])?;
     let mut first = String::new();
     if let Some(out) = server.stdout.take() {
         let _ = BufReader::new(out).read_line(&mut first);
     }
     let addr = first.split_whitespace().find(|w| w.contains("127.0.0.1:")).unwrap_or("").trim_matches(|c: char| !c.is_ascii_digit() && c != '.' && c != ':').to_owned();
+    if addr.is_empty() {
+        stop(&mut server, libc::SIGTERM);
+        return Err(format!("feed serve said {first:?}"));
+    }
+    Ok((server, addr))
+}
+
+/// The daemon's config for the feed `dir` served at `addr`.
+pub(crate) fn daemon_config(dir: &str, addr: &str, interval: &str) -> TestResult {
+    fs::create_dir_all("/etc/kmend").map_err(|e| format!("/etc/kmend: {e}"))?;
+    fs::write(
+        "/etc/kmend/kmend.toml",
+        format!(
+            "feed_url = \"http://{addr}/\"\nchannel = \"stable\"\ninterval = \"{interval}\"\njitter = \"0s\"\nroot = \"{dir}/metadata/1.root.json\"\nauto_update = true\n"
+        ),
+    )
+    .map_err(|e| format!("write config: {e}"))
+}
+
+fn daemon_applies_from_feed_within_one_interval() -> TestResult {
+    let (mut server, addr) = serve_feed("/tmp/feed", &[&format!("{MODULE_DIR}/kmend_sample.kmpatch")])?;
     let result = (|| {
-        check(!addr.is_empty(), || format!("feed serve said {first:?}"))?;
-        fs::create_dir_all("/etc/kmend").map_err(|e| format!("/etc/kmend: {e}"))?;
-        fs::write(
-            "/etc/kmend/kmend.toml",
-            format!(
-                "feed_url = \"http://{addr}/\"\nchannel = \"stable\"\ninterval = \"{INTERVAL_S}s\"\njitter = \"0s\"\nroot = \"/tmp/feed/metadata/1.root.json\"\nauto_update = true\n"
-            ),
-        )
-        .map_err(|e| format!("write config: {e}"))?;
+        daemon_config("/tmp/feed", &addr, &format!("{INTERVAL_S}s"))?;
         let started = Instant::now();
         let mut daemon = spawn(&["daemon"])?;
         // One interval (plus the first check's own time under emulation).

@@ -79,6 +79,7 @@ pub fn tests() -> Vec<Test> {
         tests.push(Test { name: "fix_in_a_module_is_bound_to_the_load_it_was_linked_against", run: fix_in_a_module_is_bound_to_the_load_it_was_linked_against });
         tests.push(Test { name: "linked_patch_whose_module_went_is_refused_as_stale", run: linked_patch_whose_module_went_is_refused_as_stale });
         tests.push(Test { name: "module_static_key_in_the_copy_works_and_pins_the_module", run: module_static_key_in_the_copy_works_and_pins_the_module });
+        tests.push(Test { name: "daemon_applies_a_module_fix_as_the_module_loads", run: daemon_applies_a_module_fix_as_the_module_loads });
     } else {
         println!("kmend-guest: no patches built from C diffs for this kernel (they are built for the stock kernel)");
     }
@@ -511,6 +512,65 @@ fn module_static_key_in_the_copy_works_and_pins_the_module() -> TestResult {
     rmmod(module)
 }
 
+/// A fix to module code, from a signed feed, on a machine where the module
+/// is not loaded: the daemon's update holds it back (the module's code does
+/// not run here) without failing, and status lists nothing pending; when the
+/// module loads, the daemon hears the kernel's uevent and applies the fix
+/// at once, though its interval is an hour. Before, such an update failed
+/// (exit 4, nothing applied) on every cycle.
+fn daemon_applies_a_module_fix_as_the_module_loads() -> TestResult {
+    use crate::agent_suite::{
+        daemon_config,
+        serve_feed,
+        spawn,
+        stop,
+        wait_for, //
+    };
+    let module = "tcp_dctcp";
+    check(!module_loaded(module), || format!("{module} loaded before the test"))?;
+    let (mut server, addr) = serve_feed("/tmp/modfeed", &[&format!("{MODULE_DIR}/{DCTCP}.kmpatch")])?;
+    let mut daemon = None;
+    let result = (|| {
+        daemon_config("/tmp/modfeed", &addr, "1h")?;
+        daemon = Some(spawn(&["daemon"])?);
+        // The first cycle: done when status has an update outcome.
+        let mut last = String::new();
+        wait_for("the daemon's first update", Duration::from_secs(60), || {
+            last = kmend(&["status", "--json"]).1;
+            serde_json::from_str::<serde_json::Value>(&last).is_ok_and(|v| v["last_update"]["time"].is_string())
+        })?;
+        let v: serde_json::Value = serde_json::from_str(&last).map_err(|e| format!("status: {e}"))?;
+        check(v["last_update"]["error"].is_null() && !module_loaded(DCTCP), || format!("first update with {module} not loaded: {last}"))?;
+        // Nothing pending: exit 1 ("no patch applied"), not 2 ("updates
+        // available").
+        let (code, out, _) = kmend(&["status", "--json"]);
+        let pending_none = serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|v| v["pending"].as_array().is_some_and(Vec::is_empty));
+        check(code == 1 && pending_none, || format!("status with the fix waiting for its module: exit {code}: {out}"))?;
+
+        let loaded_at = std::time::Instant::now();
+        insmod("tcp_dctcp.ko")?;
+        wait_for("the daemon applying the module's fix", Duration::from_secs(60), || module_loaded(DCTCP))?;
+        println!(
+            "kmend-guest: {DCTCP}: held back while {module} was not loaded; applied by the daemon {:.1} s after it loaded (interval 1 h)",
+            loaded_at.elapsed().as_secs_f64()
+        );
+        let (code, out, _) = kmend(&["status", "--json"]);
+        check(code == 0 && out.contains(DCTCP), || format!("status after the module loaded: exit {code}: {out}"))
+    })();
+    if let Some(d) = daemon.as_mut() {
+        stop(d, libc::SIGTERM);
+    }
+    stop(&mut server, libc::SIGTERM);
+    let _ = std::fs::remove_file("/etc/kmend/kmend.toml");
+    if module_loaded(DCTCP) {
+        revert(DCTCP)?;
+    }
+    if module_loaded(module) {
+        rmmod(module)?;
+    }
+    result
+}
+
 /// One loopback TCP connection whose server side uses congestion control
 /// `name` (set on the listening socket, `TCP_CONGESTION`), the server
 /// sending 256 KiB that the client reads: its congestion control hears of
@@ -546,38 +606,10 @@ fn congestion_connection(name: &str) -> TestResult {
     sender.join().map_err(|_| "sender panicked".to_owned())?.map_err(|e| format!("write: {e}"))
 }
 
-/// One loopback TCP connection with DCTCP as its congestion control (set
-/// on the socket: `TCP_CONGESTION`), some data each way: `dctcp_init`
-/// runs as it is established.
+/// One loopback TCP connection with DCTCP as its congestion control:
+/// `dctcp_init` runs as it is established.
 fn dctcp_connection() -> TestResult {
-    use std::{
-        io::{
-            Read as _,
-            Write as _,
-        },
-        net::{
-            TcpListener,
-            TcpStream,
-        },
-        os::fd::AsRawFd as _,
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind: {e}"))?;
-    let addr = listener.local_addr().map_err(|e| format!("local_addr: {e}"))?;
-    let set_dctcp = |fd: i32| -> TestResult {
-        let name = b"dctcp";
-        // SAFETY: a valid socket and a buffer of the given length.
-        let r = unsafe { libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_CONGESTION, name.as_ptr().cast(), name.len() as u32) };
-        check(r == 0, || format!("setsockopt(TCP_CONGESTION, dctcp): {}", std::io::Error::last_os_error()))
-    };
-    set_dctcp(listener.as_raw_fd())?;
-    let mut client = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
-    let (mut server, _) = listener.accept().map_err(|e| format!("accept: {e}"))?;
-    client.write_all(b"ping").map_err(|e| format!("write: {e}"))?;
-    let mut buf = [0u8; 4];
-    server.read_exact(&mut buf).map_err(|e| format!("read: {e}"))?;
-    server.write_all(&buf).map_err(|e| format!("write back: {e}"))?;
-    client.read_exact(&mut buf).map_err(|e| format!("read back: {e}"))?;
-    check(&buf == b"ping", || format!("echo: {buf:?}"))
+    congestion_connection("dctcp")
 }
 
 /// A real fix to code built into a module (tcp_dctcp), whose copy refers

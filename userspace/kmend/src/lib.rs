@@ -19,6 +19,8 @@
 //! - [`config`], [`state`], [`journal`]: settings, remembered state, audit log.
 //! - [`fetch`], [`proxy`]: getting feed files over HTTP(S) or from a directory.
 //! - [`agent`]: the jobs (check, update, apply, revert, boot re-apply).
+//! - [`module_loads`]: modules as they load (the daemon's wake-up for fixes
+//!   waiting for their module).
 //! - [`report`]: the effective version, CVEs and status views.
 //! - [`timestamp`], [`duration`], [`fsutil`], [`runtime`]: small shared helpers.
 
@@ -39,6 +41,7 @@ pub mod kallsyms;
 pub mod kprobe_at;
 pub mod metrics;
 pub mod modinfo;
+pub mod module_loads;
 pub mod module_signature;
 pub mod paths;
 pub mod policy;

@@ -9,7 +9,10 @@
 //! config is re-read each cycle; with no `feed_url` yet (a fresh install),
 //! every 10 s, so writing the config is all it takes. SIGTERM or SIGINT stop it cleanly: a
 //! cycle in progress is finished first, so an apply is never cut short.
-//! The blocking agent work runs on tokio's blocking pool.
+//! The blocking agent work runs on tokio's blocking pool. A fix held back
+//! because its module is not loaded is applied as soon as the module
+//! loads: the daemon hears the kernel's uevent and checks at once
+//! (`kmend::module_loads`).
 
 use std::time::Duration;
 
@@ -20,8 +23,12 @@ use kmend::{
     },
     config::Config,
     exit::Exit,
+    module_loads::ModuleLoads,
     paths::Paths,
-    policy::PolicyError,
+    policy::{
+        HeldBack,
+        PolicyError, //
+    },
     report::Overview,
     timestamp::Timestamp,
 };
@@ -44,6 +51,8 @@ struct Cycle {
     interval: Duration,
     jitter: Duration,
     ok: bool,
+    /// Modules whose fixes wait for them to load.
+    awaited: Vec<String>,
 }
 
 fn cycle() -> Cycle {
@@ -55,7 +64,7 @@ fn cycle() -> Cycle {
         Err(e) => {
             tracing::error!("{}", kmend::proxy::redact_text(&e.to_string()));
             let d = Config::default();
-            return Cycle { interval: d.interval, jitter: d.jitter, ok: false };
+            return Cycle { interval: d.interval, jitter: d.jitter, ok: false, awaited: Vec::new() };
         }
     };
     // A registered host follows its group's policy (fetched here, applied
@@ -68,9 +77,16 @@ fn cycle() -> Cycle {
     let agent = Agent::with_config(paths.clone(), "daemon".into(), config);
     let gated = fleet.as_ref().is_some_and(super::fleet::FleetCycle::gated);
     let (interval, mut jitter) = (agent.config.interval, agent.config.jitter);
+    let mut awaited = Vec::new();
     let result = if agent.config.auto_update {
         let mut gate = |target: &[kmend::policy::PatchRef]| fleet.as_mut().map_or(Ok(()), |f| f.gate(target));
         agent.update_gated(false, &mut gate).map(|r| {
+            for (p, why) in &r.check.plan.held_back {
+                if let HeldBack::ModuleNotLoaded { module } = why {
+                    tracing::info!("patch '{}' fixes module {module}, which is not loaded: applied when it loads", p.id);
+                    awaited.push(module.clone());
+                }
+            }
             for p in &r.applied {
                 tracing::info!("patch '{}' version {} applied", p.id, p.version);
             }
@@ -141,7 +157,15 @@ fn cycle() -> Cycle {
             tracing::warn!("metrics not written: {e:#}");
         }
     }
-    Cycle { interval, jitter, ok }
+    Cycle { interval, jitter, ok, awaited }
+}
+
+/// The next module load, or never without a listener.
+async fn next_load(loads: &mut Option<ModuleLoads>) -> std::io::Result<String> {
+    match loads {
+        Some(l) => l.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// A random duration in `0..=max`.
@@ -176,6 +200,10 @@ pub fn run(_json: bool) -> anyhow::Result<Exit> {
         let mut int = signal(SignalKind::interrupt())?;
         let mut failures = 0u32;
         tracing::info!("kmend daemon started");
+        // From the start, so that a load during a cycle is not missed.
+        let mut loads = ModuleLoads::listen()
+            .map_err(|e| tracing::warn!("module loads not heard ({e}): fixes waiting for a module apply at the next check"))
+            .ok();
         let first = first_wait();
         if !first.is_zero() {
             tracing::info!("first check in {}s (jitter)", first.as_secs());
@@ -204,10 +232,34 @@ pub fn run(_json: bool) -> anyhow::Result<Exit> {
             failures = if done.ok { 0 } else { failures.saturating_add(1) };
             let wait = next_wait(&done, failures);
             tracing::info!("next check in {}s", wait.as_secs());
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = term.recv() => break,
-                _ = int.recv() => break,
+            let sleep = tokio::time::sleep(wait);
+            tokio::pin!(sleep);
+            let stop = loop {
+                tokio::select! {
+                    _ = &mut sleep => break false,
+                    _ = term.recv() => break true,
+                    _ = int.recv() => break true,
+                    loaded = next_load(&mut loads), if !done.awaited.is_empty() => match loaded {
+                        Ok(m) if done.awaited.contains(&m) => {
+                            tracing::info!("module {m} loaded: checking now for the fix that waits for it");
+                            break false;
+                        }
+                        Ok(_) => {}
+                        // The socket's buffer overflowed: a load may be
+                        // among the events lost.
+                        Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                            tracing::info!("module loads: events lost (socket buffer full): checking now");
+                            break false;
+                        }
+                        Err(e) => {
+                            tracing::warn!("module loads: {e}: fixes waiting for a module apply at the next check");
+                            loads = None;
+                        }
+                    },
+                }
+            };
+            if stop {
+                break;
             }
         }
         tracing::info!("kmend daemon stopped");
@@ -222,7 +274,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_the_interval_with_jitter() {
-        let c = Cycle { interval: Duration::from_secs(600), jitter: Duration::ZERO, ok: false };
+        let c = Cycle { interval: Duration::from_secs(600), jitter: Duration::ZERO, ok: false, awaited: Vec::new() };
         for (failures, full) in (1..=6).zip([30, 60, 120, 240, 480, 600]) {
             let waits: Vec<Duration> = (0..50).map(|_| next_wait(&c, failures)).collect();
             for w in &waits {
@@ -231,7 +283,7 @@ mod tests {
             assert!(waits.iter().any(|w| *w != waits[0]), "{failures}: no jitter in {waits:?}");
         }
         assert_eq!(next_wait(&c, 0), Duration::from_secs(600));
-        let j = Cycle { interval: Duration::from_secs(60), jitter: Duration::from_secs(10), ok: true };
+        let j = Cycle { interval: Duration::from_secs(60), jitter: Duration::from_secs(10), ok: true, awaited: Vec::new() };
         for _ in 0..50 {
             let w = next_wait(&j, 0);
             assert!(w >= Duration::from_secs(60) && w <= Duration::from_secs(70), "{w:?}");

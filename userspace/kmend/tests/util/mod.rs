@@ -457,7 +457,8 @@ pub fn time_from_now(secs: i64) -> String {
 }
 
 /// A CA and a server certificate for 127.0.0.1, made by the openssl CLI
-/// (a real X.509 chain, as a private CA would issue).
+/// (a real X.509 chain, as a private CA would issue; the fleet crate's
+/// test helper, which its PostgreSQL-over-TLS test uses too).
 pub struct TestCa {
     pub dir: tempfile::TempDir,
 }
@@ -465,22 +466,7 @@ pub struct TestCa {
 impl TestCa {
     pub fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let sh = |args: &[&str]| {
-            let out = Command::new("openssl").args(args).current_dir(dir.path()).output().expect("openssl (run `cargo xtask setup`)");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        };
-        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-        let mut ca = vec!["req", "-x509"];
-        ca.extend(ec);
-        ca.extend(["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=kmend test CA"]);
-        ca.extend(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign"]);
-        sh(&ca);
-        let mut req = vec!["req"];
-        req.extend(ec);
-        req.extend(["-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
-        sh(&req);
-        fs::write(dir.path().join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n").unwrap();
-        sh(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf"]);
+        kmend_fleet::test_postgres::TestPostgres::make_certificates(dir.path());
         Self { dir }
     }
 
