@@ -13,6 +13,12 @@
 //! [`attempt`], not across [`retry`]'s waits; stop_machine and the RCU read
 //! lock of the task walk nest inside it.
 
+use core::sync::atomic::{
+    AtomicBool,
+    AtomicUsize,
+    Ordering, //
+};
+
 use kernel::{
     ffi::c_ulong,
     prelude::*, //
@@ -111,12 +117,54 @@ enum Walk<'a, 'p> {
     /// are skipped; so is every thread the pre-check found clean that has
     /// not run since.
     Stopped(&'a Clean),
-    /// With the machine stopped, only the threads switched out since the
-    /// pre-check began (`sched_watch.rs`; sorted, repeats adjacent, each
-    /// entry referenced): no other thread has run since, so no other stack
-    /// has changed. Also the CPUs' idle tasks, which are on no task list
-    /// (they never exit, so they are not referenced).
-    Ran(&'a [*mut bindings::task_struct]),
+    /// With the machine stopped, one of the threads of a [`Plan`]: those
+    /// switched out since the pre-check began (`sched_watch.rs`; no other
+    /// thread has run since, so no other stack has changed), and the CPUs'
+    /// idle tasks, which are on no task list. Walked by several CPUs at
+    /// once, each with its own [`Lane`].
+    Ran,
+}
+
+/// CPUs that walk stacks at once with the machine stopped: enough to
+/// spread the few threads that ran since the pre-check, few enough that
+/// their buffers stay small on a machine with hundreds of CPUs.
+const LANES: usize = 8;
+
+/// One CPU's share of the stopped check: its buffer and what it found.
+struct Lane {
+    buf: KVec<c_ulong>,
+    walked: usize,
+    blocker: Option<Blocker>,
+}
+
+/// What the lanes walk with the machine stopped.
+struct Plan<'a> {
+    /// When the work with the machine stopped began.
+    w0: i64,
+    /// The threads to walk, in lists each sorted so that repeats are
+    /// adjacent (a repeat is walked once).
+    parts: [&'a [*mut bindings::task_struct]; 3],
+    /// The watch could not say who ran: after the lanes, the first CPU
+    /// walks every thread ([`Walk::Stopped`]).
+    every: bool,
+}
+
+// SAFETY: the plan is read only while the machine is stopped, and each
+// thread it lists is referenced (or an idle task) for the whole attempt.
+unsafe impl Sync for Plan<'_> {}
+
+impl Plan<'_> {
+    /// Entry `i` of the lists taken end to end: `None` past the end,
+    /// `Some(None)` for a repeat of the entry before it.
+    fn entry(&self, mut i: usize) -> Option<Option<*mut bindings::task_struct>> {
+        for part in self.parts {
+            if i < part.len() {
+                return Some((i == 0 || part[i - 1] != part[i]).then_some(part[i]));
+            }
+            i -= part.len();
+        }
+        None
+    }
 }
 
 /// Checks one thread's stack against `ranges`.
@@ -133,7 +181,7 @@ fn visit(task: &TaskRef, ranges: &[Busy], buf: &mut [c_ulong], walk: &mut Walk<'
                 }
             }
         }
-        Walk::Ran(_) if on_cpu => return None,
+        Walk::Ran if on_cpu => return None,
         Walk::Pre(pre) if on_cpu => {
             // SAFETY: the task is live during the iteration.
             if !unsafe { pre.running.hold(task.as_ptr()) } {
@@ -199,21 +247,6 @@ fn sort_by_key<T>(v: &mut [T], key: impl Fn(&T) -> usize) {
 
 fn find_blocker(ranges: &[Busy], buf: &mut [c_ulong], mut walk: Walk<'_, '_>, walked: &mut usize) -> Option<Blocker> {
     let mut found = None;
-    if let Walk::Ran(list) = walk {
-        for (i, &t) in list.iter().enumerate() {
-            if i > 0 && list[i - 1] == t {
-                continue;
-            }
-            // SAFETY: each entry holds a reference (`sched_watch.rs`) or is
-            // an idle task, which never exits.
-            let task = unsafe { TaskRef::from_raw(t) };
-            found = visit(&task, ranges, buf, &mut walk, walked);
-            if found.is_some() {
-                break;
-            }
-        }
-        return found;
-    }
     let _ = task::for_each_task(|task| match visit(task, ranges, buf, &mut walk, walked) {
         Some(b) => {
             found = Some(b);
@@ -276,7 +309,13 @@ pub(crate) fn attempt(ranges: &[Busy], stores: &[Store], watch: &mut SchedWatch,
         return Err(ERANGE);
     }
     let writer = trampoline::Writer::new()?;
-    let mut buf = KVec::from_elem(0 as c_ulong, STACK_DEPTH, GFP_KERNEL)?;
+    // One lane per CPU that walks with the machine stopped (at most
+    // `LANES`); lane 0's buffer also serves the walk before the stop.
+    let lane_count = (kernel::cpu::nr_cpu_ids() as usize).clamp(1, LANES);
+    let mut lanes = KVec::with_capacity(lane_count, GFP_KERNEL)?;
+    for _ in 0..lane_count {
+        lanes.push(Lane { buf: KVec::from_elem(0 as c_ulong, STACK_DEPTH, GFP_KERNEL)?, walked: 0, blocker: None }, GFP_KERNEL)?;
+    }
     // Dropped (references and all) at the end of the attempt, in process
     // context.
     let mut ran = Held::for_watch(watch)?;
@@ -295,7 +334,7 @@ pub(crate) fn attempt(ranges: &[Busy], stores: &[Store], watch: &mut SchedWatch,
     // Look first without stopping anyone: most blocked attempts end here,
     // and the stop only re-walks the tasks that ran since.
     let mut prewalked = 0;
-    if let Some(b) = find_blocker(ranges, &mut buf, Walk::Pre(&mut pre), &mut prewalked) {
+    if let Some(b) = find_blocker(ranges, &mut lanes[0].buf, Walk::Pre(&mut pre), &mut prewalked) {
         watch.pause();
         return Ok(Switched::Blocked(b));
     }
@@ -303,43 +342,75 @@ pub(crate) fn attempt(ranges: &[Busy], stores: &[Store], watch: &mut SchedWatch,
     let mut blocked = None;
     let mut work_ns = 0;
     let mut watched = false;
+    let incomplete = pre.incomplete;
+    let (clean, running) = (&pre.clean, &mut pre.running);
+    // The next entry of the plan a lane walks, and whether one found a
+    // blocker (the others then stop).
+    let next = AtomicUsize::new(0);
+    let found = AtomicBool::new(false);
     let t0 = kapi::now_ns();
-    let stopped = stop::stop_the_world(|| {
-        let w0 = kapi::now_ns();
-        // The idle task of every CPU, on no task list: switched out by the
-        // stop on a CPU that was idle, and since whenever on one that was
-        // busy, inside the idle loop (`do_idle`, `schedule_idle`,
-        // `__schedule`). One per CPU.
-        let idle_count = task::idle_tasks(&mut idle).len();
-        let found = match watch.take(&mut ran) {
-            Ran::Threads(list) if !pre.incomplete => {
-                watched = true;
-                // Sorted, so that a thread switched out several times is
-                // walked once. (Only reordered: every entry holds a
-                // reference that dropping `ran` drops.)
-                sort_by_key(list, |&t| t as usize);
-                let running = pre.running.sorted(|l| sort_by_key(l, |&t| t as usize));
-                // The idle tasks the watch saw switched out (every idle
-                // CPU's, by the stop itself) are in `list`: walked once.
-                let idle = not_in(&mut idle[..idle_count], list);
-                find_blocker(ranges, &mut buf, Walk::Ran(list), &mut walked)
-                    .or_else(|| find_blocker(ranges, &mut buf, Walk::Ran(running), &mut walked))
-                    .or_else(|| find_blocker(ranges, &mut buf, Walk::Ran(idle), &mut walked))
+    let stopped = stop::stop_the_world(
+        &mut lanes,
+        || {
+            let w0 = kapi::now_ns();
+            // The idle task of every CPU, on no task list: switched out by
+            // the stop on a CPU that was idle, and since whenever on one
+            // that was busy, inside the idle loop (`do_idle`,
+            // `schedule_idle`, `__schedule`). One per CPU.
+            let idle_count = task::idle_tasks(&mut idle).len();
+            Ok(match watch.take(&mut ran) {
+                Ran::Threads(list) if !incomplete => {
+                    // Sorted, so that a thread switched out several times is
+                    // walked once. (Only reordered: every entry holds a
+                    // reference that dropping `ran` drops.)
+                    sort_by_key(list, |&t| t as usize);
+                    let running = running.sorted(|l| sort_by_key(l, |&t| t as usize));
+                    // The idle tasks the watch saw switched out (every idle
+                    // CPU's, by the stop itself) are in `list`: walked once.
+                    let idle = not_in(&mut idle[..idle_count], list);
+                    Plan { w0, parts: [list, running, idle], every: false }
+                }
+                _ => Plan { w0, parts: [&[], &[], &idle[..idle_count]], every: true },
+            })
+        },
+        |plan: &Plan<'_>, lane: &mut Lane| {
+            loop {
+                if found.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Some(t) = plan.entry(next.fetch_add(1, Ordering::Relaxed)) else { return };
+                let Some(t) = t else { continue };
+                // SAFETY: each entry holds a reference (`sched_watch.rs`,
+                // `Held`) or is an idle task, which never exits.
+                let task = unsafe { TaskRef::from_raw(t) };
+                if let Some(b) = visit(&task, ranges, &mut lane.buf, &mut Walk::Ran, &mut lane.walked) {
+                    lane.blocker = Some(b);
+                    found.store(true, Ordering::Relaxed);
+                    return;
+                }
             }
-            _ => find_blocker(ranges, &mut buf, Walk::Stopped(&pre.clean), &mut walked)
-                .or_else(|| find_blocker(ranges, &mut buf, Walk::Ran(&idle[..idle_count]), &mut walked)),
-        };
-        if let Some(b) = found {
-            blocked = Some(b);
-            return Err(EBUSY);
-        }
-        for s in stores {
-            // Cannot fail: every jump was checked above.
-            let _ = writer.set(s.tramp, s.target);
-        }
-        work_ns = kapi::now_ns() - w0;
-        Ok(())
-    });
+        },
+        |plan, lanes| {
+            watched = !plan.every;
+            if plan.every && lanes.iter().all(|l| l.blocker.is_none()) {
+                // The watch could not say who ran: every thread but those
+                // the pre-check found clean and that have not run since.
+                let lane = &mut lanes[0];
+                lane.blocker = find_blocker(ranges, &mut lane.buf, Walk::Stopped(clean), &mut lane.walked);
+            }
+            walked = lanes.iter().map(|l| l.walked).sum();
+            if let Some(b) = lanes.iter_mut().find_map(|l| l.blocker.take()) {
+                blocked = Some(b);
+                return Err(EBUSY);
+            }
+            for s in stores {
+                // Cannot fail: every jump was checked above.
+                let _ = writer.set(s.tramp, s.target);
+            }
+            work_ns = kapi::now_ns() - plan.w0;
+            Ok(())
+        },
+    );
     let pause = (kapi::now_ns() - t0).max(0) as u64;
     if let Some(b) = blocked {
         return Ok(Switched::Blocked(b));
