@@ -26,6 +26,11 @@ use object::{
     elf, //
 };
 
+use super::static_locals::{
+    Match,
+    StaticLocals, //
+};
+
 /// A function as compiled: its section's bytes and what they refer to.
 #[derive(PartialEq, Eq, Debug)]
 struct Body {
@@ -56,18 +61,31 @@ pub fn pc_relative(r_type: u32) -> bool {
     matches!(r_type, elf::R_X86_64_PC32 | elf::R_X86_64_PLT32)
 }
 
+/// Numbered static variables (`count.3`) by section: start, size, name.
+type Statics = std::collections::HashMap<object::SectionIndex, Vec<(u64, u64, String)>>;
+
 /// The functions of an object by name, and its code sections that hold
 /// more than one function (explicit `section` attributes: `.sched.text`,
-/// `.noinstr.text`, `.init.text`) by section name.
-fn bodies(data: &[u8]) -> anyhow::Result<(BTreeMap<String, Body>, BTreeMap<String, Body>)> {
+/// `.noinstr.text`, `.init.text`) by section name. `canon` names a
+/// numbered static variable as the original object does.
+fn bodies(data: &[u8], canon: &dyn Fn(&str) -> String) -> anyhow::Result<(BTreeMap<String, Body>, BTreeMap<String, Body>)> {
     let file = object::File::parse(data).context("not an ELF object")?;
+    let mut statics = Statics::new();
+    for sym in file.symbols() {
+        if let (SymbolKind::Data, Ok(name), Some(ix)) = (sym.kind(), sym.name(), sym.section_index())
+            && sym.is_local()
+            && super::static_locals::numbered(name)
+        {
+            statics.entry(ix).or_default().push((sym.address(), sym.size(), canon(name)));
+        }
+    }
     let mut out = BTreeMap::new();
     let mut shared = BTreeMap::new();
     for section in file.sections() {
         let exec = matches!(section.flags(), SectionFlags::Elf { sh_flags } if sh_flags & u64::from(elf::SHF_EXECINSTR) != 0);
         let name = section.name().unwrap_or_default();
         if exec && !name.starts_with(".text.") && section.size() > 0 {
-            shared.insert(name.to_owned(), body(&file, &section)?);
+            shared.insert(name.to_owned(), body(&file, &section, &statics)?);
         }
     }
     for sym in file.symbols() {
@@ -82,17 +100,17 @@ fn bodies(data: &[u8]) -> anyhow::Result<(BTreeMap<String, Body>, BTreeMap<Strin
         if !section.name().is_ok_and(|n| n.starts_with(".text.")) {
             continue;
         }
-        out.insert(name.to_owned(), body(&file, &section)?);
+        out.insert(name.to_owned(), body(&file, &section, &statics)?);
     }
     Ok((out, shared))
 }
 
-fn body(file: &object::File, section: &object::Section) -> anyhow::Result<Body> {
+fn body(file: &object::File, section: &object::Section, statics: &Statics) -> anyhow::Result<Body> {
     let mut relocations = Vec::new();
     for (offset, r) in section.relocations() {
         let RelocationFlags::Elf { r_type } = r.flags() else { continue };
         let target = match r.target() {
-            RelocationTarget::Symbol(i) => describe(file, i, r.addend(), r_type),
+            RelocationTarget::Symbol(i) => describe(file, i, r.addend(), r_type, statics),
             _ => String::from("?"),
         };
         relocations.push((offset, r_type, target));
@@ -101,8 +119,9 @@ fn body(file: &object::File, section: &object::Section) -> anyhow::Result<Body> 
     Ok(Body { bytes: section.data()?.to_vec(), relocations })
 }
 
-/// What a relocation points to, independent of where things lie.
-fn describe(file: &object::File, index: object::SymbolIndex, addend: i64, r_type: u32) -> String {
+/// What a relocation points to, independent of where things lie and of
+/// how the compiler numbered static variables.
+fn describe(file: &object::File, index: object::SymbolIndex, addend: i64, r_type: u32, statics: &Statics) -> String {
     let Ok(sym) = file.symbol_by_index(index) else { return String::from("?") };
     let section = sym.section_index().and_then(|i| file.section_by_index(i).ok());
     // Strings (through the section or a `.LC` label) by their text.
@@ -113,6 +132,11 @@ fn describe(file: &object::File, index: object::SymbolIndex, addend: i64, r_type
             let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
             return format!("string {:?}", String::from_utf8_lossy(&rest[..end]));
         }
+        if let Some((start, _, name)) = statics.get(&section.index()).and_then(|v| {
+            v.iter().find(|(start, size, _)| at >= *start as i64 && at < (*start + (*size).max(1)) as i64)
+        }) {
+            return format!("static {name}{:+}", at - *start as i64);
+        }
     }
     match (sym.kind(), &section) {
         (SymbolKind::Section, Some(section)) => format!("{}{addend:+}", section.name().unwrap_or("?")),
@@ -120,10 +144,17 @@ fn describe(file: &object::File, index: object::SymbolIndex, addend: i64, r_type
     }
 }
 
-/// Compares the functions of `orig` and `patched`.
-pub fn compare(orig: &[u8], patched: &[u8]) -> anyhow::Result<Changes> {
+/// Compares the functions of `orig` and `patched`; `statics` matches the
+/// patched object's static variables to the original's (a renumbered one
+/// is no change).
+pub fn compare(orig: &[u8], patched: &[u8], statics: &StaticLocals) -> anyhow::Result<Changes> {
+    let same = |n: &str| n.to_owned();
+    let matched = |n: &str| match statics.get(n) {
+        Some(Match::Orig(o)) => o.clone(),
+        _ => format!("{n} (new)"),
+    };
     let ((orig, orig_shared), (patched, patched_shared)) =
-        (bodies(orig).context("original object")?, bodies(patched).context("patched object")?);
+        (bodies(orig, &same).context("original object")?, bodies(patched, &matched).context("patched object")?);
     let mut changes = Changes::default();
     for (name, body) in &patched_shared {
         if orig_shared.get(name) == Some(body) {

@@ -44,6 +44,11 @@ use super::{
         parent_of_cold,
         pc_relative, //
     },
+    static_locals::{
+        Match,
+        StaticLocals,
+        numbered, //
+    },
     symbols::{
         KernelSymbols,
         ModuleSymbols, //
@@ -109,16 +114,27 @@ const OBJTOOL_SECTIONS: &[&str] = &[
     ".static_call_sites",
 ];
 
-/// Whether `name` is a local the compiler numbered (`__func__.3`,
-/// `__msg.12`): a function's own constant, not a variable of the file.
-fn compiler_numbered(name: &str) -> bool {
-    name.rsplit_once('.').is_some_and(|(base, n)| !base.is_empty() && !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
-}
-
 /// Whether `name` is a symbol objtool adds (`__pfx_<f>`: the padding before
 /// function `f`; `__cfi_<f>`: its CFI hash): not functions of their own.
 pub fn objtool_symbol(name: &str) -> bool {
     name.starts_with("__pfx_") || name.starts_with("__cfi_")
+}
+
+/// Whether the copy gets its own instance of the variable `o` of the
+/// patched object, rather than using the running kernel's: one the fix
+/// adds, or one that holds nothing (of no size: `__key` without lockdep).
+/// A numbered static is decided by its match, not by its name
+/// (`static_locals.rs`).
+fn copied_variable(o: &Sym, orig_names: &BTreeSet<String>, statics: &StaticLocals) -> anyhow::Result<bool> {
+    if o.size == 0 && numbered(&o.name) {
+        return Ok(true);
+    }
+    match statics.get(&o.name) {
+        Some(Match::Orig(_)) => Ok(false),
+        Some(Match::New) => Ok(true),
+        Some(Match::Unclear(reason)) => Err(anyhow!("{reason}")),
+        None => Ok(!orig_names.contains(&o.name)),
+    }
 }
 
 struct Sym {
@@ -132,6 +148,8 @@ struct Sym {
 
 /// Copies the changed functions of `patched` into a new object.
 /// `orig_names`: the functions and variables of the original object;
+/// `statics`: the patched object's numbered static variables matched to
+/// the original's;
 /// `prefix`: what replacements are named (`<prefix><function>`);
 /// `roots`: functions the diff adds that are kept though no changed code
 /// calls them (the patch's callbacks); `module`: the module the object is
@@ -140,6 +158,7 @@ struct Sym {
 pub fn extract(
     patched: &[u8],
     orig_names: &BTreeSet<String>,
+    statics: &StaticLocals,
     changes: &Changes,
     roots: &[String],
     kernel: &KernelSymbols,
@@ -218,8 +237,8 @@ pub fn extract(
                     let read_only = b.sections.get(t).sh_flags & u64::from(elf::SHF_WRITE) == 0;
                     let mut objects = objects_in(t).peekable();
                     objects.peek().is_none()
-                        || objects.any(|o| !orig_names.contains(&o.name))
-                        || (read_only && objects_in(t).all(|o| compiler_numbered(&o.name)))
+                        || (read_only && objects_in(t).all(|o| numbered(&o.name)))
+                        || objects_in(t).map(|o| copied_variable(o, orig_names, statics)).collect::<anyhow::Result<Vec<bool>>>()?.contains(&true)
                 };
                 if own {
                     queue.push(t);
@@ -355,16 +374,22 @@ pub fn extract(
                     // The object's own symbols are its module's, when it is
                     // built into one: found in that module, exported or not
                     // (the patch must not depend on the module to load).
+                    // A static variable is the original's of its match,
+                    // placed among the original's symbols.
+                    let (y_name, placed_by) = match statics.get(&y.name) {
+                        Some(Match::Orig(o)) => (o.as_str(), orig_names),
+                        _ => (y.name.as_str(), &own),
+                    };
                     let name = match module {
-                        Some(m) => m.klp_name_in(&y.name, &own)?,
+                        Some(m) => m.klp_name_in(y_name, placed_by)?,
                         None => {
                             let sympos = if y.global {
-                                kernel.global_sympos(&y.name)?
+                                kernel.global_sympos(y_name)?
                             } else {
-                                kernel.sympos(&y.name, y.st_type == elf::STT_FUNC, &globals, &own)?
+                                kernel.sympos(y_name, y.st_type == elf::STT_FUNC, &globals, placed_by)?
                             };
-                            let exported = y.global && kernel.is_exported(&y.name);
-                            if exported { y.name.clone() } else { klp_name(&y.name, sympos) }
+                            let exported = y.global && kernel.is_exported(y_name);
+                            if exported { y_name.to_owned() } else { klp_name(y_name, sympos) }
                         }
                     };
                     (name, true, r.r_addend + sym.value as i64 - y.value as i64)

@@ -2,7 +2,9 @@
 //! against the target kernel's source instead of hand-written replacements.
 //!
 //! The steps, one file each: [`compile`] builds the touched objects before
-//! and after the fix; [`compare`] finds the functions whose code changed;
+//! and after the fix; [`static_locals`] matches the static variables of
+//! both, which the compiler numbers anew; [`compare`] finds the functions
+//! whose code changed;
 //! [`extract`] copies them (and only what they need) into an object whose
 //! references to the rest of the kernel go to the running kernel's own
 //! symbols ([`symbols`] says which are exported and the position of each
@@ -14,6 +16,7 @@ mod compare;
 mod compile;
 mod extract;
 mod klp_relocs;
+mod static_locals;
 mod symbols;
 #[cfg(test)]
 mod tests;
@@ -90,11 +93,17 @@ pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, callbacks: &[String
         };
         // kbuild compiles any file it is asked for: one whose functions are
         // not in the running kernel is not built into it.
-        let globals = global_functions(&orig)?;
-        if module.is_none() && !globals.is_empty() && globals.iter().all(|g| symbols.named(g).is_empty()) {
+        // Judged by its global functions, or by its static ones if it has
+        // none (a driver whose every function is static).
+        let mut functions = functions_of(&orig, true)?;
+        if functions.is_empty() {
+            functions = functions_of(&orig, false)?;
+        }
+        if module.is_none() && !functions.is_empty() && functions.iter().all(|g| symbols.named(g).is_empty()) {
             bail!("{} is not built into the stock kernel (none of its functions is in its symbol table)", pair.source);
         }
-        let changes = compare::compare(&orig, &patched).with_context(|| pair.source.clone())?;
+        let statics = static_locals::correlate(&orig, &patched).with_context(|| pair.source.clone())?;
+        let changes = compare::compare(&orig, &patched, &statics).with_context(|| pair.source.clone())?;
         for s in &changes.skipped {
             println!("xtask: {}: the fix changes {s} (init/exit code): not live patched", pair.source);
         }
@@ -102,7 +111,7 @@ pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, callbacks: &[String
             println!("xtask: {}: no function's code changed", pair.source);
             continue;
         }
-        let extracted = extract::extract(&patched, &defined_names(&orig)?, &changes, callbacks, &symbols, module.as_ref(), &format!("{id}__"))
+        let extracted = extract::extract(&patched, &defined_names(&orig)?, &statics, &changes, callbacks, &symbols, module.as_ref(), &format!("{id}__"))
             .with_context(|| format!("{}: copying the changed functions", pair.source))?;
         let names = |t: &[Target]| t.iter().map(|t| t.name.clone()).collect::<Vec<_>>().join(", ");
         println!("xtask: {}: replaces {}", pair.source, names(&extracted.targets));
@@ -162,12 +171,13 @@ pub fn post_link(kernel: &Kernel, ko: &[u8], modules: &[&Path]) -> anyhow::Resul
     klp_relocs::post_link(ko, &kernel_symbols(kernel)?, &module_exports)
 }
 
-/// The global functions an object defines.
-fn global_functions(data: &[u8]) -> anyhow::Result<Vec<String>> {
+/// The functions an object defines: its global ones, or its static ones.
+fn functions_of(data: &[u8], global: bool) -> anyhow::Result<Vec<String>> {
     let file = object::File::parse(data)?;
     Ok(file
         .symbols()
-        .filter(|s| s.is_global() && s.section_index().is_some() && s.kind() == object::SymbolKind::Text)
+        .filter(|s| s.is_global() == global && s.section_index().is_some() && s.kind() == object::SymbolKind::Text)
+        .filter(|s| s.name().is_ok_and(|n| !extract::objtool_symbol(n) && !n.contains(".cold")))
         .filter_map(|s| s.name().ok().map(str::to_owned))
         .collect())
 }

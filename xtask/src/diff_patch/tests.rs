@@ -159,7 +159,7 @@ fn moved_strings_are_not_a_change_new_code_is() {
     let new_fn = Func { name: "added", global: false, code: &[0xc3], calls: &[], string: None };
     // The patched object has an extra string first: every offset moves.
     let patched = object(&[unchanged_user(), fixed, helper, new_fn], "a new message\0");
-    let changes = compare(&orig, &patched).unwrap();
+    let changes = compare(&orig, &patched, &Default::default()).unwrap();
     assert_eq!(changes.changed.iter().collect::<Vec<_>>(), ["fixed"], "the moved string must not count as a change");
     assert_eq!(changes.added.iter().collect::<Vec<_>>(), ["added"]);
 }
@@ -176,7 +176,7 @@ fn changed_function_is_copied_and_refers_to_the_kernel() {
     // kernel function; it is unchanged, so neither may appear.
     let other = Func { name: "other", global: true, code: &[0xe8, 0, 0, 0, 0, 0xc3], calls: &[(1, "not_exported")], string: None };
     let patched = object(&[unchanged_user(), fixed, helper, other], "");
-    let changes = compare(&orig, &patched).unwrap();
+    let changes = compare(&orig, &patched, &Default::default()).unwrap();
     let map = "\
 ffffffff81000000 T user
 ffffffff81000100 t helper
@@ -187,7 +187,7 @@ ffffffff81a00000 T not_exported
 ";
     let kernel = KernelSymbols::parse(map, "0x0\tprintk\tvmlinux\tEXPORT_SYMBOL\t\n");
     let names: BTreeSet<String> = ["user", "fixed", "helper", "other"].map(String::from).into();
-    let out = extract(&patched, &names, &changes, &[], &kernel, None, "kp_x__").unwrap();
+    let out = extract(&patched, &names, &Default::default(), &changes, &[], &kernel, None, "kp_x__").unwrap();
     assert_eq!(out.targets.len(), 1);
     assert_eq!((out.targets[0].name.as_str(), out.targets[0].sympos, out.targets[0].replacement.as_str()), ("fixed", 0, "kp_x__fixed"));
     // The static helper has two copies in the kernel; this object's lies
@@ -231,11 +231,11 @@ fn ambiguous_static_is_refused_not_guessed() {
     let calls: &[(u64, &str)] = &[(1, "helper")];
     let orig = object(&[Func { name: "fixed", global: true, code: CALL_LEA, calls, string: None }, Func { ..helper }], "");
     let patched = object(&[Func { name: "fixed", global: true, code: CALL_LEA_PATCHED, calls, string: None }, helper], "");
-    let changes = compare(&orig, &patched).unwrap();
+    let changes = compare(&orig, &patched, &Default::default()).unwrap();
     // Two static helpers and no way to tell which is this object's.
     let kernel = KernelSymbols::parse("ffffffff81000100 t helper\nffffffff81000200 T fixed\nffffffff81900000 t helper\n", "");
     let names: BTreeSet<String> = ["fixed", "helper"].map(String::from).into();
-    let err = extract(&patched, &names, &changes, &[], &kernel, None, "kp_x__").err().expect("must refuse");
+    let err = extract(&patched, &names, &Default::default(), &changes, &[], &kernel, None, "kp_x__").err().expect("must refuse");
     assert!(format!("{err:#}").contains("helper"), "{err:#}");
 }
 
@@ -247,17 +247,17 @@ fn callbacks_the_diff_adds_are_kept_other_additions_are_not() {
     let callback = Func { name: "kp_post_revert", global: true, code: &[0x90, 0xc3], calls: &[], string: None };
     let unused = Func { name: "unused_new", global: true, code: &[0xcc, 0xc3], calls: &[], string: None };
     let patched = object(&[fixed, callback, unused], "");
-    let changes = compare(&orig, &patched).unwrap();
+    let changes = compare(&orig, &patched, &Default::default()).unwrap();
     let kernel = KernelSymbols::parse("ffffffff81000200 T fixed\n", "");
     let names: BTreeSet<String> = ["fixed"].map(String::from).into();
     let roots = ["kp_post_revert".to_owned()];
-    let out = extract(&patched, &names, &changes, &roots, &kernel, None, "kp_x__").unwrap();
+    let out = extract(&patched, &names, &Default::default(), &changes, &roots, &kernel, None, "kp_x__").unwrap();
     assert_eq!(out.helpers, ["kp_post_revert"]);
     let file = object::File::parse(&*out.object).unwrap();
     let symbols: Vec<&str> = file.symbols().filter_map(|s| s.name().ok()).collect();
     assert!(symbols.contains(&"kp_post_revert") && !symbols.contains(&"unused_new"), "{symbols:?}");
     // Without the root, the callback is dropped like any uncalled addition.
-    let out = extract(&patched, &names, &changes, &[], &kernel, None, "kp_x__").unwrap();
+    let out = extract(&patched, &names, &Default::default(), &changes, &[], &kernel, None, "kp_x__").unwrap();
     assert!(out.helpers.is_empty(), "{:?}", out.helpers);
 }
 
@@ -306,7 +306,7 @@ fn code_of_a_module_refers_to_that_module() {
     let calls: &[(u64, &str)] = &[(1, "helper"), (6, "not_exported"), (11, "other_mod_export")];
     let orig = object_with(&[Func { name: "fixed", global: false, code, calls, string: None }, Func { ..helper }], "", true);
     let patched = object_with(&[Func { name: "fixed", global: false, code: patched_code, calls, string: None }, helper], "", true);
-    let changes = compare(&orig, &patched).unwrap();
+    let changes = compare(&orig, &patched, &Default::default()).unwrap();
     assert_eq!(changes.changed.iter().collect::<Vec<_>>(), ["fixed"], "objtool's prefix symbols are not functions");
     // The kernel has a 'helper' of its own: the module's is meant.
     let kernel = KernelSymbols::parse(
@@ -315,7 +315,7 @@ fn code_of_a_module_refers_to_that_module() {
     );
     let module = ModuleSymbols::from_ko("mymod", &module_ko(&["fixed", "helper"], &[])).unwrap();
     let names: BTreeSet<String> = ["fixed", "helper"].map(String::from).into();
-    let out = extract(&patched, &names, &changes, &[], &kernel, Some(&module), "kp_x__").unwrap();
+    let out = extract(&patched, &names, &Default::default(), &changes, &[], &kernel, Some(&module), "kp_x__").unwrap();
     assert_eq!(out.targets.len(), 1);
     assert_eq!((out.targets[0].object.as_str(), out.targets[0].name.as_str(), out.targets[0].sympos), ("mymod", "fixed", 0));
     assert_eq!(out.kernel_references.iter().collect::<Vec<_>>(), ["mymod:helper,0", "not_exported,0"]);
@@ -378,11 +378,11 @@ fn constants_the_compiler_named_are_copied_not_referenced() {
     // lea __func__.2(%rip),%rdi; ret  /  the same plus a nop.
     let orig = object_with_func_name(&[0x48, 0x8d, 0x3d, 0, 0, 0, 0, 0xc3]);
     let patched = object_with_func_name(&[0x48, 0x8d, 0x3d, 0, 0, 0, 0, 0x90, 0xc3]);
-    let changes = compare(&orig, &patched).unwrap();
+    let changes = compare(&orig, &patched, &Default::default()).unwrap();
     let map = "ffffffff81000200 T fixed\nffffffff82000000 d __func__.2\nffffffff82000100 d __func__.2\nffffffff82000200 d __func__.2\n";
     let kernel = KernelSymbols::parse(map, "");
     let names: BTreeSet<String> = ["fixed", "__func__.2"].map(String::from).into();
-    let out = extract(&patched, &names, &changes, &[], &kernel, None, "kp_x__").unwrap();
+    let out = extract(&patched, &names, &Default::default(), &changes, &[], &kernel, None, "kp_x__").unwrap();
     assert!(out.kernel_references.is_empty(), "{:?}", out.kernel_references);
     let file = object::File::parse(&*out.object).unwrap();
     assert!(file.section_by_name(".rodata.__func__.2").is_some(), "the constant is copied");
@@ -405,4 +405,103 @@ fn a_modules_duplicate_is_placed_by_its_objects_neighbours() {
     assert!(m.sympos_in("_rs.0", &one_side).is_err());
     assert!(m.sympos_in("_rs.0", &BTreeSet::new()).is_err());
     assert_eq!(m.sympos_in("a_first", &BTreeSet::new()).unwrap(), 0);
+}
+
+/// Compiles C source `src` with the host's C compiler as the kernel's
+/// build does for a diff patch (one section per function and variable).
+fn compile_c(name: &str, src: &str) -> Vec<u8> {
+    let dir = std::env::temp_dir().join(format!("kmend-static-locals-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (c, o) = (dir.join(format!("{name}.c")), dir.join(format!("{name}.o")));
+    std::fs::write(&c, src).unwrap();
+    let status = std::process::Command::new("cc")
+        .args(["-O2", "-ffunction-sections", "-fdata-sections", "-fno-asynchronous-unwind-tables", "-fno-pic", "-c"])
+        .arg(&c)
+        .arg("-o")
+        .arg(&o)
+        .status()
+        .expect("the host C compiler (cc)");
+    assert!(status.success(), "cc {}", c.display());
+    std::fs::read(&o).unwrap()
+}
+
+/// The numbered static variable `base.N` that `function` uses in `obj`.
+fn static_of(obj: &[u8], base: &str, function: &str) -> Vec<String> {
+    let file = object::File::parse(obj).unwrap();
+    let section = file.section_by_name(&format!(".text.{function}")).unwrap();
+    let mut out = Vec::new();
+    for (_, r) in section.relocations() {
+        let object::RelocationTarget::Symbol(i) = r.target() else { continue };
+        let sym = file.symbol_by_index(i).unwrap();
+        let Some(ix) = sym.section_index() else { continue };
+        let var = file.symbols().find(|s| s.section_index() == Some(ix) && s.kind() == SymbolKind::Data);
+        if let Some(name) = var.and_then(|v| v.name().ok().map(str::to_owned))
+            && name.starts_with(&format!("{base}."))
+            && !out.contains(&name)
+        {
+            out.push(name);
+        }
+    }
+    out
+}
+
+/// The compiler numbers a file's function-scope statics with one counter
+/// (`count.0`, `count.3`), so a fix that adds one renumbers others: a copy
+/// that trusted the number would use another function's variable in the
+/// running kernel, and unchanged functions would look changed. They are
+/// matched by the functions that use them. Before, `first` counted as
+/// changed, and the copy of `second` used the kernel's variable of the
+/// patched object's number: `first`'s.
+#[test]
+fn static_variables_are_matched_by_their_function_not_their_number() {
+    let before = "int g(int);\n\
+        int first(int x) { static int count; count += x; return g(count); }\n\
+        int second(int x) { static int count; count -= x; return g(count); }\n\
+        int middle(int x) { static int count; count ^= x; return g(count); }\n\
+        int last(int x) { static int count; count |= x; return g(count); }\n";
+    // The fix adds a static to `middle` and changes `second`.
+    let after = "int g(int);\n\
+        int first(int x) { static int count; count += x; return g(count); }\n\
+        int second(int x) { static int count; count -= x; if (count < 0) count = 0; return g(count); }\n\
+        int middle(int x) { static int count; static int calls; calls++; count ^= x; return g(count + calls); }\n\
+        int last(int x) { static int count; count |= x; return g(count); }\n";
+    let (orig, patched) = (compile_c("before", before), compile_c("after", after));
+    let count = |obj: &[u8], f: &str| static_of(obj, "count", f).pop().unwrap();
+    let (o_first, o_second) = (count(&orig, "first"), count(&orig, "second"));
+    let p_second = count(&patched, "second");
+    assert_ne!(o_second, p_second, "the compiler did not renumber: nothing to test");
+
+    let statics = super::static_locals::correlate(&orig, &patched).unwrap();
+    use super::static_locals::Match;
+    assert_eq!(statics.get(&count(&patched, "first")), Some(&Match::Orig(o_first.clone())));
+    assert_eq!(statics.get(&p_second), Some(&Match::Orig(o_second.clone())));
+    assert_eq!(statics.get(&static_of(&patched, "calls", "middle")[0]), Some(&Match::New));
+
+    let changes = compare(&orig, &patched, &statics).unwrap();
+    assert_eq!(changes.changed.iter().collect::<Vec<_>>(), ["middle", "second"], "a renumbered variable is no change");
+
+    // Each `count` once in the kernel, by the original's names.
+    let mut map = String::from("ffffffff81000000 T first\nffffffff81000100 T second\nffffffff81000200 T middle\nffffffff81000300 T last\n");
+    for (i, f) in ["first", "second", "middle", "last"].iter().enumerate() {
+        map.push_str(&format!("ffffffff8200{i}000 b {}\n", count(&orig, f)));
+    }
+    let kernel = KernelSymbols::parse(&map, "0x0\tg\tvmlinux\tEXPORT_SYMBOL\t\n");
+    let names = super::defined_names(&orig).unwrap();
+    let out = extract(&patched, &names, &statics, &changes, &[], &kernel, None, "kp_x__").unwrap();
+    let refs: Vec<&str> = out.kernel_references.iter().map(String::as_str).collect();
+    assert!(refs.contains(&format!("{o_second},0").as_str()), "second's copy uses the kernel's count of second ({o_second}): {refs:?}");
+    assert!(!refs.contains(&format!("{o_first},0").as_str()), "never first's ({o_first}): {refs:?}");
+    assert!(!refs.iter().any(|r| r.starts_with("calls")), "the new variable is the copy's own: {refs:?}");
+
+    // A function whose statics of one name change in number cannot be
+    // matched: refused with the reason, not guessed.
+    let more = "int g(int);\n\
+        int first(int x) { static int count; count += x; return g(count); }\n\
+        int middle(int x) { static int count; count ^= x; return g(count); }\n\
+        int last(int x) { static int count; count -= x; if (x) { static int count; count++; x += count; } return g(count + x); }\n";
+    let patched = compile_c("more", more);
+    let statics = super::static_locals::correlate(&orig, &patched).unwrap();
+    let changes = compare(&orig, &patched, &statics).unwrap();
+    let err = extract(&patched, &names, &statics, &changes, &[], &kernel, None, "kp_x__").err().expect("must refuse");
+    assert!(format!("{err:#}").contains("'last' has 1 static 'count' variables before the fix and 2 after"), "{err:#}");
 }
