@@ -16,10 +16,11 @@ use kernel::ffi::{
 };
 
 /// Version of [`KmendPatch`]; bumped on any change of layout or meaning.
-/// 4 added [`KMEND_PATCH_LINKED`]; 5 added [`KmendFunc::placed`].
+/// 4 added [`KMEND_PATCH_LINKED`]; 5 added [`KmendFunc::placed`]; 6 added
+/// [`KMEND_PATCH_MODULE_RELOCS`].
 /// kmend.ko takes only this version: a patch module is built against the
 /// kmend.ko it ships with.
-pub(crate) const KMEND_ABI_VERSION: u32 = 5;
+pub(crate) const KMEND_ABI_VERSION: u32 = 6;
 
 /// Flag: this patch supersedes every applied patch (cumulative "replace").
 pub(crate) const KMEND_PATCH_REPLACE: u32 = 1 << 0;
@@ -31,6 +32,15 @@ pub(crate) const KMEND_PATCH_REPLACE: u32 = 1 << 0;
 /// one unloads, kmend refuses to apply the patch, and refuses the
 /// module's next load while the patch is applied (docs/safety.md).
 pub(crate) const KMEND_PATCH_LINKED: u32 = 1 << 1;
+
+/// Flag: the patch's code for functions of modules refers to those
+/// modules' internal symbols by livepatch relocations that kmend.ko
+/// applies itself, each time such a module loads (and clears when it
+/// goes), in the patch module's `.klp.rela.<module>.*` sections; the patch
+/// module is a `livepatch` module, so the kernel keeps them. Unlike
+/// [`KMEND_PATCH_LINKED`], the patch stays valid across the module's
+/// reloads (`module_relocs.rs`).
+pub(crate) const KMEND_PATCH_MODULE_RELOCS: u32 = 1 << 2;
 
 /// One function a patch replaces.
 #[repr(C)]

@@ -32,6 +32,15 @@
  *    functions and hides unwinder errors: kmend_helper_stack_walk() walks
  *    a task with the exported ORC unwinder, whose state and accessors are
  *    inlines, and says when the walk cannot be trusted.
+ *  - A fix built from a diff refers to internal symbols of the module it
+ *    fixes by livepatch relocations in `.klp.rela.<module>.*` sections of
+ *    the patch module (a `livepatch` module, whose ELF information the
+ *    kernel keeps). The livepatch core applies such sections only for its
+ *    own patches (klp_apply_object_relocs() and klp_clear_object_relocs()
+ *    in klp_module_coming()/going()); kmend_helper_module_relocs() does the
+ *    same for a kmend patch as its module comes and goes, with the kernel's
+ *    klp_apply_section_relocs() and clear_relocate_add(), which are not
+ *    exported: named by their livepatch names, like idle_threads.
  *  - The kernel's text poking is not exported: kmend_helper_map_writable()
  *    makes a writable alias of kmend's own trampoline table (vmap of its
  *    pages; PAGE_KERNEL is a macro over runtime masks), and
@@ -72,6 +81,7 @@ bool kmend_helper_idle_tasks_placed(void);
 void *kmend_helper_map_writable(unsigned long addr, size_t len);
 void kmend_helper_unmap_writable(void *alias);
 void kmend_helper_sync_core(void);
+int kmend_helper_module_relocs(struct module *pmod, const char *objname, bool apply);
 
 int kmend_register_patch(const struct kmend_patch *patch)
 {
@@ -287,4 +297,63 @@ unsigned int kmend_helper_idle_tasks(struct task_struct **out, unsigned int max)
 		out[n++] = *(struct task_struct **)(base + per_cpu_offset(cpu));
 	}
 	return n;
+}
+
+/* Not exported; placed when kmend.ko loads (see idle_threads above). */
+extern int kmend_klp_apply_section_relocs(struct module *pmod, Elf_Shdr *sechdrs,
+					  const char *shstrtab, const char *strtab,
+					  unsigned int symndx, unsigned int secndx,
+					  const char *objname)
+	__asm__("\".klp.sym.vmlinux.klp_apply_section_relocs,0\"") __attribute__((weak));
+extern void kmend_clear_relocate_add(Elf_Shdr *sechdrs, const char *strtab,
+				     unsigned int symindex, unsigned int relsec,
+				     struct module *me)
+	__asm__("\".klp.sym.vmlinux.clear_relocate_add,0\"") __attribute__((weak));
+
+/* Whether section @i of @info holds livepatch relocations for @objname. */
+static bool kmend_relocs_for(const struct klp_modinfo *info, unsigned int i,
+			     const char *objname)
+{
+	const char *name = info->secstrings + info->sechdrs[i].sh_name;
+	size_t prefix = strlen(".klp.rela."), len = strlen(objname);
+
+	return (info->sechdrs[i].sh_flags & SHF_RELA_LIVEPATCH) &&
+	       !strncmp(name, ".klp.rela.", prefix) &&
+	       !strncmp(name + prefix, objname, len) && name[prefix + len] == '.';
+}
+
+/*
+ * Applies (@apply) or clears the livepatch relocations of patch module @pmod
+ * for module @objname: resolved by name and position in @objname as it is
+ * loaded now. Call with @objname loaded (coming or live), and clear before
+ * it is freed. A failed apply clears the sections it applied. -ENOEXEC if
+ * @pmod is not a livepatch module or kmend.ko was not linked by xtask.
+ */
+int kmend_helper_module_relocs(struct module *pmod, const char *objname, bool apply)
+{
+	struct klp_modinfo *info = pmod->klp_info;
+	const char *strtab = pmod->core_kallsyms.strtab;
+	unsigned int i, j;
+	int ret = 0;
+
+	if (!info || !kmend_klp_apply_section_relocs || !kmend_clear_relocate_add)
+		return -ENOEXEC;
+	for (i = 1; i < info->hdr.e_shnum; i++) {
+		if (!kmend_relocs_for(info, i, objname))
+			continue;
+		if (!apply) {
+			kmend_clear_relocate_add(info->sechdrs, strtab, info->symndx, i, pmod);
+			continue;
+		}
+		ret = kmend_klp_apply_section_relocs(pmod, info->sechdrs, info->secstrings,
+						     strtab, info->symndx, i, objname);
+		if (ret)
+			break;
+	}
+	if (ret) {
+		for (j = 1; j < i; j++)
+			if (kmend_relocs_for(info, j, objname))
+				kmend_clear_relocate_add(info->sechdrs, strtab, info->symndx, j, pmod);
+	}
+	return ret;
 }

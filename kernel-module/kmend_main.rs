@@ -29,6 +29,7 @@ mod kapi;
 mod ksym;
 mod module_notifier;
 mod module_pins;
+mod module_relocs;
 mod module_targets;
 mod modref;
 mod park;

@@ -68,7 +68,15 @@ impl Registry {
                 plan.push((pi, fi, target, new_end), GFP_KERNEL)?;
             }
         }
-        // 2. Redirect. Each new site's trampoline points at the newest
+        // 2. Resolve the fixes' references into the module, before any of
+        // their code for it can run (`module_relocs.rs`).
+        for &(pi, _, _, _) in plan.iter() {
+            if let Err(e) = self.patches[pi].relocate(name) {
+                self.forget_module(name);
+                return Err(e);
+            }
+        }
+        // 3. Redirect. Each new site's trampoline points at the newest
         // replacement before the site is registered (which synchronizes
         // every CPU), so no trampoline is rewritten after its site is live.
         let mut newest = KVec::with_capacity(plan.len(), GFP_KERNEL)?;
@@ -99,9 +107,11 @@ impl Registry {
     }
 
     /// Drops every redirection into module `name`; its functions of enabled
-    /// patches go back to pending, for when it loads again.
+    /// patches go back to pending, for when it loads again, and the
+    /// patches' references into it are cleared.
     fn forget_module(&mut self, name: &CStr) {
         for p in self.patches.iter_mut() {
+            p.unrelocate(name);
             for f in p.funcs.iter_mut().filter(|f| f.object.to_bytes() == name.to_bytes()) {
                 f.target = 0;
             }

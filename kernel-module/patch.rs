@@ -71,6 +71,11 @@ pub(crate) struct Patch {
     /// A module it is linked against has unloaded since (its code for
     /// that module refers to memory that is gone).
     pub(crate) stale: bool,
+    /// Its references into modules are relocated by kmend.ko as each
+    /// module loads ([`abi::KMEND_PATCH_MODULE_RELOCS`]).
+    pub(crate) relocs: bool,
+    /// The modules its references are resolved in now (`module_relocs.rs`).
+    pub(crate) relocated: KVec<CString>,
     pub(crate) cves: CString,
     pub(crate) owner: Owner,
     pub(crate) funcs: KVec<PatchFunc>,
@@ -140,9 +145,13 @@ pub(crate) unsafe fn patch_from_abi(desc: *const abi::KmendPatch) -> Result<Patc
             desc.abi_version, abi::KMEND_ABI_VERSION);
         return Err(EINVAL);
     }
-    let known_flags = abi::KMEND_PATCH_REPLACE | abi::KMEND_PATCH_LINKED;
+    let known_flags = abi::KMEND_PATCH_REPLACE | abi::KMEND_PATCH_LINKED | abi::KMEND_PATCH_MODULE_RELOCS;
     if desc.flags & !known_flags != 0 {
         pr_err!("patch descriptor has unknown flags {:#x} for abi version {} (-22)\n", desc.flags & !known_flags, desc.abi_version);
+        return Err(EINVAL);
+    }
+    if desc.flags & abi::KMEND_PATCH_LINKED != 0 && desc.flags & abi::KMEND_PATCH_MODULE_RELOCS != 0 {
+        pr_err!("patch descriptor is both linked to its modules' loads and relocated at each (-22)\n");
         return Err(EINVAL);
     }
     if desc.nfuncs == 0 || desc.nfuncs > KMEND_FUNCS_MAX || desc.funcs.is_null() || desc.id.is_null() || desc.owner.is_null() {
@@ -221,6 +230,8 @@ pub(crate) unsafe fn patch_from_abi(desc: *const abi::KmendPatch) -> Result<Patc
         replace: desc.flags & abi::KMEND_PATCH_REPLACE != 0,
         linked: desc.flags & abi::KMEND_PATCH_LINKED != 0,
         stale: false,
+        relocs: desc.flags & abi::KMEND_PATCH_MODULE_RELOCS != 0,
+        relocated: KVec::new(),
         cves,
         owner: Owner(desc.owner.cast()),
         funcs,

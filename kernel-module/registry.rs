@@ -354,6 +354,17 @@ impl Registry {
             verified.push(self.verify(f, req, sid)?, GFP_KERNEL)?;
             which.push(k, GFP_KERNEL)?;
         }
+        // A fix's references into the modules it fixes are resolved before
+        // its code for them can run (`module_relocs.rs`); they stay so
+        // until the module goes.
+        for &k in which.iter() {
+            let object = self.patches[pos].funcs[k].object.to_cstring()?;
+            if object.to_bytes() != b"vmlinux" {
+                self.patches[pos].relocate(&object).map_err(|e| {
+                    refuse(e, format_args!("patch '{sid}': its references into module '{}' cannot be resolved", text(&object)))
+                })?;
+            }
+        }
         let mut fps = KVec::with_capacity(reqs.len(), GFP_KERNEL)?;
         for req in reqs {
             let mut fp = KVec::new();

@@ -52,7 +52,7 @@ pub fn build(kernel: &Kernel) -> anyhow::Result<Modules> {
     // idle tasks, kernel-module/kmend_export.c): the module loader places
     // it by name, as for patch modules.
     let stripped = kernel.strip_debug(&dir.join("kmend.ko"))?;
-    let (linked, moved) = crate::diff_patch::post_link(kernel, &fs::read(&stripped)?, &[]).context("kmend.ko")?;
+    let (linked, moved) = crate::diff_patch::post_link(kernel, &fs::read(&stripped)?, &[], &[]).context("kmend.ko")?;
     if moved == 0 {
         bail!("kmend.ko: no reference for the module loader to place (kmend_export.c's idle_threads)");
     }

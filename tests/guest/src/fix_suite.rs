@@ -76,8 +76,8 @@ pub fn tests() -> Vec<Test> {
         tests.push(Test { name: "static_twin_is_probed_where_it_is", run: static_twin_is_probed_where_it_is });
         tests.push(Test { name: "twin_at_the_wrong_position_is_refused_by_the_kernel", run: twin_at_the_wrong_position_is_refused_by_the_kernel });
         tests.push(Test { name: "shadow_variable_lives_until_the_revert_callback", run: shadow_variable_lives_until_the_revert_callback });
-        tests.push(Test { name: "fix_in_a_module_is_bound_to_the_load_it_was_linked_against", run: fix_in_a_module_is_bound_to_the_load_it_was_linked_against });
-        tests.push(Test { name: "linked_patch_whose_module_went_is_refused_as_stale", run: linked_patch_whose_module_went_is_refused_as_stale });
+        tests.push(Test { name: "fix_in_a_module_follows_the_module_across_reloads", run: fix_in_a_module_follows_the_module_across_reloads });
+        tests.push(Test { name: "fix_enabled_while_its_module_is_out_applies_as_the_module_loads", run: fix_enabled_while_its_module_is_out_applies_as_the_module_loads });
         tests.push(Test { name: "module_static_key_in_the_copy_works_and_pins_the_module", run: module_static_key_in_the_copy_works_and_pins_the_module });
         tests.push(Test { name: "daemon_applies_a_module_fix_as_the_module_loads", run: daemon_applies_a_module_fix_as_the_module_loads });
     } else {
@@ -177,10 +177,13 @@ fn twin_at_the_wrong_position_is_refused_by_the_kernel() -> TestResult {
 }
 
 /// A fix in a module, loaded (registered) while the module was loaded,
-/// then the module unloads before the patch is enabled: kmend.ko refuses
-/// to enable it (ESTALE): its code refers to the gone load's memory. The
-/// patch module then unloads cleanly.
-fn linked_patch_whose_module_went_is_refused_as_stale() -> TestResult {
+/// then the module unloads before the patch is enabled: the enable leaves
+/// the module's function pending, and the module's next load is fixed as
+/// it comes, before its init runs: kmend.ko resolves the patch's
+/// references in that load and redirects the function (the copy then
+/// runs: eBPF). Before, the enable was refused (ESTALE): the module
+/// loader had resolved the references in the load that was gone.
+fn fix_enabled_while_its_module_is_out_applies_as_the_module_loads() -> TestResult {
     let module = "tcp_dctcp";
     check(!module_loaded(module), || format!("{module} loaded before the test"))?;
     let artifact = Artifact::read(Path::new(&format!("{MODULE_DIR}/{DCTCP}.kmpatch"))).map_err(|e| format!("{e}"))?;
@@ -191,20 +194,32 @@ fn linked_patch_whose_module_went_is_refused_as_stale() -> TestResult {
     let gone = rmmod(module);
     let enabled = match (&loaded, &gone) {
         (Ok(()), Ok(())) => transition::enable(Path::new("/dev/kmend"), DCTCP, &artifact.manifest.functions).map_err(|e| e.to_string()),
-        _ => Err(String::new()),
+        _ => Err("not tried".to_owned()),
     };
-    if enabled.is_ok() {
+    let undo = || {
         let _ = transition::revert(Path::new("/dev/kmend"), DCTCP);
+        let _ = rmmod(module);
+        if module_loaded(DCTCP) {
+            let _ = rmmod(DCTCP);
+        }
+    };
+    if let Err(e) = loaded.and(gone).and(enabled.map(|_| ())) {
+        undo();
+        return Err(format!("load the patch, unload tcp_dctcp, enable: {e}"));
     }
-    let unloaded = if module_loaded(DCTCP) { rmmod(DCTCP) } else { Ok(()) };
-    loaded?;
-    gone?;
-    unloaded?;
-    let err = enabled.err().unwrap_or_default();
-    println!("kmend-guest: stale: {err}");
-    check(err.contains("module 'tcp_dctcp' has unloaded since the patch loaded"), || {
-        format!("enable of a patch linked to a gone load of its module: {err:?}")
-    })
+    let reload = insmod("tcp_dctcp.ko");
+    let dmesg = String::from_utf8_lossy(&Command::new("/bin/dmesg").output().map(|o| o.stdout).unwrap_or_default()).into_owned();
+    let as_it_loads = dmesg.contains("patch 'kp_stable_tcp_dctcp': 'tcp_dctcp:dctcp_init' applied as the module loads");
+    let verified = match (&reload, as_it_loads) {
+        (Ok(()), true) => verify_while(DCTCP, "2s", dctcp_connection),
+        _ => Err(format!("insmod under the enabled patch: {reload:?}; applied as it loads: {as_it_loads}")),
+    };
+    undo();
+    let (_, v) = verified?;
+    let f = v["functions"].as_array().into_iter().flatten().find(|f| f["function"] == "dctcp_init").cloned().unwrap_or_default();
+    println!("kmend-guest: {DCTCP}: enabled with tcp_dctcp out, then loaded: dctcp_init: copy hit {}, old body hit {}", f["replacement_hits"], f["old_body_hits"]);
+    check(f["replacement_hits"].as_u64().unwrap_or(0) > 0 && f["old_body_hits"].as_u64() == Some(0), || format!("verify: {v}"))?;
+    check(!module_loaded(DCTCP) && !module_loaded(module), || "the patch module or tcp_dctcp left loaded".to_owned())
 }
 
 /// The suite's C-diff patch with a shadow variable and callbacks
@@ -613,16 +628,16 @@ fn dctcp_connection() -> TestResult {
 }
 
 /// A real fix to code built into a module (tcp_dctcp), whose copy refers
-/// to the module's own symbols: the kernel resolves those in the module as
-/// loaded when the patch loads, so the patch is bound to that load.
-/// Without the module, kmend says to load it first and loads nothing;
-/// with it, the copy runs and the old body does not (eBPF); while the
-/// patch is applied the module may unload (its function goes back to
-/// pending) but not load again (the copy would run against memory that is
-/// gone): kmend.ko refuses that load. Reverted, the module loads, and the
-/// patch applies again against the new load. Before, the builder refused
-/// every fix in a module ("fixes to modules are not supported").
-fn fix_in_a_module_is_bound_to_the_load_it_was_linked_against() -> TestResult {
+/// to the module's own symbols: kmend.ko resolves those in the module each
+/// time it loads (kernel-module/module_relocs.rs). Without the module,
+/// kmend says to load it first and loads nothing; with it, the copy runs
+/// and the old body does not (eBPF); while the patch is applied the module
+/// may unload (its function goes back to pending, the references are
+/// cleared) and load again: fixed as it comes, the copy runs in the new
+/// load. Before, that load was refused while the patch was applied (the
+/// module loader had resolved the copy's references once, in the load that
+/// was gone), and before that the builder refused every fix in a module.
+fn fix_in_a_module_follows_the_module_across_reloads() -> TestResult {
     let module = "tcp_dctcp";
     check(!module_loaded(module), || format!("{module} loaded before the test"))?;
     let (code, out, err) = kmend(&["apply", &format!("{MODULE_DIR}/{DCTCP}.kmpatch")]);
@@ -659,26 +674,36 @@ fn fix_in_a_module_is_bound_to_the_load_it_was_linked_against() -> TestResult {
         println!("kmend-guest: {DCTCP}: dctcp_init: copy hit {}, old body hit {}", f["replacement_hits"], f["old_body_hits"]);
     }
 
-    // The module goes: allowed (its functions go back to pending); its
-    // next load is refused while the patch, linked to the gone load, is
-    // applied.
+    // The module goes: allowed (its function goes back to pending, the
+    // patch's references into it are cleared); its next load is fixed as
+    // it comes, before its init runs: kmend.ko resolves the patch's
+    // references in the new load and redirects `dctcp_init` there.
+    let log = || String::from_utf8_lossy(&Command::new("/bin/dmesg").output().map(|o| o.stdout).unwrap_or_default()).into_owned();
+    let resolution = "patch 'kp_stable_tcp_dctcp': references into module 'tcp_dctcp' resolved";
+    let as_it_loads = "patch 'kp_stable_tcp_dctcp': 'tcp_dctcp:dctcp_init' applied as the module loads";
+    let before = log();
     rmmod(module)?;
     let reload = insmod("tcp_dctcp.ko");
-    let dmesg = String::from_utf8_lossy(&Command::new("/bin/dmesg").output().map(|o| o.stdout).unwrap_or_default()).into_owned();
-    if reload.is_ok() {
+    let dmesg = log();
+    if let Err(e) = reload {
         undo();
-        return Err("tcp_dctcp loaded again while the patch linked to its previous load was applied".to_owned());
+        return Err(format!("tcp_dctcp did not load again under the applied patch: {e}: {}", dmesg.lines().rev().take(5).collect::<Vec<_>>().join(" | ")));
     }
-    check(dmesg.contains("module 'tcp_dctcp' cannot load while patch 'kp_stable_tcp_dctcp' is applied"), || {
-        format!("no refusal in the kernel log: {}", dmesg.lines().rev().take(5).collect::<Vec<_>>().join(" | "))
-    })?;
-
-    // Reverted: the module loads; the patch, loaded again, links to it.
+    let (resolved, applied) = (dmesg.matches(resolution).count(), dmesg.matches(as_it_loads).count());
+    if resolved != before.matches(resolution).count() + 1 || applied != before.matches(as_it_loads).count() + 1 {
+        undo();
+        return Err(format!("kernel log after the reload: '{resolution}' {resolved} time(s), '{as_it_loads}' {applied} time(s), one more of each expected"));
+    }
+    let again = verify_while(DCTCP, "2s", dctcp_connection);
+    let f = again.as_ref().ok().and_then(|(_, v)| v["functions"].as_array()?.iter().find(|f| f["function"] == "dctcp_init").cloned());
+    let proven = f.as_ref().is_some_and(|f| f["replacement_hits"].as_u64().unwrap_or(0) > 0 && f["old_body_hits"].as_u64() == Some(0));
+    if !proven {
+        undo();
+        return Err(format!("after the reload: verify {again:?}"));
+    }
+    if let Some(f) = &f {
+        println!("kmend-guest: {DCTCP}: after rmmod and insmod: dctcp_init: copy hit {}, old body hit {}", f["replacement_hits"], f["old_body_hits"]);
+    }
     revert(DCTCP)?;
-    insmod("tcp_dctcp.ko")?;
-    apply(&format!("{DCTCP}.kmpatch"))?;
-    let driven = dctcp_connection();
-    revert(DCTCP)?;
-    driven?;
     rmmod(module)
 }

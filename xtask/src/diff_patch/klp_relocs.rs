@@ -77,9 +77,15 @@ fn check_placeable(klp: &str, kernel: &KernelSymbols) -> anyhow::Result<()> {
 /// name a kernel variable) are renamed to their livepatch names too; ones
 /// that are neither the kernel's nor exported by `module_exports` are an
 /// error here rather than a module the kernel refuses to load.
-pub fn post_link(ko: &[u8], kernel: &KernelSymbols, module_exports: &HashSet<String>) -> anyhow::Result<(Vec<u8>, usize)> {
+///
+/// References into the modules named in `late` go to `.klp.rela.<module>.*`
+/// sections instead, kept in memory (`SHF_ALLOC`): kmend.ko applies them
+/// itself each time that module loads (kernel-module/module_relocs.rs).
+pub fn post_link(ko: &[u8], kernel: &KernelSymbols, module_exports: &HashSet<String>, late: &[String]) -> anyhow::Result<(Vec<u8>, usize)> {
     let mut b = Builder::read(ko).context("patch module")?;
     let mut klp = Vec::new();
+    // The object each livepatch symbol is resolved in.
+    let mut object_of: HashMap<usize, String> = HashMap::new();
     for s in b.symbols.iter_mut() {
         let name = String::from_utf8_lossy(&s.name).into_owned();
         let undefined = s.section.is_none() && s.st_shndx == elf::SHN_UNDEF && !name.is_empty();
@@ -98,28 +104,37 @@ pub fn post_link(ko: &[u8], kernel: &KernelSymbols, module_exports: &HashSet<Str
             s.st_shndx = SHN_LIVEPATCH;
             s.set_st_info(elf::STB_GLOBAL, elf::STT_NOTYPE);
             klp.push(s.id());
+            let object = s.name[PREFIX.len()..].split(|&c| c == b'.').next().unwrap_or_default();
+            object_of.insert(s.id().index(), String::from_utf8_lossy(object).into_owned());
         }
     }
     let symtab = b.sections.iter().find(|s| matches!(s.data, SectionData::Symbol)).map(|s| s.id());
-    let mut moved: HashMap<usize, (SectionId, Vec<object::build::elf::Relocation>)> = HashMap::new();
+    // By target section and the object the section is applied for.
+    let mut moved: HashMap<(usize, String), (SectionId, Vec<object::build::elf::Relocation>)> = HashMap::new();
     for s in b.sections.iter_mut() {
         let Some(target) = s.sh_info_section else { continue };
         let SectionData::Relocation(rs) = &mut s.data else { continue };
-        let (to_kernel, rest): (Vec<_>, Vec<_>) = rs.iter().partition(|r| r.symbol.is_some_and(|x| klp.contains(&x)));
+        let (to_kernel, rest): (Vec<object::build::elf::Relocation>, Vec<_>) = rs.iter().cloned().partition(|r| r.symbol.is_some_and(|x| klp.contains(&x)));
+        for r in &to_kernel {
+            let object = r.symbol.and_then(|x| object_of.get(&x.index())).cloned().unwrap_or_default();
+            let applied_for = if late.contains(&object) { object } else { "vmlinux".to_owned() };
+            moved.entry((target.index(), applied_for)).or_insert_with(|| (target, Vec::new())).1.push(r.clone());
+        }
         if !to_kernel.is_empty() {
             *rs = rest;
-            moved.entry(target.index()).or_insert_with(|| (target, Vec::new())).1.extend(to_kernel);
         }
     }
     let count = moved.values().map(|(_, r)| r.len()).sum();
     let mut targets: Vec<_> = moved.into_iter().collect();
-    targets.sort_by_key(|(ix, _)| *ix);
-    for (_, (target, relocations)) in targets {
-        let name = [b".klp.rela.vmlinux.".as_slice(), &b.sections.get(target).name].concat();
+    targets.sort_by(|a, b| a.0.cmp(&b.0));
+    for ((_, object), (target, relocations)) in targets {
+        let name = [format!(".klp.rela.{object}.").as_bytes(), &b.sections.get(target).name].concat();
+        // Applied later by kmend.ko: kept in memory with the module.
+        let keep = if object == "vmlinux" { 0 } else { u64::from(elf::SHF_ALLOC) };
         let s = b.sections.add();
         s.name = name.into();
         s.sh_type = elf::SHT_RELA;
-        s.sh_flags = SHF_RELA_LIVEPATCH | u64::from(elf::SHF_INFO_LINK);
+        s.sh_flags = SHF_RELA_LIVEPATCH | u64::from(elf::SHF_INFO_LINK) | keep;
         s.sh_addralign = 8;
         s.sh_entsize = 24;
         s.sh_link_section = symtab;

@@ -162,13 +162,13 @@ fn kernel_symbols(kernel: &Kernel) -> anyhow::Result<symbols::KernelSymbols> {
 /// kernel symbols as livepatch relocations (see [`klp_relocs`]); returns
 /// the module and how many relocations the kernel will resolve. `modules`
 /// are the `Module.symvers` of the modules it may link against (kmend.ko).
-pub fn post_link(kernel: &Kernel, ko: &[u8], modules: &[&Path]) -> anyhow::Result<(Vec<u8>, usize)> {
+pub fn post_link(kernel: &Kernel, ko: &[u8], modules: &[&Path], late: &[String]) -> anyhow::Result<(Vec<u8>, usize)> {
     let mut module_exports = std::collections::HashSet::new();
     for symvers in modules {
         let text = fs::read_to_string(symvers).with_context(|| format!("read {}", symvers.display()))?;
         module_exports.extend(text.lines().filter_map(|l| l.split('\t').nth(1).map(str::to_owned)));
     }
-    klp_relocs::post_link(ko, &kernel_symbols(kernel)?, &module_exports)
+    klp_relocs::post_link(ko, &kernel_symbols(kernel)?, &module_exports, late)
 }
 
 /// The functions an object defines: its global ones, or its static ones.

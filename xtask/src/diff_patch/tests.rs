@@ -206,7 +206,7 @@ ffffffff81a00000 T not_exported
     assert!(!symbols.contains(&"not_exported".to_owned()), "an unused declaration would make the module loader fail: {symbols:?}");
 
     // After linking: the kernel-resolved reference in a livepatch section.
-    let (ko, moved) = post_link(&out.object, &kernel, &Default::default()).unwrap();
+    let (ko, moved) = post_link(&out.object, &kernel, &Default::default(), &[]).unwrap();
     assert_eq!(moved, 1);
     let file = object::File::parse(&*ko).unwrap();
     let klp = file.section_by_name(".klp.rela.vmlinux..text.fixed").expect("livepatch relocation section");
@@ -221,7 +221,7 @@ ffffffff81a00000 T not_exported
     // Against a kernel that does not have that symbol at that position,
     // the build fails, rather than the module loader at load.
     let other_kernel = KernelSymbols::parse("ffffffff81000200 T fixed\n", "");
-    let err = post_link(&out.object, &other_kernel, &Default::default()).unwrap_err();
+    let err = post_link(&out.object, &other_kernel, &Default::default(), &[]).unwrap_err();
     assert!(format!("{err:#}").contains("'helper' at position 1, which the kernel does not place: it has 0 symbols"), "{err:#}");
 }
 
@@ -329,11 +329,44 @@ fn code_of_a_module_refers_to_that_module() {
     assert!(symbols.contains(&".klp.sym.mymod.helper,0".to_owned()), "{symbols:?}");
     assert!(symbols.contains(&"other_mod_export".to_owned()), "another module's export is linked as usual: {symbols:?}");
 
-    // Linked: both references in the section the module loader applies.
-    let (ko, moved) = post_link(&out.object, &kernel, &Default::default()).unwrap();
+    // Linked at load: both references in the section the module loader
+    // applies when the patch loads.
+    let (ko, moved) = post_link(&out.object, &kernel, &Default::default(), &[]).unwrap();
     assert_eq!(moved, 2);
     let file = object::File::parse(&*ko).unwrap();
     assert!(file.section_by_name(".klp.rela.vmlinux..text.fixed").is_some());
+    assert!(file.section_by_name(".klp.rela.mymod..text.fixed").is_none());
+
+    // Relocated at each load of the module: the module's reference in its
+    // own section, kept in memory for kmend.ko to apply when the module
+    // comes (the loader applies only the kernel's, which it must).
+    let (ko, moved) = post_link(&out.object, &kernel, &Default::default(), &["mymod".to_owned()]).unwrap();
+    assert_eq!(moved, 2);
+    let file = object::File::parse(&*ko).unwrap();
+    let relocs_of = |name: &str| -> Vec<String> {
+        let section = file.section_by_name(name).unwrap_or_else(|| panic!("no {name}"));
+        let data = section.data().unwrap();
+        let symtab = file.section_by_name(".symtab").unwrap();
+        let strtab = file.section_by_name(".strtab").unwrap().data().unwrap();
+        let syms = symtab.data().unwrap();
+        data.chunks(24)
+            .map(|r| {
+                let sym = u64::from_le_bytes(r[8..16].try_into().unwrap()) >> 32;
+                let name_off = u32::from_le_bytes(syms[sym as usize * 24..][..4].try_into().unwrap()) as usize;
+                let end = strtab[name_off..].iter().position(|&c| c == 0).unwrap();
+                String::from_utf8_lossy(&strtab[name_off..name_off + end]).into_owned()
+            })
+            .collect()
+    };
+    assert_eq!(relocs_of(".klp.rela.mymod..text.fixed"), [".klp.sym.mymod.helper,0"]);
+    assert_eq!(relocs_of(".klp.rela.vmlinux..text.fixed"), [".klp.sym.vmlinux.not_exported,0"]);
+    let flags = |name: &str| match file.section_by_name(name).unwrap().flags() {
+        object::SectionFlags::Elf { sh_flags } => sh_flags,
+        _ => 0,
+    };
+    assert_ne!(flags(".klp.rela.mymod..text.fixed") & u64::from(elf::SHF_ALLOC), 0, "kept in memory for kmend.ko");
+    assert_eq!(flags(".klp.rela.vmlinux..text.fixed") & u64::from(elf::SHF_ALLOC), 0, "the loader's, read from the file");
+    assert_ne!(flags(".klp.rela.mymod..text.fixed") & 0x0010_0000, 0, "SHF_RELA_LIVEPATCH");
 }
 
 /// An object whose function `fixed` loads the address of `__func__.2`, a
