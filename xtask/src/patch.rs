@@ -699,7 +699,8 @@ pub fn build(kernel: &Kernel, dir: &Path, extra_symbols: &Path, targets: &[PathB
         "kernel": { "release": kernel.release, "build_id": build_id },
         "cves": spec.cves,
         "replace": spec.replace,
-        "links": links,
+        // Modules the patch module needs loaded to load at all.
+        "links": if linkage == ModuleLinkage::AtLoad { links.clone() } else { Vec::new() },
         "functions": functions,
         "module_sha256": hex::encode(Sha256::digest(&ko)),
     });

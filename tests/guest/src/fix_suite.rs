@@ -527,12 +527,16 @@ fn module_static_key_in_the_copy_works_and_pins_the_module() -> TestResult {
     rmmod(module)
 }
 
-/// A fix to module code, from a signed feed, on a machine where the module
-/// is not loaded: the daemon's update holds it back (the module's code does
-/// not run here) without failing, and status lists nothing pending; when the
+/// A fix to module code that must be linked when its patch module loads
+/// (its copy uses the module's `pr_debug`: `tests/patches/lp_debug`, module
+/// tcp_lp), from a signed feed, on a machine where the module is not
+/// loaded: the daemon's update holds it back (the module's code does not
+/// run here) without failing, and status lists nothing pending; when the
 /// module loads, the daemon hears the kernel's uevent and applies the fix
 /// at once, though its interval is an hour. Before, such an update failed
-/// (exit 4, nothing applied) on every cycle.
+/// (exit 4, nothing applied) on every cycle. (A fix whose references kmend.ko
+/// resolves in each load of its module is applied at once and fixes the
+/// module as it loads: `fix_in_a_module_follows_the_module_across_reloads`.)
 fn daemon_applies_a_module_fix_as_the_module_loads() -> TestResult {
     use crate::agent_suite::{
         daemon_config,
@@ -541,9 +545,9 @@ fn daemon_applies_a_module_fix_as_the_module_loads() -> TestResult {
         stop,
         wait_for, //
     };
-    let module = "tcp_dctcp";
+    let module = "tcp_lp";
     check(!module_loaded(module), || format!("{module} loaded before the test"))?;
-    let (mut server, addr) = serve_feed("/tmp/modfeed", &[&format!("{MODULE_DIR}/{DCTCP}.kmpatch")])?;
+    let (mut server, addr) = serve_feed("/tmp/modfeed", &[&format!("{MODULE_DIR}/{LP_DEBUG}.kmpatch")])?;
     let mut daemon = None;
     let result = (|| {
         daemon_config("/tmp/modfeed", &addr, "1h")?;
@@ -555,7 +559,7 @@ fn daemon_applies_a_module_fix_as_the_module_loads() -> TestResult {
             serde_json::from_str::<serde_json::Value>(&last).is_ok_and(|v| v["last_update"]["time"].is_string())
         })?;
         let v: serde_json::Value = serde_json::from_str(&last).map_err(|e| format!("status: {e}"))?;
-        check(v["last_update"]["error"].is_null() && !module_loaded(DCTCP), || format!("first update with {module} not loaded: {last}"))?;
+        check(v["last_update"]["error"].is_null() && !module_loaded(LP_DEBUG), || format!("first update with {module} not loaded: {last}"))?;
         // Nothing pending: exit 1 ("no patch applied"), not 2 ("updates
         // available").
         let (code, out, _) = kmend(&["status", "--json"]);
@@ -563,22 +567,22 @@ fn daemon_applies_a_module_fix_as_the_module_loads() -> TestResult {
         check(code == 1 && pending_none, || format!("status with the fix waiting for its module: exit {code}: {out}"))?;
 
         let loaded_at = std::time::Instant::now();
-        insmod("tcp_dctcp.ko")?;
-        wait_for("the daemon applying the module's fix", Duration::from_secs(60), || module_loaded(DCTCP))?;
+        insmod("tcp_lp.ko")?;
+        wait_for("the daemon applying the module's fix", Duration::from_secs(60), || module_loaded(LP_DEBUG))?;
         println!(
-            "kmend-guest: {DCTCP}: held back while {module} was not loaded; applied by the daemon {:.1} s after it loaded (interval 1 h)",
+            "kmend-guest: {LP_DEBUG}: held back while {module} was not loaded; applied by the daemon {:.1} s after it loaded (interval 1 h)",
             loaded_at.elapsed().as_secs_f64()
         );
         let (code, out, _) = kmend(&["status", "--json"]);
-        check(code == 0 && out.contains(DCTCP), || format!("status after the module loaded: exit {code}: {out}"))
+        check(code == 0 && out.contains(LP_DEBUG), || format!("status after the module loaded: exit {code}: {out}"))
     })();
     if let Some(d) = daemon.as_mut() {
         stop(d, libc::SIGTERM);
     }
     stop(&mut server, libc::SIGTERM);
     let _ = std::fs::remove_file("/etc/kmend/kmend.toml");
-    if module_loaded(DCTCP) {
-        revert(DCTCP)?;
+    if module_loaded(LP_DEBUG) {
+        revert(LP_DEBUG)?;
     }
     if module_loaded(module) {
         rmmod(module)?;
@@ -629,31 +633,41 @@ fn dctcp_connection() -> TestResult {
 
 /// A real fix to code built into a module (tcp_dctcp), whose copy refers
 /// to the module's own symbols: kmend.ko resolves those in the module each
-/// time it loads (kernel-module/module_relocs.rs). Without the module,
-/// kmend says to load it first and loads nothing; with it, the copy runs
-/// and the old body does not (eBPF); while the patch is applied the module
-/// may unload (its function goes back to pending, the references are
-/// cleared) and load again: fixed as it comes, the copy runs in the new
-/// load. Before, that load was refused while the patch was applied (the
-/// module loader had resolved the copy's references once, in the load that
-/// was gone), and before that the builder refused every fix in a module.
+/// time it loads (kernel-module/module_relocs.rs). `kmend apply` with the
+/// module out applies it (its function waits in kmend.ko); the module's
+/// load is fixed as it comes, before its init runs, and the copy runs, the
+/// old body not (eBPF); while the patch is applied the module may unload
+/// (its function goes back to pending, the references are cleared) and
+/// load again: fixed as it comes, the copy runs in the new load. Before,
+/// `kmend apply` refused without the module ("load it first"), the
+/// module's init ran unfixed, and its next load was refused while the
+/// patch was applied (the module loader had resolved the copy's
+/// references once, in the load that was gone).
 fn fix_in_a_module_follows_the_module_across_reloads() -> TestResult {
     let module = "tcp_dctcp";
     check(!module_loaded(module), || format!("{module} loaded before the test"))?;
-    let (code, out, err) = kmend(&["apply", &format!("{MODULE_DIR}/{DCTCP}.kmpatch")]);
-    check(code == 4 && err.contains("which is not loaded: load it first (modprobe tcp_dctcp)"), || {
-        format!("apply without the module: exit {code}: {out} {err}")
-    })?;
-    check(!module_loaded(DCTCP), || "the patch module loaded without its target".to_owned())?;
-
-    insmod("tcp_dctcp.ko")?;
-    apply(&format!("{DCTCP}.kmpatch"))?;
-    let (_, status, _) = kmend(&["status", "--json"]);
-    let verified = verify_while(DCTCP, "2s", dctcp_connection);
+    let log = || String::from_utf8_lossy(&Command::new("/bin/dmesg").output().map(|o| o.stdout).unwrap_or_default()).into_owned();
+    let resolution = "patch 'kp_stable_tcp_dctcp': references into module 'tcp_dctcp' resolved";
+    let as_it_loads = "patch 'kp_stable_tcp_dctcp': 'tcp_dctcp:dctcp_init' applied as the module loads";
     let undo = || {
         let _ = revert(DCTCP);
         let _ = rmmod(module);
     };
+    // Applied with the module out: its function waits in kmend.ko, and the
+    // module is fixed as it loads, before its init runs.
+    apply(&format!("{DCTCP}.kmpatch"))?;
+    let before = log();
+    if let Err(e) = insmod("tcp_dctcp.ko") {
+        undo();
+        return Err(format!("tcp_dctcp did not load under the applied patch: {e}"));
+    }
+    let first = log();
+    if first.matches(as_it_loads).count() != before.matches(as_it_loads).count() + 1 {
+        undo();
+        return Err(format!("no '{as_it_loads}' in the kernel log after the first load"));
+    }
+    let (_, status, _) = kmend(&["status", "--json"]);
+    let verified = verify_while(DCTCP, "2s", dctcp_connection);
     let (ok, v) = match verified {
         Ok(r) => r,
         Err(e) => {
@@ -671,16 +685,13 @@ fn fix_in_a_module_follows_the_module_across_reloads() -> TestResult {
         return Err(format!("verify (exit ok: {ok}): dctcp_init: {f:?}; status: {status}"));
     }
     if let Some(f) = &f {
-        println!("kmend-guest: {DCTCP}: dctcp_init: copy hit {}, old body hit {}", f["replacement_hits"], f["old_body_hits"]);
+        println!("kmend-guest: {DCTCP}: applied before tcp_dctcp loaded, fixed as it loaded: dctcp_init: copy hit {}, old body hit {}", f["replacement_hits"], f["old_body_hits"]);
     }
 
     // The module goes: allowed (its function goes back to pending, the
     // patch's references into it are cleared); its next load is fixed as
     // it comes, before its init runs: kmend.ko resolves the patch's
     // references in the new load and redirects `dctcp_init` there.
-    let log = || String::from_utf8_lossy(&Command::new("/bin/dmesg").output().map(|o| o.stdout).unwrap_or_default()).into_owned();
-    let resolution = "patch 'kp_stable_tcp_dctcp': references into module 'tcp_dctcp' resolved";
-    let as_it_loads = "patch 'kp_stable_tcp_dctcp': 'tcp_dctcp:dctcp_init' applied as the module loads";
     let before = log();
     rmmod(module)?;
     let reload = insmod("tcp_dctcp.ko");
