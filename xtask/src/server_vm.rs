@@ -4,22 +4,20 @@
 //! user network, and a signed feed served from the host's loopback.
 //!
 //! First boot (`kmend_e2e=install`): tests/server/kmend-e2e installs the
-//! package with dpkg, drops in the config and the feed's root, and from
-//! then on only watches: the daemon the package started must fetch and
-//! apply the feed's patch for this kernel (a real stable fix), `kmend
-//! verify` must prove it. Second boot (`kmend_e2e=reboot`), the feed server
-//! stopped: kmend-boot.service must have re-applied it from the cache
-//! before the network came up.
-//!
-//! Before its daemon is configured, the server registers (`kmend
-//! register`) with a kmend-fleet on the host's loopback, in a group whose
-//! rollout gate lets one host at a time apply: the daemon must ask the
-//! gate, apply, prove the patch itself, and the fleet must record the step
-//! done. Between the two boots, the host runs the repository's Ansible
-//! role (deploy/ansible/roles/kmend) against the server over ssh (a
-//! loopback port forward) twice: the second run must change nothing (its
-//! registration task finds the server registered). The fleet must list
-//! the server with the real kernel's build id and the applied patch.
+//! package with dpkg, and the host runs the repository's Ansible role
+//! (deploy/ansible/roles/kmend) against the server over ssh (a loopback
+//! port forward) twice: the first writes the config and the feed's root,
+//! registers the server (`kmend register`) with a kmend-fleet on the
+//! host's loopback, in a group whose rollout gate lets one host at a time
+//! apply, and restarts the daemon; the second must change nothing (its
+//! registration task finds the server registered). From then on the
+//! driver only watches: the daemon must fetch the feed's patch for this
+//! kernel (a real stable fix), ask the gate, apply it, and prove it itself
+//! with eBPF; `kmend verify` must prove it too. Then the host checks the
+//! fleet: it must list the server with the real kernel's build id and the
+//! applied patch, and record the rollout step done. Second boot
+//! (`kmend_e2e=reboot`), the feed server stopped: kmend-boot.service must
+//! have re-applied the patch from the cache before the network came up.
 //!
 //! kmend.ko is not in the image: the feed carries it as the core artifact
 //! for the stock kernel, and the daemon loads it before the patch (and
@@ -109,11 +107,7 @@ pub fn run(stock: &Artifacts, opts: &VmOptions) -> anyhow::Result<ServerRuns> {
     let fleet = Fleet::start(&dir.join("fleet"))?;
     let root = dir.join("root");
     let feed_root = dir.join("feed/metadata/1.root.json");
-    populate(stock, &lower, &root, &deb, &feed_root, &url)?;
-    // The guest registers before its daemon applies anything, in a group
-    // gated one host at a time: the daemon's own eBPF proof must move its
-    // rollout step on (Fleet::check_rollout).
-    write(&root, "root/e2e/fleet.env", &format!("KMEND_FLEET_URL={}\nKMEND_FLEET_KEY={}\n", fleet.url, fleet.key))?;
+    populate(stock, &lower, &root, &deb)?;
     let authorized = fs::read_to_string(ssh_key.with_extension("pub"))?;
     write(&root, "root/.ssh/authorized_keys", &authorized)?;
     let disk = dir.join("disk.img");
@@ -129,22 +123,33 @@ pub fn run(stock: &Artifacts, opts: &VmOptions) -> anyhow::Result<ServerRuns> {
         "kmend_package": deb,
         "kmend_jitter": "0",
         "kmend_interval": "10m",
+        // The role registers the server, in a group gated one host at a
+        // time: the daemon's own eBPF proof must move its rollout step on
+        // (Fleet::check_rollout).
         "kmend_fleet_server": fleet.url,
         "kmend_fleet_key": fleet.key,
         "kmend_fleet_hostname": "kmend-server",
+        "kmend_verify_after_apply": true,
+        "kmend_verify_window": "5s",
     });
     let build_id = crate::kernel::build_id(&stock.kernel.vmlinux)?;
     let mut host_checks = Vec::new();
     let mut ansible_turn = |line: &str| {
         if line.contains("kmend-guest: waiting for the host's Ansible runs") {
             host_checks = ansible_twice(&playbook, ssh_port, &ssh_key, &vars);
+            tell(ssh_port, &ssh_key, "/run/kmend-e2e-ansible-done");
+        }
+        if line.contains("kmend-guest: ready for the host's fleet checks") {
             host_checks.push(fleet.check_listed(&build_id));
             host_checks.push(fleet.check_rollout());
+            tell(ssh_port, &ssh_key, "/run/kmend-e2e-fleet-checked");
         }
     };
     let mut boots = vec![boot(stock, &initrd, &disk, "install", Some(ssh_port), opts, &mut ansible_turn)?];
-    if host_checks.is_empty() {
-        host_checks.push(("ansible: the guest never asked for the Ansible runs".to_owned(), false));
+    for (step, name) in [("ansible", "ansible: the guest never asked for the Ansible runs"), ("fleet", "fleet: the guest never asked for the fleet checks")] {
+        if !host_checks.iter().any(|(n, _)| n.starts_with(step)) {
+            host_checks.push((name.to_owned(), false));
+        }
     }
     // The second boot has no feed to reach.
     drop(server);
@@ -244,8 +249,19 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// Tells the guest to go on (it waits up to 5 min for `file`).
+fn tell(port: u16, key: &Path, file: &str) {
+    let told = Command::new("ssh")
+        .args(["-q", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=30", "-p", &port.to_string(), "-i"])
+        .arg(key)
+        .args(["root@127.0.0.1", &format!("touch {file}")])
+        .status();
+    if !told.is_ok_and(|s| s.success()) {
+        println!("xtask: could not tell the server to go on ({file}; it waits 5 min)");
+    }
+}
+
 /// The role, twice: the first run succeeds, the second changes nothing.
-/// Then the guest is told to go on.
 fn ansible_twice(playbook: &Path, port: u16, key: &Path, vars: &serde_json::Value) -> Vec<(String, bool)> {
     let mut checks = Vec::new();
     for (n, name) in [(1, "ansible: the role runs against the server"), (2, "ansible: a second run changes nothing")] {
@@ -266,14 +282,6 @@ fn ansible_twice(playbook: &Path, port: u16, key: &Path, vars: &serde_json::Valu
             }
         };
         checks.push((name.to_owned(), check));
-    }
-    let told = Command::new("ssh")
-        .args(["-q", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=30", "-p", &port.to_string(), "-i"])
-        .arg(key)
-        .args(["root@127.0.0.1", "touch /run/kmend-e2e-ansible-done"])
-        .status();
-    if !told.is_ok_and(|s| s.success()) {
-        println!("xtask: could not tell the server the Ansible runs are over (it waits 5 min)");
     }
     checks
 }
@@ -338,9 +346,8 @@ fn feed(kmend: &Path, artifacts: &[&Path], release: &str, dir: &Path) -> anyhow:
 }
 
 /// The server's root: the cached Debian root, the stock kernel's modules,
-/// networking, the test driver, and in /root/e2e/ what the driver
-/// installs (the package, the feed's root, the config lines).
-fn populate(stock: &Artifacts, lower: &Path, root: &Path, deb: &Path, feed_root: &Path, url: &str) -> anyhow::Result<()> {
+/// networking, the test driver, and in /root/e2e/ the package it installs.
+fn populate(stock: &Artifacts, lower: &Path, root: &Path, deb: &Path) -> anyhow::Result<()> {
     exec(Command::new("cp").arg("-a").arg(lower).arg(root)).context("copy the server root")?;
     let release = &stock.kernel.release;
     let modules = root.join(format!("usr/lib/modules/{release}"));
@@ -365,8 +372,6 @@ fn populate(stock: &Artifacts, lower: &Path, root: &Path, deb: &Path, feed_root:
     let e2e = root.join("root/e2e");
     fs::create_dir_all(&e2e)?;
     fs::copy(deb, e2e.join("kmend.deb"))?;
-    fs::copy(feed_root, e2e.join("root.json"))?;
-    write(root, "root/e2e/kmend.toml", &format!("feed_url = \"{url}\"\njitter = \"0\"\ninterval = \"10m\"\nverify_after_apply = true\nverify_window = \"5s\"\n"))?;
     Ok(())
 }
 
