@@ -91,15 +91,7 @@ pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, callbacks: &[String
             }
             None => None,
         };
-        // kbuild compiles any file it is asked for: one whose functions are
-        // not in the running kernel is not built into it.
-        // Judged by its global functions, or by its static ones if it has
-        // none (a driver whose every function is static).
-        let mut functions = functions_of(&orig, true)?;
-        if functions.is_empty() {
-            functions = functions_of(&orig, false)?;
-        }
-        if module.is_none() && !functions.is_empty() && functions.iter().all(|g| symbols.named(g).is_empty()) {
+        if module.is_none() && !in_kernel(&orig, &symbols)? {
             bail!("{} is not built into the stock kernel (none of its functions is in its symbol table)", pair.source);
         }
         let statics = static_locals::correlate(&orig, &patched).with_context(|| pair.source.clone())?;
@@ -169,6 +161,20 @@ pub fn post_link(kernel: &Kernel, ko: &[u8], modules: &[&Path], late: &[String])
         module_exports.extend(text.lines().filter_map(|l| l.split('\t').nth(1).map(str::to_owned)));
     }
     klp_relocs::post_link(ko, &kernel_symbols(kernel)?, &module_exports, late)
+}
+
+/// Whether the object `orig`, compiled for the kernel image, is built into
+/// the kernel whose symbols are `symbols`. kbuild compiles any file it is
+/// asked for: one none of whose functions is in the running kernel is not
+/// built into it. Judged by its global functions, or by its static ones if
+/// it has none (a driver whose every function is static); an object with
+/// no function at all counts as built in (nothing to tell by).
+pub(super) fn in_kernel(orig: &[u8], symbols: &symbols::KernelSymbols) -> anyhow::Result<bool> {
+    let mut functions = functions_of(orig, true)?;
+    if functions.is_empty() {
+        functions = functions_of(orig, false)?;
+    }
+    Ok(functions.is_empty() || functions.iter().any(|f| !symbols.named(f).is_empty()))
 }
 
 /// The functions an object defines: its global ones, or its static ones.

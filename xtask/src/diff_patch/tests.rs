@@ -538,3 +538,23 @@ fn static_variables_are_matched_by_their_function_not_their_number() {
     let err = extract(&patched, &names, &statics, &changes, &[], &kernel, None, "kp_x__").err().expect("must refuse");
     assert!(format!("{err:#}").contains("'last' has 1 static 'count' variables before the fix and 2 after"), "{err:#}");
 }
+
+/// kbuild compiles a file the config does not build when asked to: such a
+/// file is told by its functions missing from the kernel's symbols. A
+/// driver with only `static` functions (dm-ebs-target.c's `ebs_dtr`) was
+/// judged by its global ones, of which it has none, so it went on and was
+/// refused later for an "unplaceable" symbol (18 of the survey's files)
+/// or reported as "no code change" (11). Now its static ones decide.
+#[test]
+fn a_file_the_config_does_not_build_is_told_by_its_functions() {
+    let statics = object(&[Func { name: "ebs_dtr", global: false, code: &[0xc3], calls: &[], string: None }], "");
+    let globals = object(&[Func { name: "exported_one", global: true, code: &[0xc3], calls: &[], string: None }, Func { name: "ebs_dtr", global: false, code: &[0xc3], calls: &[], string: None }], "");
+    let without = KernelSymbols::parse("ffffffff81000000 T _text\n", "");
+    let with = KernelSymbols::parse("ffffffff81000000 T _text\nffffffff81000100 t ebs_dtr\nffffffff81000200 T exported_one\n", "");
+    assert!(!super::in_kernel(&statics, &without).unwrap(), "only static functions, none in the kernel: not built in");
+    assert!(super::in_kernel(&statics, &with).unwrap());
+    assert!(!super::in_kernel(&globals, &without).unwrap());
+    assert!(super::in_kernel(&globals, &with).unwrap());
+    let empty = object(&[], "");
+    assert!(super::in_kernel(&empty, &without).unwrap(), "no function to tell by");
+}
