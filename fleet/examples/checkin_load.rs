@@ -1,8 +1,10 @@
 //! The fleet server under load, SQLite and PostgreSQL side by side in one
 //! run (`cargo xtask bench-fleet`): hosts register, then check in from
 //! several client threads at once, bounded in count; then the hosts API
-//! and the dashboard are read with all of them listed. Loopback only. A
-//! table to read, not an assertion: the machines are shared and noisy.
+//! and the dashboard are read with all of them listed, and again once the
+//! fleet has grown to 10,000 hosts (each registered and checked in once).
+//! Loopback only. A table to read, not an assertion: the machines are
+//! shared and noisy.
 
 use std::{
     sync::Arc,
@@ -19,6 +21,8 @@ use kmend_fleet::{
 };
 
 const HOSTS: usize = 200;
+/// The fleet the dashboard is read with at the end.
+const LARGE_FLEET: usize = 10_000;
 const CHECKINS_PER_HOST: usize = 5;
 const CLIENTS: usize = 8;
 const ADMIN: &str = "bench-admin-token-0123456789abcdef0123";
@@ -49,25 +53,27 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// (check-ins per second, p50 ms, p99 ms, hosts API ms, dashboard ms)
-fn measure(db: Db) -> (f64, f64, f64, f64, f64) {
+/// Registers host `h` in the group with key `key`; returns its token.
+fn register(url: &str, key: &str, h: usize) -> String {
+    let mut r = agent()
+        .post(format!("{url}/api/v1/register"))
+        .header("content-type", "application/json")
+        .send(serde_json::json!({ "key": key, "hostname": format!("h{h:05}") }).to_string().as_bytes())
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    v["token"].as_str().unwrap().to_owned()
+}
+
+/// (check-ins per second, p50 ms, p99 ms, hosts API ms, dashboard ms,
+/// hosts API ms and dashboard ms with [`LARGE_FLEET`] hosts)
+fn measure(db: Db) -> (f64, f64, f64, f64, f64, f64, f64) {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let listener = runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let state = AppState::new(db.clone(), &kmend_fleet::secret::digest(ADMIN), jiff::SignedDuration::from_hours(12));
     runtime.spawn(kmend_fleet::api::serve(listener, state, std::future::pending()));
     let key = db.add_group("bench", "bench").unwrap();
-    let tokens: Vec<String> = (0..HOSTS)
-        .map(|h| {
-            let mut r = agent()
-                .post(format!("{url}/api/v1/register"))
-                .header("content-type", "application/json")
-                .send(serde_json::json!({ "key": key, "hostname": format!("h{h:04}") }).to_string().as_bytes())
-                .unwrap();
-            let v: serde_json::Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
-            v["token"].as_str().unwrap().to_owned()
-        })
-        .collect();
+    let tokens: Vec<String> = (0..HOSTS).map(|h| register(&url, &key, h)).collect();
     let tokens = Arc::new(tokens);
     let start = Instant::now();
     let workers: Vec<_> = (0..CLIENTS)
@@ -105,8 +111,28 @@ fn measure(db: Db) -> (f64, f64, f64, f64, f64) {
         ms(t.elapsed())
     };
     let (hosts_api, dashboard) = (timed("/api/v1/hosts"), timed("/"));
+    // The fleet grows to LARGE_FLEET hosts, each checked in once.
+    let growers: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (url, key) = (url.clone(), key.clone());
+            std::thread::spawn(move || {
+                for h in (HOSTS + c..LARGE_FLEET).step_by(CLIENTS) {
+                    let token = register(&url, &key, h);
+                    let r = agent()
+                        .post(format!("{url}/api/v1/checkin"))
+                        .header("content-type", "application/json")
+                        .header("authorization", format!("Bearer {token}"))
+                        .send(report(h, 0).to_string().as_bytes())
+                        .unwrap();
+                    assert_eq!(r.status().as_u16(), 200);
+                }
+            })
+        })
+        .collect();
+    growers.into_iter().for_each(|g| g.join().unwrap());
+    let (large_api, large_dashboard) = (timed("/api/v1/hosts"), timed("/"));
     runtime.shutdown_timeout(Duration::from_secs(2));
-    (latencies.len() as f64 / total.as_secs_f64(), pct(50), pct(99), hosts_api, dashboard)
+    (latencies.len() as f64 / total.as_secs_f64(), pct(50), pct(99), hosts_api, dashboard, large_api, large_dashboard)
 }
 
 fn main() {
@@ -115,9 +141,12 @@ fn main() {
     let pg = TestPostgres::start();
     let postgres = measure(Db::open_any(&pg.url).unwrap());
     println!("fleet server: {HOSTS} hosts x {CHECKINS_PER_HOST} check-ins (~4 KiB each) from {CLIENTS} clients, loopback");
-    println!("{:<11} {:>14} {:>12} {:>12} {:>18} {:>16}", "database", "check-ins/s", "p50 ms", "p99 ms", "hosts API ms", "dashboard ms");
-    for (name, (rate, p50, p99, api, page)) in [("SQLite", sqlite), ("PostgreSQL", postgres)] {
-        println!("{name:<11} {rate:>14.0} {p50:>12.2} {p99:>12.2} {api:>18.1} {page:>16.1}");
+    println!(
+        "{:<11} {:>14} {:>12} {:>12} {:>18} {:>16} {:>22} {:>20}",
+        "database", "check-ins/s", "p50 ms", "p99 ms", "hosts API ms", "dashboard ms", "10k hosts: API ms", "10k: dashboard ms"
+    );
+    for (name, (rate, p50, p99, api, page, large_api, large_page)) in [("SQLite", sqlite), ("PostgreSQL", postgres)] {
+        println!("{name:<11} {rate:>14.0} {p50:>12.2} {p99:>12.2} {api:>18.1} {page:>16.1} {large_api:>22.1} {large_page:>20.1}");
     }
     println!("ratio PostgreSQL / SQLite, check-ins/s: {:.2}", postgres.0 / sqlite.0);
 }
