@@ -16,6 +16,7 @@ mod compare;
 mod compile;
 mod extract;
 mod klp_relocs;
+mod layouts;
 mod static_locals;
 mod symbols;
 #[cfg(test)]
@@ -94,6 +95,7 @@ pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, callbacks: &[String
         if module.is_none() && !in_kernel(&orig, &symbols)? {
             bail!("{} is not built into the stock kernel (none of its functions is in its symbol table)", pair.source);
         }
+        refuse_layout_changes(&pair.source, &orig, &patched)?;
         let statics = static_locals::correlate(&orig, &patched).with_context(|| pair.source.clone())?;
         let changes = compare::compare(&orig, &patched, &statics).with_context(|| pair.source.clone())?;
         for s in &changes.skipped {
@@ -140,6 +142,22 @@ pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, callbacks: &[String
         );
     }
     Ok(FixObjects { objects, targets, modules, pinned })
+}
+
+/// Refuses a fix that changes the layout of a type the code of `source`
+/// uses (see [`layouts`]), naming the type and the member.
+fn refuse_layout_changes(source: &str, orig: &[u8], patched: &[u8]) -> anyhow::Result<()> {
+    let changed = layouts::changed(orig, patched).with_context(|| format!("{source}: reading the types of its objects"))?;
+    let Some(first) = changed.first() else { return Ok(()) };
+    let more = match changed.len() {
+        1 => String::new(),
+        n => format!(" and {} other type(s): {}", n - 1, changed[1..].iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ")),
+    };
+    bail!(
+        "{source}: the fix changes the data layout of {} ({}){more}: the running kernel's existing objects keep the old layout, so copied code cannot use them; rewrite the fix to keep the layout and hold new state in a shadow variable (docs/patch-format.md)",
+        first.name,
+        first.how
+    )
 }
 
 fn kernel_symbols(kernel: &Kernel) -> anyhow::Result<symbols::KernelSymbols> {

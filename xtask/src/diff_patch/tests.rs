@@ -443,12 +443,17 @@ fn a_modules_duplicate_is_placed_by_its_objects_neighbours() {
 /// Compiles C source `src` with the host's C compiler as the kernel's
 /// build does for a diff patch (one section per function and variable).
 fn compile_c(name: &str, src: &str) -> Vec<u8> {
+    compile_c_with(name, src, &[])
+}
+
+fn compile_c_with(name: &str, src: &str, flags: &[&str]) -> Vec<u8> {
     let dir = std::env::temp_dir().join(format!("kmend-static-locals-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (c, o) = (dir.join(format!("{name}.c")), dir.join(format!("{name}.o")));
     std::fs::write(&c, src).unwrap();
     let status = std::process::Command::new("cc")
         .args(["-O2", "-ffunction-sections", "-fdata-sections", "-fno-asynchronous-unwind-tables", "-fno-pic", "-c"])
+        .args(flags)
         .arg(&c)
         .arg("-o")
         .arg(&o)
@@ -557,4 +562,45 @@ fn a_file_the_config_does_not_build_is_told_by_its_functions() {
     assert!(super::in_kernel(&globals, &with).unwrap());
     let empty = object(&[], "");
     assert!(super::in_kernel(&empty, &without).unwrap(), "no function to tell by");
+}
+
+/// A fix that adds a member to a struct the running kernel already has
+/// objects of cannot be applied by copying functions: the copy would use
+/// the new offsets on objects of the old layout. The builder used to copy
+/// `get` and build the patch (the layout was never looked at); now it
+/// refuses with the type and the member. Nested anonymous structs, as the
+/// kernel's, count as their parent's members; a fix that keeps every
+/// layout passes.
+#[test]
+fn a_fix_that_changes_a_structs_layout_is_refused_with_the_member() {
+    let before = "struct conn { int id; struct { long seq; int flags; }; int refs; };\n\
+        union key { int a; long b; };\n\
+        int get(struct conn *c, union key *k) { return c->refs + c->flags + k->a; }\n";
+    let added = "struct conn { int id; struct { long seq; int flags; int gen; }; int refs; };\n\
+        union key { int a; long b; };\n\
+        int get(struct conn *c, union key *k) { return c->refs + c->flags + k->a + c->gen; }\n";
+    let same = "struct conn { int id; struct { long seq; int flags; }; int refs; };\n\
+        union key { int a; long b; };\n\
+        int get(struct conn *c, union key *k) { return c->refs - c->flags + k->a; }\n";
+    let g = ["-g"];
+    let orig = compile_c_with("layout_before", before, &g);
+    let (with_gen, kept) = (compile_c_with("layout_added", added, &g), compile_c_with("layout_same", same, &g));
+
+    let layouts = super::layouts::layouts(&orig).unwrap();
+    let conn = &layouts["struct conn"];
+    let names: Vec<&str> = conn.members.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["id", "<anonymous 16>", "seq", "flags", "refs"], "{conn:?}");
+    assert_eq!(conn.members[4].1, 24 * 8, "refs after the nested struct: {conn:?}");
+    assert!(layouts.contains_key("union key"), "{layouts:?}");
+
+    // Without the check the builder goes on: `get` changed, and is copied.
+    let statics = super::static_locals::correlate(&orig, &with_gen).unwrap();
+    assert!(compare(&orig, &with_gen, &statics).unwrap().changed.contains("get"));
+    let err = super::refuse_layout_changes("net/conn.c", &orig, &with_gen).err().expect("a changed layout must be refused");
+    let err = format!("{err:#}");
+    assert!(err.contains("changes the data layout of struct conn (member gen added at byte 20)"), "{err}");
+    assert!(err.contains("shadow variable"), "{err}");
+    super::refuse_layout_changes("net/conn.c", &orig, &kept).expect("the same layouts pass");
+    // Without DWARF there is nothing to compare, and nothing is refused.
+    super::refuse_layout_changes("net/conn.c", &compile_c("nodebug", before), &compile_c("nodebug2", same)).unwrap();
 }
