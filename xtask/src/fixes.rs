@@ -3,8 +3,10 @@
 //!
 //! Debian's archive has the Debian-patched kernel source at two stable
 //! versions (xtask/src/pins.rs: the stock kernel's 7.2.12 and 7.2.13); the
-//! difference between them is upstream stable fixes. Each changed file is
-//! one candidate (the source packages carry no per-commit history), built
+//! difference between them is upstream stable fixes. The source packages
+//! carry no per-commit history: each changed file is one candidate, except
+//! that a changed header and the changed files that include it are one (an
+//! upstream change to a header is used by its `.c` files). Each is built
 //! against the stock kernel exactly as `cargo xtask patch build` builds a
 //! diff patch. The table says, per candidate, what changed and whether a
 //! patch came out, or why not; docs/real-fixes.md keeps the latest run.
@@ -46,47 +48,56 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
     let work = paths::cache().join("fixes");
     fs::create_dir_all(&work)?;
 
-    // Candidates: every changed file, one diff each.
+    // The changed files.
     let listing = Command::new("diff").arg("-rq").arg(&old.dir).arg(&new.dir).output().context("diff -rq")?;
     let mut files: Vec<String> = String::from_utf8_lossy(&listing.stdout)
         .lines()
         .filter_map(|l| l.strip_prefix("Files ")?.split(" and ").next())
         .filter_map(|p| Path::new(p).strip_prefix(&old.dir).ok().map(|p| p.display().to_string()))
-        .filter(|f| only.is_none_or(|o| f.contains(o)))
         .collect();
     files.sort();
     let added = String::from_utf8_lossy(&listing.stdout).lines().filter(|l| l.starts_with("Only in")).count();
     println!("xtask: {} changed files between {} and {} ({added} files only in one)", files.len(), old.version, new.version);
-    let c_files: Vec<String> = files.iter().filter(|f| diff_patch::touched_files(&format!("+++ b/{f}\n")).is_ok()).cloned().collect();
+    // A header and the changed files that include it are one upstream
+    // change as far as can be told: one candidate.
+    let groups: Vec<Vec<String>> =
+        diff_patch::groups(&new.dir, &files)?.into_iter().filter(|g| only.is_none_or(|o| g.iter().any(|f| f.contains(o)))).collect();
+    let c_files: Vec<String> = groups.iter().flatten().filter(|f| f.ends_with(".c") && diff_patch::touched_files(&format!("+++ b/{f}\n")).is_ok()).cloned().collect();
     let unbuilt = diff_patch::precompile(&kernel, &c_files)?;
 
     let mut outcomes = Vec::new();
-    for file in &files {
+    for group in &groups {
         let start = Instant::now();
-        let id = survey_id(file);
+        let name = group.join(" + ");
+        let lead = group.iter().find(|f| f.ends_with(".c")).unwrap_or(&group[0]);
+        let id = survey_id(lead);
         let dir = work.join(&id);
         fs::create_dir_all(&dir)?;
-        let diff = Command::new("diff")
-            .args(["-u", "--label", &format!("a/{file}"), "--label", &format!("b/{file}")])
-            .arg(old.dir.join(file))
-            .arg(new.dir.join(file))
-            .output()?;
-        fs::write(dir.join("fix.patch"), &diff.stdout)?;
+        let mut diff = Vec::new();
+        for file in group {
+            let output = Command::new("diff")
+                .args(["-u", "--label", &format!("a/{file}"), "--label", &format!("b/{file}")])
+                .arg(old.dir.join(file))
+                .arg(new.dir.join(file))
+                .output()?;
+            diff.extend_from_slice(&output.stdout);
+        }
+        fs::write(dir.join("fix.patch"), &diff)?;
         fs::write(
             dir.join("patch.toml"),
-            format!("id = \"{id}\"\ndescription = \"{file}: {} to {}\"\ndiff = \"fix.patch\"\n", old.version, new.version),
+            format!("id = \"{id}\"\ndescription = \"{name}: {} to {}\"\ndiff = \"fix.patch\"\n", old.version, new.version),
         )?;
-        let result = diff_patch::touched_files(&String::from_utf8_lossy(&diff.stdout))
-            .and_then(|_| match unbuilt.contains(file) {
-                true => Err(anyhow::anyhow!("{file} is not built by the stock kernel's config")),
+        let result = diff_patch::touched_files(&String::from_utf8_lossy(&diff))
+            .and_then(|_| match group.iter().all(|f| unbuilt.contains(f)) {
+                true => Err(anyhow::anyhow!("{name} is not built by the stock kernel's config")),
                 false => patch::build(&kernel, &dir, &mods.kmend_symvers, &[]),
             })
             .map(|built| built.functions)
             .map_err(|e| short_reason(&e));
-        let o = Outcome { file: file.clone(), result, secs: start.elapsed().as_secs_f64() };
+        let o = Outcome { file: name.clone(), result, secs: start.elapsed().as_secs_f64() };
         match &o.result {
-            Ok(f) => println!("xtask: fixes: {file}: built ({}) in {:.0} s", f.join(", "), o.secs),
-            Err(e) => println!("xtask: fixes: {file}: refused: {e}"),
+            Ok(f) => println!("xtask: fixes: {name}: built ({}) in {:.0} s", f.join(", "), o.secs),
+            Err(e) => println!("xtask: fixes: {name}: refused: {e}"),
         }
         outcomes.push(o);
     }

@@ -26,6 +26,7 @@ use anyhow::{
     ensure, //
 };
 
+use super::includers;
 use crate::{
     kernel::{
         Flavor,
@@ -53,10 +54,15 @@ pub struct ObjectPair {
     /// The module the file is built into (kbuild's `KBUILD_MODNAME`);
     /// `None` for code built into the kernel image.
     pub module: Option<String>,
+    /// Compiled because it includes a header the fix changes, not because
+    /// the diff changes it: when its code is not in the running kernel
+    /// (another config's file), it is left out, not refused.
+    pub by_header: bool,
 }
 
-/// The files a unified diff changes (`+++ b/<path>` lines), refusing what
-/// the builder cannot turn into a live patch yet, with the reason.
+/// The files a unified diff changes (`+++ b/<path>` lines: C sources and
+/// headers), refusing what the builder cannot turn into a live patch yet,
+/// with the reason.
 pub fn touched_files(diff: &str) -> anyhow::Result<Vec<String>> {
     let mut files = Vec::new();
     for line in diff.lines() {
@@ -68,13 +74,13 @@ pub fn touched_files(diff: &str) -> anyhow::Result<Vec<String>> {
             !path.is_empty() && !path.starts_with('/') && !path.split('/').any(|c| c == ".."),
             "the diff names a file outside the kernel tree: '{path}'"
         );
-        if path.ends_with(".h") {
-            bail!("the diff changes the header {path}: fixes to headers are not supported yet (every object that includes it would have to be compared)");
+        if path.starts_with("tools/") || (path.starts_with("arch/") && !path.starts_with("arch/x86/")) {
+            bail!("the diff changes {path}, which is not built into an x86_64 kernel (user-space tools or another architecture)");
         }
         if path.ends_with(".S") || path.starts_with("lib/") || path.contains("/vdso/") {
             bail!("the diff changes {path}: assembly, lib/ and the vDSO cannot be live patched");
         }
-        ensure!(path.ends_with(".c"), "the diff changes {path}: only C sources (.c) are supported");
+        ensure!(path.ends_with(".c") || path.ends_with(".h"), "the diff changes {path}: only C sources and headers (.c, .h) are supported");
         if !files.contains(&path.to_owned()) {
             files.push(path.to_owned());
         }
@@ -129,16 +135,48 @@ fn object_tree(kernel: &Kernel) -> anyhow::Result<PathBuf> {
 
 /// Compiles each touched file of `diff` (at `diff_path`) before and after
 /// the fix, into `out/orig/` and `out/patched/`.
-pub fn compile(kernel: &Kernel, diff_path: &Path, files: &[String], out: &Path) -> anyhow::Result<Vec<ObjectPair>> {
+///
+/// A changed header adds the files that include it (see [`includers`]),
+/// those this config builds; each compiles against the patched headers
+/// (see [`patched_command`]).
+pub fn compile(kernel: &Kernel, diff_path: &Path, touched: &[String], out: &Path) -> anyhow::Result<Vec<ObjectPair>> {
     let tree = object_tree(kernel)?;
     let log = |what: &str| paths::cache().join(format!("logs/diff-{what}.log"));
+    let files: Vec<String> = touched.iter().filter(|f| f.ends_with(".c")).cloned().collect();
+    let headers: Vec<String> = touched.iter().filter(|f| f.ends_with(".h")).cloned().collect();
+    let mut by_header = Vec::new();
+    if !headers.is_empty() {
+        let reached: Vec<String> = includers::includers(&kernel.src, &headers)?.into_iter().filter(|f| !files.contains(f)).collect();
+        let unbuilt = precompile(kernel, &reached)?;
+        by_header = reached.into_iter().filter(|f| !unbuilt.contains(f)).collect();
+        println!("xtask: {} included by {} file(s) this config builds", headers.join(", "), by_header.len());
+        ensure!(
+            !files.is_empty() || !by_header.is_empty(),
+            "the diff changes the header {}, which no file the stock kernel's config builds includes",
+            headers.join(", ")
+        );
+    }
 
-    // The patched sources: the touched files, copied and patched.
+    // The patched sources: the touched files, copied and patched; the
+    // files compiled for a changed header, and the headers next to a
+    // changed one (a `"name.h"` include looks next to its includer first),
+    // copied as they are.
     let patched_src = out.join("patched-src");
     if patched_src.exists() {
         fs::remove_dir_all(&patched_src)?;
     }
-    for f in files {
+    let mut copies: Vec<String> = touched.iter().chain(&by_header).cloned().collect();
+    for h in headers.iter().filter(|h| !h.starts_with("include/") && !h.starts_with("arch/x86/include/")) {
+        let dir = Path::new(h).parent().unwrap_or(Path::new(""));
+        for entry in fs::read_dir(kernel.src.join(dir)).with_context(|| format!("list {}", dir.display()))? {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            let path = dir.join(&name).display().to_string();
+            if name.ends_with(".h") && !copies.contains(&path) {
+                copies.push(path);
+            }
+        }
+    }
+    for f in &copies {
         let to = patched_src.join(f);
         fs::create_dir_all(to.parent().unwrap_or(&patched_src))?;
         fs::copy(kernel.src.join(f), &to).with_context(|| format!("the kernel source has no {f} (is the diff for this kernel?)"))?;
@@ -179,7 +217,10 @@ pub fn compile(kernel: &Kernel, diff_path: &Path, files: &[String], out: &Path) 
     }
 
     let mut pairs = Vec::new();
-    for (file, target) in files.iter().zip(&targets) {
+    let all: Vec<(&String, String)> =
+        files.iter().zip(targets.iter().cloned()).chain(by_header.iter().map(|f| (f, format!("{}.o", f.trim_end_matches(".c"))))).collect();
+    for (file, target) in all {
+        let target = &target;
         let orig = out.join("orig").join(target);
         let patched = out.join("patched").join(target);
         for p in [&orig, &patched] {
@@ -198,7 +239,7 @@ pub fn compile(kernel: &Kernel, diff_path: &Path, files: &[String], out: &Path) 
                 log("patched").display()
             );
         }
-        pairs.push(ObjectPair { source: file.clone(), orig, patched, module });
+        pairs.push(ObjectPair { source: file.clone(), orig, patched, module, by_header: by_header.contains(file) });
     }
     Ok(pairs)
 }
@@ -242,6 +283,18 @@ fn patched_command(
     let (compiler, flags) = head.split_once(' ').ok_or_else(|| anyhow!("{}: malformed", cmd_file.display()))?;
     let depfile = format!("-Wp,-MMD,{dir}/.{name}.d");
     let flags = flags.replace(&depfile, &format!("-Wp,-MMD,{}.d", patched.display()));
+    // Each include directory of the tree is searched in the patched copy
+    // first, where the copy has it: the fix's headers come before the
+    // kernel's.
+    let root = format!("-I{}/", kernel.src.display());
+    let flags = flags
+        .split(' ')
+        .map(|flag| match flag.strip_prefix(&root) {
+            Some(dir) if patched_src.join(dir).is_dir() => format!("-I{} {flag}", patched_src.join(dir).display()),
+            _ => flag.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
     let src_dir = src.parent().unwrap_or(&kernel.src);
     let command = format!(
         "{compiler} -iquote {} -fmacro-prefix-map={}/= {flags} -c -o {} {}{post}",
@@ -280,7 +333,9 @@ mod tests {
         let diff = "--- a/kernel/exit.c\n+++ b/kernel/exit.c\n@@ -1 +1 @@\n-a\n+b\n--- a/ipc/namespace.c\t2026\n+++ b/ipc/namespace.c\t2026\n";
         assert_eq!(touched_files(diff).unwrap(), ["kernel/exit.c", "ipc/namespace.c"]);
         let header = "--- a/include/linux/x.h\n+++ b/include/linux/x.h\n";
-        assert!(touched_files(header).unwrap_err().to_string().contains("header"));
+        assert_eq!(touched_files(header).unwrap(), ["include/linux/x.h"]);
+        assert!(touched_files("+++ b/tools/arch/x86/include/asm/insn.h\n").unwrap_err().to_string().contains("not built into an x86_64 kernel"));
+        assert!(touched_files("+++ b/arch/nios2/include/asm/checksum.h\n").is_err());
         assert!(touched_files("+++ b/arch/x86/entry/entry_64.S\n").is_err());
         assert!(touched_files("+++ b/../../etc/passwd.c\n").is_err());
         assert!(touched_files("+++ /dev/null\n").is_err());

@@ -15,6 +15,7 @@
 mod compare;
 mod compile;
 mod extract;
+mod includers;
 mod klp_relocs;
 mod layouts;
 mod static_locals;
@@ -36,6 +37,7 @@ pub use compile::{
     precompile,
     touched_files,
 };
+pub use includers::groups;
 pub use extract::{
     Target,
     klp_name, //
@@ -82,7 +84,11 @@ pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, callbacks: &[String
         let module = match &pair.module {
             Some(name) => {
                 let tree = kernel.modules.as_deref().ok_or_else(|| anyhow::anyhow!("{}: this kernel has no modules package", pair.source))?;
-                let ko = crate::stock_kernel::module_with_dependencies(tree, name)
+                let found = crate::stock_kernel::module_with_dependencies(tree, name);
+                if pair.by_header && found.is_err() {
+                    continue; // A module of another config includes the header.
+                }
+                let ko = found
                     .with_context(|| format!("{} is built into module {name}", pair.source))?
                     .pop()
                     .ok_or_else(|| anyhow::anyhow!("module {name}: not found"))?;
@@ -92,6 +98,9 @@ pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, callbacks: &[String
             }
             None => None,
         };
+        if pair.by_header && module.is_none() && !in_kernel(&orig, &symbols)? {
+            continue;
+        }
         if module.is_none() && !in_kernel(&orig, &symbols)? {
             bail!("{} is not built into the stock kernel (none of its functions is in its symbol table)", pair.source);
         }
