@@ -151,8 +151,10 @@ struct Sym {
 /// `statics`: the patched object's numbered static variables matched to
 /// the original's;
 /// `prefix`: what replacements are named (`<prefix><function>`);
-/// `roots`: functions the diff adds that are kept though no changed code
-/// calls them (the patch's callbacks); `module`: the module the object is
+/// `roots`: functions the diff adds that the patch module keeps by their
+/// names though no changed code of this object calls them (the patch's
+/// callbacks, and new functions another object of the fix calls): a
+/// reference to one is linked inside the patch module; `module`: the module the object is
 /// built into (its symbols, which its copied code refers to), `None` for
 /// the kernel image.
 pub fn extract(
@@ -400,7 +402,7 @@ pub fn extract(
                     Some(m) if m.defines(&sym.name) => (m.klp_name(&sym.name)?, true, r.r_addend),
                     // Exported by a module the patched module depends on.
                     Some(_) if kernel.is_exported_by_module(&sym.name) => continue,
-                    _ if kernel.is_exported(&sym.name) || sym.name.starts_with("kmend_") => continue,
+                    _ if kernel.is_exported(&sym.name) || sym.name.starts_with("kmend_") || roots.contains(&sym.name) => continue,
                     _ => (klp_name(&sym.name, kernel.global_sympos(&sym.name)?), true, r.r_addend),
                 },
             };

@@ -77,7 +77,8 @@ pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, callbacks: &[String
     let mut found: Vec<String> = Vec::new();
     let mut modules = Vec::new();
     let mut pinned = BTreeSet::new();
-    for (n, pair) in pairs.iter().enumerate() {
+    let mut compared = Vec::new();
+    for pair in &pairs {
         let orig = fs::read(&pair.orig).with_context(|| format!("read {}", pair.orig.display()))?;
         let patched = fs::read(&pair.patched).with_context(|| format!("read {}", pair.patched.display()))?;
         // Code of a module: its references go to that module's symbols.
@@ -110,11 +111,28 @@ pub fn build_objects(kernel: &Kernel, diff: &Path, id: &str, callbacks: &[String
         for s in &changes.skipped {
             println!("xtask: {}: the fix changes {s} (init/exit code): not live patched", pair.source);
         }
-        if changes.changed.is_empty() {
+        if changes.changed.is_empty() && changes.added.is_empty() {
             println!("xtask: {}: no function's code changed", pair.source);
             continue;
         }
-        let extracted = extract::extract(&patched, &defined_names(&orig)?, &statics, &changes, callbacks, &symbols, module.as_ref(), &format!("{id}__"))
+        compared.push((pair, orig, patched, module, statics, changes));
+    }
+    // A function one object of the fix adds and another calls (a new
+    // helper declared in a changed header) is kept by its name and linked
+    // inside the patch module.
+    let mut roots: Vec<String> = callbacks.to_vec();
+    let pieces: Vec<(&[u8], &compare::Changes)> = compared.iter().map(|c| (c.2.as_slice(), &c.5)).collect();
+    for name in called_across(&pieces)? {
+        if !roots.contains(&name) {
+            roots.push(name);
+        }
+    }
+    for (n, (pair, orig, patched, module, statics, changes)) in compared.iter().enumerate() {
+        if changes.changed.is_empty() && !changes.added.iter().any(|a| roots.contains(a)) {
+            println!("xtask: {}: no function's code changed", pair.source);
+            continue;
+        }
+        let extracted = extract::extract(patched, &defined_names(orig)?, statics, changes, &roots, &symbols, module.as_ref(), &format!("{id}__"))
             .with_context(|| format!("{}: copying the changed functions", pair.source))?;
         let names = |t: &[Target]| t.iter().map(|t| t.name.clone()).collect::<Vec<_>>().join(", ");
         println!("xtask: {}: replaces {}", pair.source, names(&extracted.targets));
@@ -213,6 +231,32 @@ fn functions_of(data: &[u8], global: bool) -> anyhow::Result<Vec<String>> {
         .filter(|s| s.name().is_ok_and(|n| !extract::objtool_symbol(n) && !n.contains(".cold")))
         .filter_map(|s| s.name().ok().map(str::to_owned))
         .collect())
+}
+
+/// The global functions one patched object adds and another refers to
+/// (`objects`: each patched object with its changes).
+pub(super) fn called_across(objects: &[(&[u8], &compare::Changes)]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for (n, (patched, _)) in objects.iter().enumerate() {
+        for name in undefined_names(patched)? {
+            let elsewhere = objects.iter().enumerate().any(|(m, (data, changes))| m != n && changes.added.contains(&name) && global_in(data, &name));
+            if elsewhere && !out.contains(&name) {
+                out.push(name);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The symbols an object refers to without defining them.
+fn undefined_names(data: &[u8]) -> anyhow::Result<Vec<String>> {
+    let file = object::File::parse(data)?;
+    Ok(file.symbols().filter(|s| s.is_undefined() && s.is_global()).filter_map(|s| s.name().ok().map(str::to_owned)).collect())
+}
+
+/// Whether `name` is a global function `data` defines.
+fn global_in(data: &[u8], name: &str) -> bool {
+    object::File::parse(data).is_ok_and(|f| f.symbols().any(|s| s.is_global() && s.section_index().is_some() && s.name() == Ok(name)))
 }
 
 /// The functions and variables an object defines.

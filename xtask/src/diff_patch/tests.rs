@@ -604,3 +604,37 @@ fn a_fix_that_changes_a_structs_layout_is_refused_with_the_member() {
     // Without DWARF there is nothing to compare, and nothing is refused.
     super::refuse_layout_changes("net/conn.c", &compile_c("nodebug", before), &compile_c("nodebug2", same)).unwrap();
 }
+
+/// An upstream fix often adds a helper in one file, declares it in a
+/// header, and calls it from other files (vsock's `vsock_check_source`,
+/// called by the transports). The copy in the calling file referred to a
+/// symbol the running kernel does not have, and the build was refused
+/// ("not in the kernel's symbol table"). Now the helper is kept by its
+/// name in the defining file's copy and the caller's reference is linked
+/// inside the patch module.
+#[test]
+fn a_helper_one_file_adds_and_another_calls_is_linked_inside_the_patch() {
+    let defines = compile_c("defines_before", "int a(int x) { return x + 1; }\n");
+    let defines_new = compile_c("defines_after", "int helper_new(int x) { return x * 3; }\nint a(int x) { return x + 2; }\n");
+    let calls = compile_c("calls_before", "int g(int);\nint b(int x) { return g(x); }\n");
+    let calls_new = compile_c("calls_after", "int g(int);\nint helper_new(int);\nint b(int x) { return g(helper_new(x)); }\n");
+    let none = Default::default();
+    let d = compare(&defines, &defines_new, &none).unwrap();
+    let c = compare(&calls, &calls_new, &none).unwrap();
+    assert!(d.added.contains("helper_new") && c.changed.contains("b"));
+
+    let roots = super::called_across(&[(&defines_new, &d), (&calls_new, &c)]).unwrap();
+    assert_eq!(roots, ["helper_new"]);
+    let kernel = KernelSymbols::parse("ffffffff81000000 T a\nffffffff81000100 T b\n", "0x0\tg\tvmlinux\tEXPORT_SYMBOL\t\n");
+    let caller = |roots: &[String]| extract(&calls_new, &super::defined_names(&calls).unwrap(), &none, &c, roots, &kernel, None, "kp_x__");
+    let err = caller(&[]).err().expect("without the root, the helper is looked for in the kernel");
+    assert!(format!("{err:#}").contains("helper_new"), "{err:#}");
+    let out = caller(&roots).unwrap();
+    assert!(out.kernel_references.is_empty(), "linked in the patch, not by the kernel: {:?}", out.kernel_references);
+    let file = object::File::parse(&*out.object).unwrap();
+    assert!(file.symbols().any(|s| s.is_undefined() && s.name() == Ok("helper_new")), "the caller's copy refers to it by name");
+    let definer = extract(&defines_new, &super::defined_names(&defines).unwrap(), &none, &d, &roots, &kernel, None, "kp_x__").unwrap();
+    assert!(definer.helpers.contains(&"helper_new".to_owned()), "{:?}", definer.helpers);
+    let file = object::File::parse(&*definer.object).unwrap();
+    assert!(file.symbols().any(|s| s.is_global() && s.section_index().is_some() && s.name() == Ok("helper_new")), "kept by its name, global");
+}
