@@ -235,7 +235,7 @@ pub fn compile(kernel: &Kernel, diff_path: &Path, touched: &[String], out: &Path
             let first = said.lines().find(|l| l.contains("error:")).unwrap_or("see the log").trim();
             let first = first.rsplit_once("error:").map_or(first, |(_, e)| e.trim());
             bail!(
-                "the patched {file} does not compile on its own (does the fix change other files too?): {first} (log: {})",
+                "the patched {file} does not compile with the rest of the diff (does the fix change other files too?): {first} (log: {})",
                 log("patched").display()
             );
         }
