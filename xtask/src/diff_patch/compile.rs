@@ -226,6 +226,10 @@ pub fn compile(kernel: &Kernel, diff_path: &Path, touched: &[String], out: &Path
         for p in [&orig, &patched] {
             fs::create_dir_all(p.parent().unwrap_or(out))?;
         }
+        let is_by_header = by_header.contains(file);
+        if is_by_header && !tree.join(target).exists() {
+            continue; // Includes the header, but does not compile with this config.
+        }
         fs::copy(tree.join(target), &orig).with_context(|| format!("kbuild made no {target}: is {file} built into vmlinux by this config?"))?;
         let (command, module) = patched_command(&tree, target, file, kernel, &patched_src, &patched)?;
         let mut run = kernel.chroot.command_binding(&tree, &[out.to_owned()]);
@@ -239,7 +243,7 @@ pub fn compile(kernel: &Kernel, diff_path: &Path, touched: &[String], out: &Path
                 log("patched").display()
             );
         }
-        pairs.push(ObjectPair { source: file.clone(), orig, patched, module, by_header: by_header.contains(file) });
+        pairs.push(ObjectPair { source: file.clone(), orig, patched, module, by_header: is_by_header });
     }
     Ok(pairs)
 }

@@ -9,7 +9,8 @@
 //! An include resolves as the compiler does for the usual cases: `"x.h"`
 //! next to the including file, then the kernel's include roots; a name
 //! found in neither (a driver's `-I` flag) matches any header outside the
-//! roots whose path ends with it. That errs towards more files: an object
+//! roots whose path ends with it, in the includer's area (the first two
+//! parts of both paths agree: `drivers/gpu`, `net/mac802154`). That errs towards more files: an object
 //! compiled and compared for nothing costs a few seconds, one missed would
 //! keep running the unfixed inline code.
 
@@ -201,7 +202,11 @@ fn reaches(inc: &Include, header: &str, exists: &dyn Fn(&str) -> bool) -> bool {
             return path == header;
         }
     }
-    !ROOTS.iter().any(|r| header.starts_with(r)) && header.ends_with(&format!("/{}", inc.name))
+    // Found by a `-I` flag: a subsystem's flags name its own directories.
+    fn area(p: &str) -> Vec<&str> {
+        p.split('/').take(2).collect()
+    }
+    !ROOTS.iter().any(|r| header.starts_with(r)) && header.ends_with(&format!("/{}", inc.name)) && area(header) == area(&inc.file)
 }
 
 /// `a/b/../c.h` as `a/c.h`; `None` above the tree's root.
@@ -318,9 +323,10 @@ mod tests {
             ./fs/ext4/super.c:#include \"ext4.h\"\n\
             ./fs/afs/super.c:#include \"internal.h\"\n\
             ./drivers/gpu/drm/xe/tests/xe_vm_test.c:#include \"xe_vm.h\"\n\
-            ./drivers/gpu/drm/xe/xe_exec.c:#include \"xe_vm.h\"\n";
+            ./drivers/gpu/drm/xe/xe_exec.c:#include \"xe_vm.h\"\n\
+            ./net/mac802154/cfg.c:#include \"xe_vm.h\"\n";
         let lines = parse(index);
-        assert_eq!(lines.len(), 9, "the arm file is not this kernel's");
+        assert_eq!(lines.len(), 10, "the arm file is not this kernel's");
         let reached = |header: &str| -> Vec<&str> {
             let mut found: Vec<&str> = lines
                 .iter()
@@ -343,7 +349,8 @@ mod tests {
             reached("fs/ext4/internal.h").is_empty(),
             "afs's internal.h is next to afs's file"
         );
-        // Not next to the file and not in a root: a driver's -I flag.
+        // Not next to the file and not in a root: a driver's -I flag, to
+        // its own area's headers.
         assert_eq!(
             reached("drivers/gpu/drm/xe/xe_vm.h"),
             [

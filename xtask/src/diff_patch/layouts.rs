@@ -57,7 +57,9 @@ pub(super) struct Changed {
 }
 
 /// The named structs and unions `data` (a relocatable ELF object with
-/// DWARF) defines, by `struct <name>` / `union <name>`. No DWARF: none.
+/// DWARF) defines, by `struct <name>` / `union <name>`, and the anonymous
+/// ones of its variables, by `the anonymous type of <variable>`. No
+/// DWARF: none.
 pub(super) fn layouts(data: &[u8]) -> anyhow::Result<BTreeMap<String, Layout>> {
     let file = object::File::parse(data)?;
     let mut sections: HashMap<&'static str, (&[u8], object::RelocationMap)> = HashMap::new();
@@ -82,6 +84,21 @@ pub(super) fn layouts(data: &[u8]) -> anyhow::Result<BTreeMap<String, Layout>> {
         let unit = dwarf.unit(header)?;
         let mut entries = unit.entries();
         while let Some((_, entry)) = entries.next_dfs()? {
+            // A variable of an anonymous struct (`static struct { ... } x;`)
+            // is known by the variable.
+            if entry.tag() == gimli::DW_TAG_variable
+                && let Some(var) = name_of(&dwarf, &unit, entry)?
+                && let Some(gimli::AttributeValue::UnitRef(ty)) = entry.attr_value(gimli::DW_AT_type)?
+            {
+                let t = unit.entry(ty)?;
+                if matches!(t.tag(), gimli::DW_TAG_structure_type | gimli::DW_TAG_union_type) && name_of(&dwarf, &unit, &t)?.is_none() {
+                    let size = t.attr_value(gimli::DW_AT_byte_size)?.and_then(|v| v.udata_value()).unwrap_or(0);
+                    let mut members = Vec::new();
+                    members_of(&dwarf, &unit, ty, "", 0, &mut members, 0)?;
+                    out.insert(format!("the anonymous type of {var}"), Layout { size, members });
+                }
+                continue;
+            }
             let kind = match entry.tag() {
                 gimli::DW_TAG_structure_type => "struct",
                 gimli::DW_TAG_union_type => "union",

@@ -601,6 +601,11 @@ fn a_fix_that_changes_a_structs_layout_is_refused_with_the_member() {
     assert!(err.contains("changes the data layout of struct conn (member gen added at byte 20)"), "{err}");
     assert!(err.contains("shadow variable"), "{err}");
     super::refuse_layout_changes("net/conn.c", &orig, &kept).expect("the same layouts pass");
+    // A variable of an anonymous struct is known by the variable.
+    let state = "static struct { int lock; int count; } state;\nint bump(void) { return ++state.count; }\n";
+    let grown = "static struct { int lock; int count; int max; } state;\nint bump(void) { return state.count < state.max ? ++state.count : 0; }\n";
+    let err = super::refuse_layout_changes("x.c", &compile_c_with("anon_before", state, &g), &compile_c_with("anon_after", grown, &g)).err().expect("refused");
+    assert!(format!("{err:#}").contains("the anonymous type of state (member max added at byte 8)"), "{err:#}");
     // Without DWARF there is nothing to compare, and nothing is refused.
     super::refuse_layout_changes("net/conn.c", &compile_c("nodebug", before), &compile_c("nodebug2", same)).unwrap();
 }
