@@ -157,29 +157,17 @@ pub fn compile(kernel: &Kernel, diff_path: &Path, touched: &[String], out: &Path
         );
     }
 
-    // The patched sources: the touched files, copied and patched; the
-    // files compiled for a changed header, and the headers next to a
-    // changed one (a `"name.h"` include looks next to its includer first),
-    // copied as they are.
+    // The patched sources: a mirror of the tree (see [`mirror`]) in which
+    // the touched files are copies, then patched.
     let patched_src = out.join("patched-src");
     if patched_src.exists() {
         fs::remove_dir_all(&patched_src)?;
     }
-    let mut copies: Vec<String> = touched.iter().chain(&by_header).cloned().collect();
-    for h in headers.iter().filter(|h| !h.starts_with("include/") && !h.starts_with("arch/x86/include/")) {
-        let dir = Path::new(h).parent().unwrap_or(Path::new(""));
-        for entry in fs::read_dir(kernel.src.join(dir)).with_context(|| format!("list {}", dir.display()))? {
-            let name = entry?.file_name().to_string_lossy().into_owned();
-            let path = dir.join(&name).display().to_string();
-            if name.ends_with(".h") && !copies.contains(&path) {
-                copies.push(path);
-            }
-        }
-    }
-    for f in &copies {
+    mirror(&kernel.src, &patched_src, touched.iter().chain(&by_header))?;
+    for f in touched {
         let to = patched_src.join(f);
-        fs::create_dir_all(to.parent().unwrap_or(&patched_src))?;
-        fs::copy(kernel.src.join(f), &to).with_context(|| format!("the kernel source has no {f} (is the diff for this kernel?)"))?;
+        fs::remove_file(&to).with_context(|| format!("the kernel source has no {f} (is the diff for this kernel?)"))?;
+        fs::copy(kernel.src.join(f), &to).with_context(|| format!("copy {f}"))?;
     }
     let output = Command::new("patch")
         .args(["-p1", "--batch", "--forward", "--no-backup-if-mismatch", "-r", "-", "-d"])
@@ -248,8 +236,37 @@ pub fn compile(kernel: &Kernel, diff_path: &Path, touched: &[String], out: &Path
     Ok(pairs)
 }
 
+/// A mirror of the kernel tree `src` at `to` for compiling `files` after
+/// the fix: the directories holding them and their parents are real, every
+/// other entry a symlink into the tree, so that the compiler, which takes
+/// `"x.h"` and `"../x.h"` relative to the path it opened, finds every file
+/// through the mirror and the touched ones as patched. A few hundred
+/// symlinks where a full copy of the tree would be 95,000.
+fn mirror<'a>(src: &Path, to: &Path, files: impl Iterator<Item = &'a String>) -> anyhow::Result<()> {
+    let mut dirs = std::collections::BTreeSet::new();
+    for f in files {
+        let mut dir = Path::new(f).parent();
+        while let Some(d) = dir {
+            dirs.insert(d.to_owned());
+            dir = d.parent();
+        }
+    }
+    for dir in &dirs {
+        fs::create_dir_all(to.join(dir))?;
+        for entry in fs::read_dir(src.join(dir)).with_context(|| format!("list {}", src.join(dir).display()))? {
+            let name = entry?.file_name();
+            let path = dir.join(&name);
+            if !dirs.contains(&path) {
+                std::os::unix::fs::symlink(src.join(&path), to.join(&path)).with_context(|| format!("link {}", to.join(&path).display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// kbuild's command for `target`, turned to compile the patched file into
-/// `patched`: same flags; `__FILE__` and `#include "..."` as in the tree.
+/// `patched`: same flags, with the tree's paths in the mirror (`__FILE__`
+/// as in the tree).
 /// Also returns the module the object is built into, if any.
 fn patched_command(
     tree: &Path,
@@ -287,22 +304,10 @@ fn patched_command(
     let (compiler, flags) = head.split_once(' ').ok_or_else(|| anyhow!("{}: malformed", cmd_file.display()))?;
     let depfile = format!("-Wp,-MMD,{dir}/.{name}.d");
     let flags = flags.replace(&depfile, &format!("-Wp,-MMD,{}.d", patched.display()));
-    // Each include directory of the tree is searched in the patched copy
-    // first, where the copy has it: the fix's headers come before the
-    // kernel's.
-    let root = format!("-I{}/", kernel.src.display());
-    let flags = flags
-        .split(' ')
-        .map(|flag| match flag.strip_prefix(&root) {
-            Some(dir) if patched_src.join(dir).is_dir() => format!("-I{} {flag}", patched_src.join(dir).display()),
-            _ => flag.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ");
-    let src_dir = src.parent().unwrap_or(&kernel.src);
+    // Everything the compiler opens under the tree, it opens in the mirror.
+    let flags = flags.replace(&format!("{}/", kernel.src.display()), &format!("{}/", patched_src.display()));
     let command = format!(
-        "{compiler} -iquote {} -fmacro-prefix-map={}/= {flags} -c -o {} {}{post}",
-        src_dir.display(),
+        "{compiler} -fmacro-prefix-map={}/= {flags} -c -o {} {}{post}",
         patched_src.display(),
         patched.display(),
         patched_src.join(file).display()
