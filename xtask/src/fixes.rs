@@ -60,8 +60,21 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
     println!("xtask: {} changed files between {} and {} ({added} files only in one)", files.len(), old.version, new.version);
     // A header and the changed files that include it are one upstream
     // change as far as can be told: one candidate.
+    let mut diffs = BTreeMap::new();
+    for file in &files {
+        let output = Command::new("diff")
+            .args(["-u", "--label", &format!("a/{file}"), "--label", &format!("b/{file}")])
+            .arg(old.dir.join(file))
+            .arg(new.dir.join(file))
+            .output()
+            .with_context(|| format!("diff {file}"))?;
+        diffs.insert(file.clone(), String::from_utf8_lossy(&output.stdout).into_owned());
+    }
     let groups: Vec<Vec<String>> =
-        diff_patch::groups(&new.dir, &files)?.into_iter().filter(|g| only.is_none_or(|o| g.iter().any(|f| f.contains(o)))).collect();
+        diff_patch::groups(&old.dir, &new.dir, &files, &diffs)?.into_iter().filter(|g| only.is_none_or(|o| g.iter().any(|f| f.contains(o)))).collect();
+    for g in groups.iter().filter(|g| g.len() > 1) {
+        println!("xtask: one candidate: {}", g.join(" + "));
+    }
     let c_files: Vec<String> = groups.iter().flatten().filter(|f| f.ends_with(".c") && diff_patch::touched_files(&format!("+++ b/{f}\n")).is_ok()).cloned().collect();
     let unbuilt = diff_patch::precompile(&kernel, &c_files)?;
 
@@ -73,21 +86,13 @@ pub fn run(only: Option<&str>) -> anyhow::Result<()> {
         let id = survey_id(lead);
         let dir = work.join(&id);
         fs::create_dir_all(&dir)?;
-        let mut diff = Vec::new();
-        for file in group {
-            let output = Command::new("diff")
-                .args(["-u", "--label", &format!("a/{file}"), "--label", &format!("b/{file}")])
-                .arg(old.dir.join(file))
-                .arg(new.dir.join(file))
-                .output()?;
-            diff.extend_from_slice(&output.stdout);
-        }
+        let diff: String = group.iter().map(|f| diffs[f].as_str()).collect();
         fs::write(dir.join("fix.patch"), &diff)?;
         fs::write(
             dir.join("patch.toml"),
             format!("id = \"{id}\"\ndescription = \"{name}: {} to {}\"\ndiff = \"fix.patch\"\n", old.version, new.version),
         )?;
-        let result = diff_patch::touched_files(&String::from_utf8_lossy(&diff))
+        let result = diff_patch::touched_files(&diff)
             .and_then(|_| match group.iter().all(|f| unbuilt.contains(f)) {
                 true => Err(anyhow::anyhow!("{name} is not built by the stock kernel's config")),
                 false => patch::build(&kernel, &dir, &mods.kmend_symvers, &[]),

@@ -26,7 +26,10 @@ use anyhow::{
     ensure, //
 };
 
-use super::includers;
+use super::{
+    header_change,
+    includers, //
+};
 use crate::{
     kernel::{
         Flavor,
@@ -94,6 +97,9 @@ pub fn touched_files(diff: &str) -> anyhow::Result<Vec<String>> {
 /// builds to report one by one.
 /// Returns the files kbuild has no rule for (not built by this config).
 pub fn precompile(kernel: &Kernel, files: &[String]) -> anyhow::Result<Vec<String>> {
+    if files.is_empty() {
+        return Ok(Vec::new()); // `make` with no target would build the kernel.
+    }
     let tree = object_tree(kernel)?;
     let targets: Vec<String> = files.iter().map(|f| format!("{}.o", f.trim_end_matches(".c"))).collect();
     let mut make = crate::kernel::make_in(&kernel.chroot, &kernel.src, &tree);
@@ -142,20 +148,8 @@ fn object_tree(kernel: &Kernel) -> anyhow::Result<PathBuf> {
 pub fn compile(kernel: &Kernel, diff_path: &Path, touched: &[String], out: &Path) -> anyhow::Result<Vec<ObjectPair>> {
     let tree = object_tree(kernel)?;
     let log = |what: &str| paths::cache().join(format!("logs/diff-{what}.log"));
-    let files: Vec<String> = touched.iter().filter(|f| f.ends_with(".c")).cloned().collect();
+    let mut files: Vec<String> = touched.iter().filter(|f| f.ends_with(".c")).cloned().collect();
     let headers: Vec<String> = touched.iter().filter(|f| f.ends_with(".h")).cloned().collect();
-    let mut by_header = Vec::new();
-    if !headers.is_empty() {
-        let reached: Vec<String> = includers::includers(&kernel.src, &headers)?.into_iter().filter(|f| !files.contains(f)).collect();
-        let unbuilt = precompile(kernel, &reached)?;
-        by_header = reached.into_iter().filter(|f| !unbuilt.contains(f)).collect();
-        println!("xtask: {} included by {} file(s) this config builds", headers.join(", "), by_header.len());
-        ensure!(
-            !files.is_empty() || !by_header.is_empty(),
-            "the diff changes the header {}, which no file the stock kernel's config builds includes",
-            headers.join(", ")
-        );
-    }
 
     // The patched sources: a mirror of the tree (see [`mirror`]) in which
     // the touched files are copies, then patched.
@@ -163,7 +157,7 @@ pub fn compile(kernel: &Kernel, diff_path: &Path, touched: &[String], out: &Path
     if patched_src.exists() {
         fs::remove_dir_all(&patched_src)?;
     }
-    mirror(&kernel.src, &patched_src, touched.iter().chain(&by_header))?;
+    mirror(&kernel.src, &patched_src, touched.iter())?;
     for f in touched {
         let to = patched_src.join(f);
         fs::remove_file(&to).with_context(|| format!("the kernel source has no {f} (is the diff for this kernel?)"))?;
@@ -182,27 +176,52 @@ pub fn compile(kernel: &Kernel, diff_path: &Path, touched: &[String], out: &Path
         println!("xtask: warning: {} applied with offset or fuzz:\n{said}", diff_path.display());
     }
 
+    // What the changed headers reach, compiled too (in the mirror as well).
+    let mut by_header = Vec::new();
+    if !headers.is_empty() {
+        let reached: Vec<String> = header_includers(kernel, &patched_src, &headers)?.into_iter().filter(|f| !files.contains(f)).collect();
+        let unbuilt = precompile(kernel, &reached)?;
+        by_header = reached.into_iter().filter(|f| !unbuilt.contains(f)).collect();
+        println!("xtask: {} included by {} other file(s) this config builds", headers.join(", "), by_header.len());
+        ensure!(
+            !files.is_empty() || !by_header.is_empty(),
+            "the diff changes the header {}, which no file the stock kernel's config builds includes",
+            headers.join(", ")
+        );
+        mirror(&kernel.src, &patched_src, by_header.iter())?;
+    }
+
     // The originals, through kbuild (which takes seconds to find an object
     // up to date: skipped when every object is newer than its source; the
-    // source of a kernel version never changes).
-    let targets: Vec<String> = files.iter().map(|f| format!("{}.o", f.trim_end_matches(".c"))).collect();
+    // source of a kernel version never changes). A file of the diff this
+    // config does not build is left out, unless none is built.
     let mtime = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
-    let made = files.iter().zip(&targets).all(|(f, t)| matches!((mtime(&tree.join(t)), mtime(&kernel.src.join(f))), (Some(o), Some(s)) if o >= s));
-    let mut make = crate::kernel::make_in(&kernel.chroot, &kernel.src, &tree);
-    make.arg(format!("KERNELRELEASE={}", pins::STOCK_RELEASE)).arg(format!("KCFLAGS={SECTION_FLAGS}")).args(&targets);
-    if !made && exec_logged(&mut make, &log("orig")).is_err() {
-        let said = fs::read_to_string(log("orig")).unwrap_or_default();
-        if said.contains("No rule to make target") || said.contains("No such file or directory") {
-            bail!("{} is not built by the stock kernel's config", files.join(", "));
+    let object = |f: &String| format!("{}.o", f.trim_end_matches(".c"));
+    let made = |f: &String| matches!((mtime(&tree.join(object(f))), mtime(&kernel.src.join(f))), (Some(o), Some(s)) if o >= s);
+    if !files.iter().all(made) {
+        let mut make = crate::kernel::make_in(&kernel.chroot, &kernel.src, &tree);
+        make.arg(format!("KERNELRELEASE={}", pins::STOCK_RELEASE)).arg(format!("KCFLAGS={SECTION_FLAGS}")).arg("-k");
+        make.args(files.iter().map(object));
+        if exec_logged(&mut make, &log("orig")).is_err() {
+            let said = fs::read_to_string(log("orig")).unwrap_or_default();
+            let (built, not): (Vec<String>, Vec<String>) = files.iter().cloned().partition(made);
+            if built.is_empty() && by_header.is_empty() {
+                if said.contains("No rule to make target") || said.contains("No such file or directory") {
+                    bail!("{} is not built by the stock kernel's config", files.join(", "));
+                }
+                let first = said.lines().find(|l| l.contains("error:")).unwrap_or("see the log").trim();
+                let first = first.rsplit_once("error:").map_or(first, |(_, e)| e.trim());
+                bail!(
+                    "{} does not compile with the stock kernel's config (not built into it?): {first} (log: {})",
+                    files.join(", "),
+                    log("orig").display()
+                );
+            }
+            println!("xtask: {}: not built by the stock kernel's config: left out", not.join(", "));
+            files = built;
         }
-        let first = said.lines().find(|l| l.contains("error:")).unwrap_or("see the log").trim();
-        let first = first.rsplit_once("error:").map_or(first, |(_, e)| e.trim());
-        bail!(
-            "{} does not compile with the stock kernel's config (not built into it?): {first} (log: {})",
-            files.join(", "),
-            log("orig").display()
-        );
     }
+    let targets: Vec<String> = files.iter().map(object).collect();
 
     let mut pairs = Vec::new();
     let all: Vec<(&String, String)> =
@@ -236,6 +255,30 @@ pub fn compile(kernel: &Kernel, diff_path: &Path, touched: &[String], out: &Path
     Ok(pairs)
 }
 
+/// The files that include the changed `headers` (patched in the mirror
+/// `patched_src`). A header too many files include is built only when its
+/// change merely adds names (see [`header_change`]): then only the diff's
+/// own files use them and are compiled.
+fn header_includers(kernel: &Kernel, patched_src: &Path, headers: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for h in headers {
+        match includers::includers(&kernel.src, std::slice::from_ref(h)) {
+            Ok(list) => out.extend(list),
+            Err(too_many) => {
+                let old = fs::read_to_string(kernel.src.join(h)).with_context(|| format!("read {h}"))?;
+                let new = fs::read_to_string(patched_src.join(h)).with_context(|| format!("read the patched {h}"))?;
+                if !header_change::only_adds_names(&old, &new) {
+                    return Err(too_many.context("and its change may change their code (it does more than add names)"));
+                }
+                println!("xtask: {h}: the change only adds names: the files that include it and do not use them are not compiled");
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
 /// A mirror of the kernel tree `src` at `to` for compiling `files` after
 /// the fix: the directories holding them and their parents are real, every
 /// other entry a symlink into the tree, so that the compiler, which takes
@@ -251,14 +294,18 @@ fn mirror<'a>(src: &Path, to: &Path, files: impl Iterator<Item = &'a String>) ->
             dir = d.parent();
         }
     }
+    // Parents first: a directory linked before is made real, once.
     for dir in &dirs {
-        fs::create_dir_all(to.join(dir))?;
+        let here = to.join(dir);
+        if here.is_symlink() {
+            fs::remove_file(&here)?;
+        } else if here.is_dir() {
+            continue;
+        }
+        fs::create_dir_all(&here)?;
         for entry in fs::read_dir(src.join(dir)).with_context(|| format!("list {}", src.join(dir).display()))? {
-            let name = entry?.file_name();
-            let path = dir.join(&name);
-            if !dirs.contains(&path) {
-                std::os::unix::fs::symlink(src.join(&path), to.join(&path)).with_context(|| format!("link {}", to.join(&path).display()))?;
-            }
+            let path = dir.join(entry?.file_name());
+            std::os::unix::fs::symlink(src.join(&path), to.join(&path)).with_context(|| format!("link {}", to.join(&path).display()))?;
         }
     }
     Ok(())

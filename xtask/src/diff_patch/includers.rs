@@ -65,17 +65,52 @@ pub fn includers(src: &Path, headers: &[String]) -> anyhow::Result<Vec<String>> 
     Ok(sources)
 }
 
-/// The files of `changed` (paths in the tree `src`) that belong together:
-/// each header with the changed files that include it, where few enough
-/// files include it to build it (see [`includers`]); every other file on
-/// its own. Groups keep the order of `changed`.
-pub fn groups(src: &Path, changed: &[String]) -> anyhow::Result<Vec<Vec<String>>> {
-    Ok(Index::load(src)?.groups(changed))
+/// The files of `changed` (paths in the trees `old` and `new`, with their
+/// unified diffs in `diffs`) that belong together: each header with the
+/// changed files that include it, where few enough files include it to
+/// build it (see [`includers`]); a header more files include, with the
+/// changed files whose diff uses a name its diff adds (a new macro, member
+/// or helper); every other file on its own. Groups keep the order of
+/// `changed`.
+pub fn groups(old: &Path, new: &Path, changed: &[String], diffs: &std::collections::BTreeMap<String, String>) -> anyhow::Result<Vec<Vec<String>>> {
+    let index = Index::load(new)?;
+    let mut names = std::collections::HashMap::new();
+    for h in changed.iter().filter(|f| f.ends_with(".h")) {
+        let before = fs::read_to_string(old.join(h)).unwrap_or_default();
+        names.insert(h.clone(), added_names(&before, diffs.get(h).map_or("", String::as_str)));
+    }
+    // A file's change uses a header's new name when its added lines name
+    // it and the file did not before (a common word a header newly uses,
+    // as `unlikely`, is in the file already).
+    Ok(index.groups(changed, &|header, file| {
+        let added = &names[header];
+        let before = fs::read_to_string(old.join(file)).unwrap_or_default();
+        let mine = added_names(&before, diffs.get(file).map_or("", String::as_str));
+        mine.iter().any(|n| added.contains(n))
+    }))
+}
+
+/// Identifiers a diff's added lines have that the file before it does not.
+fn added_names(before: &str, diff: &str) -> BTreeSet<String> {
+    let known: BTreeSet<&str> = identifiers(before).collect();
+    // The code of the added lines, without comments.
+    let mut in_comment = false;
+    let code: Vec<String> = diff
+        .lines()
+        .filter(|l| l.starts_with('+') && !l.starts_with("+++"))
+        .map(|l| super::header_change::strip_comments(&l[1..], &mut in_comment))
+        .collect();
+    code.iter().flat_map(|l| identifiers(l)).filter(|i| !known.contains(i) && i.len() >= 4).map(str::to_owned).collect()
+}
+
+fn identifiers(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'))
 }
 
 impl Index {
-    fn groups(&self, changed: &[String]) -> Vec<Vec<String>> {
-        let index = self;
+    /// `uses(header, file)`: whether `file`'s change uses what the change
+    /// to `header` adds, for headers too many files include.
+    fn groups(&self, changed: &[String], uses: &dyn Fn(&str, &str) -> bool) -> Vec<Vec<String>> {
         let mut group: Vec<usize> = (0..changed.len()).collect();
         fn root(group: &mut [usize], mut i: usize) -> usize {
             while group[i] != i {
@@ -84,17 +119,15 @@ impl Index {
             }
             i
         }
-        for (h, header) in changed
-            .iter()
-            .enumerate()
-            .filter(|(_, f)| f.ends_with(".h"))
-        {
-            let reached = index.reach_all(header, Some(LIMIT));
-            if reached.iter().filter(|f| f.ends_with(".c")).count() > LIMIT {
-                continue;
-            }
+        for (h, header) in changed.iter().enumerate().filter(|(_, f)| f.ends_with(".h")) {
+            let reached = self.reach_all(header, Some(LIMIT));
+            let wide = reached.iter().filter(|f| f.ends_with(".c")).count() > LIMIT;
             for (i, file) in changed.iter().enumerate() {
-                if reached.contains(file) {
+                let joins = match wide {
+                    false => reached.contains(file),
+                    true => i != h && uses(header, file),
+                };
+                if joins {
                     let (a, b) = (root(&mut group, h), root(&mut group, i));
                     group[a.max(b)] = a.min(b);
                 }
@@ -363,12 +396,17 @@ mod tests {
             Some("fs/afs/internal.h")
         );
         assert_eq!(normalize(Path::new("../x.h")), None);
+        // What a header's change adds, by name.
+        let before = "#define FLAG_A 1\nstruct mark { int flags; };\n";
+        let diff = "+++ b/x.h\n+#define FSNOTIFY_CONN_FLAG_DESTROYING 2\n+\tint flags; /* and more */\n";
+        assert_eq!(added_names(before, diff).into_iter().collect::<Vec<_>>(), ["FSNOTIFY_CONN_FLAG_DESTROYING"]);
     }
 
     /// Changed files are built together when one includes a header another
     /// changes (an upstream fix that adds a member or a function to a header
-    /// and uses it in its `.c` files); unrelated files stay apart, and a header
-    /// too many files include joins nothing (it is refused on its own).
+    /// and uses it in its `.c` files); unrelated files stay apart; a header
+    /// too many files include joins the files whose change uses what it
+    /// adds, not every file that includes it.
     #[test]
     fn changed_files_that_include_a_changed_header_are_one_candidate() {
         let tree = std::env::temp_dir().join(format!("kmend-includers-{}", std::process::id()));
@@ -402,18 +440,18 @@ mod tests {
         ]
         .map(str::to_owned)
         .to_vec();
-        let groups = index.groups(&changed);
+        // kernel/fork.c's change uses what the wide header's change adds.
+        let groups = index.groups(&changed, &|header, file| header == "include/linux/sched/signal.h" && file == "kernel/fork.c");
         assert_eq!(
             groups,
             [
-                vec!["include/linux/sched/signal.h"],
+                vec!["include/linux/sched/signal.h", "kernel/fork.c"],
                 vec![
                     "include/net/af_vsock.h",
                     "net/vmw_vsock/af_vsock.c",
                     "net/vmw_vsock/vmci_transport.c"
                 ],
                 vec!["kernel/exit.c"],
-                vec!["kernel/fork.c"],
             ]
         );
         assert_eq!(

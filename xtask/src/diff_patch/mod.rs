@@ -15,6 +15,7 @@
 mod compare;
 mod compile;
 mod extract;
+mod header_change;
 mod includers;
 mod klp_relocs;
 mod layouts;
