@@ -146,6 +146,7 @@ fn class(reason: &str) -> &'static str {
         ("special section", "special section"),
         ("symbols in the kernel", "kernel symbol not placeable"),
         ("static variable", "static variable not matched"),
+        ("static '", "static variable not matched"),
         ("not in the kernel's symbol table", "kernel symbol not placeable"),
         ("deletes a file", "adds or removes files"),
     ];

@@ -413,7 +413,7 @@ fn exercise() -> TestResult {
     reap_children(5)
 }
 
-/// Every other real fix of the image (23: the scheduler, fork's cgroup
+/// Every other real fix of the image (21: the scheduler, fork's cgroup
 /// check, every open(), TCP, namespaces, workqueues, page pools, PCI,
 /// SELinux hooks, ...) applied together with do_wait's, the code several
 /// of them changed driven, three proven by eBPF, then all reverted newest

@@ -149,7 +149,18 @@ pub fn compile(kernel: &Kernel, diff_path: &Path, touched: &[String], out: &Path
     let tree = object_tree(kernel)?;
     let log = |what: &str| paths::cache().join(format!("logs/diff-{what}.log"));
     let mut files: Vec<String> = touched.iter().filter(|f| f.ends_with(".c")).cloned().collect();
-    let headers: Vec<String> = touched.iter().filter(|f| f.ends_with(".h")).cloned().collect();
+    let mut headers: Vec<String> = touched.iter().filter(|f| f.ends_with(".h")).cloned().collect();
+    // A `.c` file another one includes (the scheduler's build_policy.c
+    // includes ext/ext.c) is compiled in that file's object, with the
+    // inlining of that object: compiled alone, a copy could miss a caller
+    // the kernel inlined a changed function into. It counts as a header.
+    for f in files.clone() {
+        if !built_alone(&kernel.src, &f) && !includers::includers(&kernel.src, std::slice::from_ref(&f)).unwrap_or_default().is_empty() {
+            println!("xtask: {f} is compiled as part of the files that include it");
+            files.retain(|x| *x != f);
+            headers.push(f);
+        }
+    }
 
     // The patched sources: a mirror of the tree (see [`mirror`]) in which
     // the touched files are copies, then patched.
@@ -253,6 +264,17 @@ pub fn compile(kernel: &Kernel, diff_path: &Path, touched: &[String], out: &Path
         pairs.push(ObjectPair { source: file.clone(), orig, patched, module, by_header: is_by_header });
     }
     Ok(pairs)
+}
+
+/// Whether kbuild may build `file` as an object of its own: the Makefile
+/// (or Kbuild) of its directory or of the one above names `<name>.o`.
+fn built_alone(src: &Path, file: &str) -> bool {
+    let path = Path::new(file);
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let object = format!("{stem}.o");
+    path.ancestors().skip(1).take(2).any(|dir| {
+        ["Makefile", "Kbuild"].iter().any(|m| fs::read_to_string(src.join(dir).join(m)).is_ok_and(|t| t.contains(&object)))
+    })
 }
 
 /// The files that include the changed `headers` (patched in the mirror
