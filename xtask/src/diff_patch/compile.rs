@@ -393,7 +393,10 @@ fn module_name(cmd: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::{
+        built_alone,
         module_name,
         touched_files, //
     };
@@ -418,5 +421,33 @@ mod tests {
         assert!(touched_files("+++ b/../../etc/passwd.c\n").is_err());
         assert!(touched_files("+++ /dev/null\n").is_err());
         assert!(touched_files("not a diff\n").is_err());
+    }
+
+    /// kbuild builds the scheduler's policies as one object, build_policy.o,
+    /// which includes ext/ext.c: the kernel has no ext.o, and a copy compiled
+    /// from ext.c alone got another translation unit's inlining (the two
+    /// sched_ext fixes were built so and applied in the guest). A file whose
+    /// directory's Makefile, or the one above, names no object of it is not
+    /// built alone; one named (ext4's extents.c, which includes its KUnit
+    /// test) is.
+    #[test]
+    fn a_file_the_makefiles_name_no_object_of_is_not_built_alone() {
+        let tree = std::env::temp_dir().join(format!("kmend-built-alone-{}", std::process::id()));
+        for (path, text) in [
+            ("kernel/sched/Makefile", "obj-y += core.o\nobj-y += build_policy.o\n"),
+            ("kernel/sched/build_policy.c", "# include \"ext/ext.c\"\n"),
+            ("kernel/sched/ext/ext.c", ""),
+            ("fs/ext4/Makefile", "ext4-y := balloc.o extents.o\n"),
+            ("fs/ext4/extents.c", "#include \"extents-test.c\"\n"),
+        ] {
+            fs::create_dir_all(tree.join(path).parent().unwrap()).unwrap();
+            fs::write(tree.join(path), text).unwrap();
+        }
+        let alone = |f: &str| built_alone(&tree, f);
+        assert!(!alone("kernel/sched/ext/ext.c"), "no ext.o in kernel/sched/ext or kernel/sched");
+        assert!(alone("kernel/sched/build_policy.c"));
+        assert!(alone("fs/ext4/extents.c"));
+        assert!(!alone("fs/ext4/extents-test.c"));
+        fs::remove_dir_all(&tree).unwrap();
     }
 }
