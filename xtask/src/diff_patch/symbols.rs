@@ -168,11 +168,14 @@ impl KernelSymbols {
             }
         }
         // The copy whose neighbours (of its kind, other addresses) are both
-        // the object's own symbols.
+        // the object's own symbols. The padding before each function
+        // (`__pfx_<f>`, `__cfi_<f>`) is named in the kernel's table but not
+        // in the object: it is no neighbour.
+        let neighbour = |(_, n, t): &&(u64, String, bool)| *t == text && !n.starts_with("__pfx_") && !n.starts_with("__cfi_");
         let neighbours_own = |addr: u64| -> bool {
             let at = self.by_addr.partition_point(|(a, _, _)| *a < addr);
-            let before = self.by_addr[..at].iter().rev().find(|(_, _, t)| *t == text);
-            let after = self.by_addr[at..].iter().find(|(a, _, t)| *a > addr && *t == text);
+            let before = self.by_addr[..at].iter().rev().find(neighbour);
+            let after = self.by_addr[at..].iter().filter(|(a, _, _)| *a > addr).find(neighbour);
             matches!((before, after), (Some((_, b, _)), Some((_, c, _))) if own.contains(b) && own.contains(c))
         };
         let placed: Vec<usize> = (0..all.len()).filter(|&i| all[i].text == text && neighbours_own(all[i].addr)).collect();
@@ -330,6 +333,36 @@ ffffffff82001000 D shared_data
         assert!(k.sympos("helper", true, &[], &one_side).is_err());
         assert_eq!(k.global_sympos("alpha").unwrap(), 0);
         assert!(k.global_sympos("helper").is_err(), "only statics of that name");
+    }
+
+    /// The stock kernel names each function's padding (`__pfx_<f>`, with
+    /// CALL_PADDING; `__cfi_<f>` with kCFI), which objects do not have:
+    /// `io_run_task_work` of io_uring/cancel.o lies between two of the
+    /// object's functions, but its nearest neighbours in System.map are
+    /// `__pfx_` symbols, and the fix to cancel.c was refused as "3 symbols
+    /// in the kernel and 0 lie among its object's own symbols".
+    #[test]
+    fn function_padding_symbols_are_not_neighbours() {
+        const PADDED: &str = "\
+ffffffff81247730 T __pfx_io_cancel_ctx_cb
+ffffffff81247740 T io_cancel_ctx_cb
+ffffffff81247760 t __pfx_io_run_task_work
+ffffffff81247770 t io_run_task_work
+ffffffff81247880 T __pfx_io_uring_try_cancel_requests
+ffffffff81247890 T io_uring_try_cancel_requests
+ffffffff81ad59e0 t __pfx_io_wake_function
+ffffffff81ad59f0 t io_wake_function
+ffffffff81ad5a90 t __cfi_io_run_task_work
+ffffffff81ad5aa0 t io_run_task_work
+ffffffff81ad5bf0 T __pfx_io_run_task_work_sig
+ffffffff81ad5c00 T io_run_task_work_sig
+";
+        let k = KernelSymbols::parse(PADDED, "");
+        let own: BTreeSet<String> =
+            ["io_cancel_ctx_cb".into(), "io_run_task_work".into(), "io_uring_try_cancel_requests".into()].into();
+        assert_eq!(k.sympos("io_run_task_work", true, &[], &own).unwrap(), 1);
+        let other: BTreeSet<String> = ["io_wake_function".into(), "io_run_task_work_sig".into()].into();
+        assert_eq!(k.sympos("io_run_task_work", true, &[], &other).unwrap(), 2);
     }
 
     #[test]
