@@ -3,9 +3,10 @@
 //!
 //! C header: [`include/linux/ftrace.h`](srctree/include/linux/ftrace.h).
 //!
-//! A [`DirectJmp`] turns one function's ftrace call site into a `jmp` to a
-//! kmend trampoline (DYNAMIC_FTRACE_WITH_JMP): no ftrace handler runs on the
-//! call path at all. Dropping it restores the site.
+//! A [`DirectJmp`] turns one function's ftrace call site into a direct `jmp`
+//! (DYNAMIC_FTRACE_WITH_JMP): to a kmend trampoline, or straight to the
+//! replacement the trampoline jumps to ([`DirectJmp::retarget`]). No ftrace
+//! handler runs on the call path at all. Dropping it restores the site.
 
 use kernel::{
     bindings,
@@ -18,12 +19,13 @@ use kernel::{
 /// ftrace's marker for "jump, don't call" in a direct address.
 const FTRACE_JMP: usize = 1;
 
-/// One function's ftrace site, jumping to a trampoline.
+/// One function's ftrace site, jumping to a trampoline or a replacement.
 ///
 /// # Invariants
 ///
 /// From the end of [`DirectJmp::new`] until drop, `ops` is registered as a
-/// direct-jump ops on exactly one ftrace site, jumping to `addr`.
+/// direct-jump ops on exactly one ftrace site, jumping to `addr` (which
+/// carries [`FTRACE_JMP`]).
 #[pin_data(PinnedDrop)]
 pub(crate) struct DirectJmp {
     #[pin]
@@ -32,7 +34,7 @@ pub(crate) struct DirectJmp {
 }
 
 // SAFETY: `ops` is only touched by ftrace under its own locks after
-// registration; `addr` is immutable.
+// registration; `addr` only changes through `&mut` (`retarget`).
 unsafe impl Send for DirectJmp {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for DirectJmp {}
@@ -63,6 +65,33 @@ impl DirectJmp {
                 Ok(())
             }),
         })
+    }
+
+    /// Where the site jumps now.
+    pub(crate) fn target(&self) -> usize {
+        self.addr & !FTRACE_JMP
+    }
+
+    /// Makes the site jump to `to` instead. The kernel's text poking
+    /// rewrites the 5 bytes (breakpoint first, every CPU synchronized), so
+    /// a CPU calling the function meanwhile goes to the old or the new
+    /// target; callers only ever swap two targets that run the same code
+    /// (a trampoline and the replacement it jumps to, `redirect.rs`).
+    /// On an error the site still jumps where it did.
+    pub(crate) fn retarget(self: Pin<&mut Self>, to: usize) -> Result {
+        let direct = to | FTRACE_JMP;
+        if to & FTRACE_JMP != 0 {
+            return Err(EINVAL);
+        }
+        let this = self.project();
+        if *this.addr == direct {
+            return Ok(());
+        }
+        // SAFETY: by the type invariant `ops` is registered as a direct ops
+        // on one site; ftrace serializes the change under its own mutexes.
+        to_result(unsafe { bindings::modify_ftrace_direct(this.ops.get(), direct as c_ulong) })?;
+        *this.addr = direct;
+        Ok(())
     }
 }
 

@@ -7,9 +7,10 @@
  * kernel's asm headers, which global_asm! cannot include. trampoline.rs owns
  * the table: its layout, reading and retargeting it.
  *
- * Each redirected function's ftrace site is a direct `jmp` to one entry, and
- * each entry is one direct `jmp rel32` to where calls go now: a replacement,
- * or the original body after the ftrace site. Nothing on this path is an
+ * Each redirected function owns one entry, one direct `jmp rel32` to where
+ * calls go now: a replacement, or the original body after the ftrace site.
+ * Its ftrace site jumps to the entry while a switch may rewrite it, and
+ * straight to the replacement between switches (redirect.rs). Nothing on this path is an
  * indirect branch, so it needs no ENDBR at its targets (kernel IBT), no
  * retpoline thunk and no CFI hash. Switching rewrites the rel32 under
  * stop_machine (transition.rs).

@@ -103,6 +103,7 @@ impl Registry {
         }
         // Loaded: patchable again. (Only now: a refused load leaves it gone.)
         self.gone.retain(|m| m.to_bytes() != name.to_bytes());
+        self.redirects.shortcut();
         Ok(())
     }
 

@@ -5,6 +5,14 @@
 //! its ftrace site jumps to a trampoline whose target is the newest
 //! replacement, or the original body when none is left. Removing any entry,
 //! in any order, leaves the right one on top.
+//!
+//! Between switches a site whose trampoline jumps to a replacement jumps to
+//! that replacement itself ([`Redirects::shortcut`]): a patched call pays
+//! one direct jump, not two. A switch only ever rewrites trampolines, so
+//! first the sites of the trampolines it rewrites go back through them
+//! ([`Redirects::through_trampoline`]). Invariant: every site jumps to its
+//! trampoline, or to exactly where its trampoline jumps; the two run the
+//! same code, so changing one for the other changes nothing for any task.
 
 use kernel::{
     prelude::*,
@@ -44,7 +52,7 @@ pub(crate) struct Target {
 pub(crate) struct Slot {
     pub(crate) target: Target,
     tramp: usize,
-    _jmp: Pin<KBox<DirectJmp>>,
+    jmp: Pin<KBox<DirectJmp>>,
     /// Replacements, oldest first; the last one runs.
     pub(crate) stack: KVec<Entry>,
 }
@@ -106,8 +114,30 @@ impl Redirects {
                 return Err(e);
             }
         };
-        let _ = self.slots.push_within_capacity(Slot { target, tramp, _jmp: jmp, stack });
+        let _ = self.slots.push_within_capacity(Slot { target, tramp, jmp, stack });
         Ok(self.slots.len() - 1)
+    }
+
+    /// Makes slot `idx`'s site jump to its trampoline, before a switch
+    /// rewrites the trampoline. On an error the site is unchanged.
+    pub(crate) fn through_trampoline(&mut self, idx: usize) -> Result {
+        let slot = &mut self.slots[idx];
+        slot.jmp.as_mut().retarget(trampoline::address(slot.tramp))
+    }
+
+    /// Makes every site whose trampoline jumps to a replacement jump there
+    /// itself. A site that cannot be changed keeps going through its
+    /// trampoline, which is as correct and one jump slower.
+    pub(crate) fn shortcut(&mut self) {
+        for slot in self.slots.iter_mut() {
+            let to = trampoline::target(slot.tramp);
+            if to == slot.target.body || slot.jmp.target() == to {
+                continue;
+            }
+            if let Err(e) = slot.jmp.as_mut().retarget(to) {
+                pr_warn!("'{}': its site stays jumping through the trampoline ({})\n", slot.target.name.to_str().unwrap_or("?"), e.to_errno());
+            }
+        }
     }
 
     /// Unregisters the slots no patch uses any more; their sites go back to

@@ -101,6 +101,7 @@ pub(crate) fn enable(id: &[u8], reqs: &[KmendFuncReq], timeout_ms: u32) -> Resul
             // Sites prepared by an earlier try and left by a later one's error.
             state.redirects.drop_unused();
         }
+        state.redirects.shortcut();
     }
     match (&callbacks, &result) {
         (Some(c), Ok(_)) => c.post_apply(),
@@ -122,7 +123,11 @@ pub(crate) fn revert(id: &[u8], timeout_ms: u32) -> Result<u64, Refusal> {
     let mut parking = Parking::new();
     let result = transition::retry(timeout_ms, |last| STATE.lock().try_revert(id, timeout_ms, last, &mut parking));
     park::end_of_switch();
-    STATE.lock().watch.disarm();
+    {
+        let mut state = STATE.lock();
+        state.watch.disarm();
+        state.redirects.shortcut();
+    }
     match (&callbacks, &result) {
         (Some(c), Ok(_)) => c.post_revert(),
         (Some(c), Err(_)) => c.post_apply(),
@@ -279,6 +284,19 @@ impl Registry {
         Ok((target, f.new_func + repl_size))
     }
 
+    /// Makes the sites of slots `idx` jump through their trampolines, which
+    /// a switch is about to rewrite (`redirect.rs`: between switches a site
+    /// may jump straight to its replacement).
+    fn through_trampolines(&mut self, idx: &[usize], id: &str) -> Result<(), Refusal> {
+        for &i in idx {
+            self.redirects.through_trampoline(i).map_err(|e| {
+                let name = text(&self.redirects.slots[i].target.name);
+                refuse(e, format_args!("patch '{id}': the ftrace site of '{name}' cannot be made to jump through kmend's trampoline"))
+            })?;
+        }
+        Ok(())
+    }
+
     /// Tries a switch once: `Some(pause)` when done, `None` when a thread
     /// is in the way; on the `last` try that is a refusal naming the thread
     /// and the function.
@@ -396,6 +414,7 @@ impl Registry {
         let mut ranges = KVec::new();
         let mut names = KVec::new();
         let mut stores = KVec::new();
+        let mut rewritten = KVec::new();
         let superseded = |p: &Patch| replace && p.serial != serial && p.enabled();
         for (i, slot) in self.redirects.slots.iter().enumerate() {
             let mine = slots.iter().position(|&s| s == i);
@@ -413,6 +432,7 @@ impl Registry {
                 let (start, end) = slot.running();
                 ranges.push(Busy { start, end, name }, GFP_KERNEL)?;
                 stores.push(Store { tramp: slot.trampoline(), target: new_target }, GFP_KERNEL)?;
+                rewritten.push(i, GFP_KERNEL)?;
             }
         }
         // Superseded patches release their modules: nobody may be anywhere
@@ -421,7 +441,11 @@ impl Registry {
             p.push_module_range(&mut ranges, &mut names)?;
         }
 
-        // 4. Switch.
+        // 4. Switch: the sites of the trampolines it rewrites jump through them.
+        if let Err(r) = self.through_trampolines(&rewritten, sid) {
+            self.redirects.drop_unused();
+            return Err(r);
+        }
         let pause = match Self::run_switch(&mut self.watch, &ranges, &names, &stores, timeout, sid, last, parking) {
             Ok(Some(pause)) => pause,
             Ok(None) => return Ok(None),
@@ -477,12 +501,15 @@ impl Registry {
         // The patch's module is released afterwards: nobody may be anywhere
         // in its code (replacements, helpers they call, tail calls).
         self.patches[pos].push_module_range(&mut ranges, &mut names)?;
-        for slot in self.redirects.slots.iter() {
+        let mut rewritten = KVec::new();
+        for (i, slot) in self.redirects.slots.iter().enumerate() {
             if slot.stack.last().is_some_and(|e| e.patch == serial) {
                 let below = slot.stack.iter().rev().nth(1);
                 stores.push(Store { tramp: slot.trampoline(), target: slot.effective_of(below) }, GFP_KERNEL)?;
+                rewritten.push(i, GFP_KERNEL)?;
             }
         }
+        self.through_trampolines(&rewritten, sid)?;
         let Some(pause) = Self::run_switch(&mut self.watch, &ranges, &names, &stores, timeout, sid, last, parking)? else {
             return Ok(None);
         };

@@ -1,12 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0
 //! The fast path: per-function jump trampolines with switchable targets.
 //!
-//! Each redirected function's ftrace site becomes a direct `jmp` to one of
-//! these trampolines (`ftrace.rs`), and the trampoline is one direct
-//! `jmp rel32` on: to the original body, or to the newest replacement. A
-//! call pays two direct jumps; no indirect branch is on the path, so it is
-//! the same under IBT, retpolines and CFI (the table and its layout are in
-//! `kmend_trampolines.S`).
+//! Each redirected function owns one of these trampolines, one direct
+//! `jmp rel32`: to the original body, or to the newest replacement. Its
+//! ftrace site (`ftrace.rs`) jumps to the trampoline while a switch may
+//! rewrite it, and straight to the replacement between switches
+//! (`redirect.rs`), so a patched call pays one direct jump. No indirect
+//! branch is on the path, so it is the same under IBT, retpolines and CFI
+//! (the table and its layout are in `kmend_trampolines.S`).
 //!
 //! Retargeting rewrites a trampoline's rel32 through a temporary writable
 //! alias of the table ([`Writer`]): the kernel's text poking is not exported

@@ -83,7 +83,7 @@ fn one(artifacts: &Artifacts, opts: &VmOptions) -> anyhow::Result<()> {
     println!("| measurement                                  | value        |");
     println!("|----------------------------------------------|--------------|");
     println!("| per call, unpatched                          | {base:>9.2} ns |");
-    println!("| per call, patched by kmend (direct jumps)    | {kmend:>9.2} ns |");
+    println!("| per call, patched by kmend (one direct jump) | {kmend:>9.2} ns |");
     println!("| per call, patched by klp (ftrace handler)    | {klp:>9.2} ns |");
     println!("| overhead kmend / overhead klp                | {:>12.3} |", kmend_over / klp_over);
     println!("| patched call / unpatched call (kmend)        | {:>12.3} |", kmend / base);

@@ -108,10 +108,8 @@ fn show(insn: &Instruction) -> String {
     format!("{:?}, {} bytes", insn.code(), insn.len())
 }
 
-/// Follows the path a call to `func` takes through its ftrace site and
-/// kmend's trampoline; returns (trampoline, where the trampoline jumps),
-/// failing on anything but direct jumps.
-fn follow(func: u64, table: u64) -> Result<(u64, u64), String> {
+/// Where the ftrace site of `func` jumps, failing on anything but a direct jump.
+fn site_target(func: u64) -> Result<u64, String> {
     let head = decode(func, &peek(func, 16)?);
     let site = head
         .iter()
@@ -120,28 +118,41 @@ fn follow(func: u64, table: u64) -> Result<(u64, u64), String> {
     check(site.mnemonic() == Mnemonic::Jmp && site.flow_control() == FlowControl::UnconditionalBranch, || {
         format!("ftrace site at {:#x} is `{}`, not a direct jmp", site.ip(), show(site))
     })?;
-    let tramp = site.near_branch_target();
-    check((table..table + 4096).contains(&tramp), || {
-        format!("site at {:#x} jumps to {tramp:#x}, outside kmend's trampolines at {table:#x}", site.ip())
-    })?;
+    Ok(site.near_branch_target())
+}
+
+/// Where the trampoline at `tramp` jumps, failing on anything but a direct jump.
+fn trampoline_target(tramp: u64) -> Result<u64, String> {
     for insn in decode(tramp, &peek(tramp, 8)?) {
         match insn.flow_control() {
             FlowControl::Next => continue,
-            FlowControl::UnconditionalBranch if insn.mnemonic() == Mnemonic::Jmp => {
-                return Ok((tramp, insn.near_branch_target()));
-            }
+            FlowControl::UnconditionalBranch if insn.mnemonic() == Mnemonic::Jmp => return Ok(insn.near_branch_target()),
             _ => return Err(format!("trampoline {tramp:#x}: `{}` at {:#x} is not a direct jmp", show(&insn), insn.ip())),
         }
     }
     Err(format!("trampoline {tramp:#x}: no jmp"))
 }
 
+/// Follows the path a call to `func` takes through its ftrace site into
+/// kmend's trampoline table; returns (trampoline, where the trampoline
+/// jumps), failing on anything but direct jumps.
+fn follow(func: u64, table: u64) -> Result<(u64, u64), String> {
+    let tramp = site_target(func)?;
+    check((table..table + 4096).contains(&tramp), || {
+        format!("site of {func:#x} jumps to {tramp:#x}, outside kmend's trampolines at {table:#x}")
+    })?;
+    Ok((tramp, trampoline_target(tramp)?))
+}
+
 /// Issue #8: on a CPU enforcing IBT an indirect branch into a body without
 /// ENDBR faults, and under retpolines a bare `jmp *mem` escapes the thunks.
-/// Disassembles the live code: every target's ftrace site is a direct jmp
-/// into kmend's table, each trampoline is a direct jmp to the replacement
-/// (after the revert: to the original body after the site), and the whole
-/// table holds no indirect branch, call or return.
+/// Disassembles the live code: once applied, every target's ftrace site is
+/// one direct jmp straight to its replacement (the call pays one jump; it
+/// went through a trampoline, two jumps, before), and a trampoline in the
+/// table jumps there too (the one the next switch rewrites); after the
+/// revert the site jumps into the table and its trampoline to the original
+/// body after the site; the whole table holds no indirect branch, call or
+/// return.
 fn patched_path_has_no_indirect_branch() -> TestResult {
     const PAIRS: [(&str, &str); 3] = [
         ("cmdline_proc_show", "multi_cmdline_show"),
@@ -155,9 +166,15 @@ fn patched_path_has_no_indirect_branch() -> TestResult {
         let mut result = (|| {
             for (target, replacement) in PAIRS {
                 let func = symbol(target, None)?;
-                let (tramp, to) = follow(func, table)?;
+                let to = site_target(func)?;
                 let want = symbol(replacement, Some("kmend_multi"))?;
-                check(to == want, || format!("{target}: trampoline {tramp:#x} jumps to {to:#x}, not {replacement} at {want:#x}"))?;
+                check(to == want, || format!("{target}: its site jumps to {to:#x}, not straight to {replacement} at {want:#x}"))?;
+                let insns = decode(table, &peek(table, 4096)?);
+                let tramp = insns
+                    .iter()
+                    .find(|i| i.mnemonic() == Mnemonic::Jmp && i.near_branch_target() == want)
+                    .map(|i| (i.ip() & !15) + 2)
+                    .ok_or_else(|| format!("{target}: no trampoline jumps to {replacement} at {want:#x}"))?;
                 sites.push((target, func, tramp));
             }
             let insns = decode(table, &peek(table, 4096)?);
@@ -302,20 +319,24 @@ fn idle_path_function_reverted_and_its_module_removed() -> TestResult {
 }
 
 /// Issue #8: a task interrupted or preempted on one of kmend's trampolines
-/// must still be walked whole and reliably by the check. The test
-/// module's kprobe on the trampoline of `cmdline_proc_show` (redirected by
-/// `kmend_sample`) stops every call there and walks the interrupted task's
-/// stack from the saved registers, as kmend's check walks a task preempted
-/// there: every walk must reach the user-mode registers with no unwinder
-/// error. Without the trampolines' unwind hints (UNWIND_HINT_FUNC in
-/// kmend_trampolines.S) the ORC unwinder has nothing for those addresses
-/// and each walk ends in an error.
+/// must still be walked whole and reliably by the check. Calls go through
+/// a trampoline while a switch may rewrite it, and while a patch is
+/// reverted but still loaded (its site then jumps through the trampoline
+/// to the original body): the test reverts `kmend_sample` keeping its
+/// module, so calls to `cmdline_proc_show` pass the trampoline. The test
+/// module's kprobe on that trampoline stops every call there and walks
+/// the interrupted task's stack from the saved registers, as kmend's check
+/// walks a task preempted there: every walk must reach the user-mode
+/// registers with no unwinder error. Without the trampolines' unwind hints
+/// (UNWIND_HINT_FUNC in kmend_trampolines.S) the ORC unwinder has nothing
+/// for those addresses and each walk ends in an error.
 fn task_interrupted_on_a_trampoline_is_walked_whole() -> TestResult {
     const READS: u32 = 20;
     with_testmod(|| {
         let table = symbol("kmend_trampolines", Some("kmend"))?;
         apply("kmend_sample.kmpatch")?;
         let walked = (|| {
+            transition::revert(Path::new(CONTROL), "kmend_sample").map_err(|e| format!("revert keeping the module: {e}"))?;
             let (tramp, _) = follow(symbol("cmdline_proc_show", None)?, table)?;
             fs::write("/proc/kmend_unwind_at", format!("{tramp:x}")).map_err(|e| format!("kprobe at {tramp:#x}: {e}"))?;
             let reads = (0..READS).try_for_each(|_| read("/proc/cmdline").map(drop));
