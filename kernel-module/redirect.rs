@@ -126,18 +126,34 @@ impl Redirects {
     }
 
     /// Makes every site whose trampoline jumps to a replacement jump there
-    /// itself. A site that cannot be changed keeps going through its
-    /// trampoline, which is as correct and one jump slower.
+    /// itself (see [`Self::shortcut_next`]).
     pub(crate) fn shortcut(&mut self) {
-        for slot in self.slots.iter_mut() {
-            let to = trampoline::target(slot.tramp);
-            if to == slot.target.body || slot.jmp.target() == to {
-                continue;
-            }
-            if let Err(e) = slot.jmp.as_mut().retarget(to) {
-                pr_warn!("'{}': its site stays jumping through the trampoline ({})\n", slot.target.name.to_str().unwrap_or("?"), e.to_errno());
-            }
+        let mut from = 0;
+        while let Some(next) = self.shortcut_next(from) {
+            from = next;
         }
+    }
+
+    /// Makes the site of the first slot from index `from` on whose
+    /// trampoline jumps to a replacement, and whose site does not yet, jump
+    /// there itself; returns the index to go on from, or `None` when no
+    /// such slot is left. One site at a time, so that a caller can let go
+    /// of the registry between sites: each change scans ftrace's records
+    /// twice (milliseconds under emulation). A site that cannot be changed
+    /// keeps going through its trampoline, which is as correct and one jump
+    /// slower.
+    pub(crate) fn shortcut_next(&mut self, from: usize) -> Option<usize> {
+        let i = from
+            + self.slots.get(from..)?.iter().position(|slot| {
+                let to = trampoline::target(slot.tramp);
+                to != slot.target.body && slot.jmp.target() != to
+            })?;
+        let slot = &mut self.slots[i];
+        let to = trampoline::target(slot.tramp);
+        if let Err(e) = slot.jmp.as_mut().retarget(to) {
+            pr_warn!("'{}': its site stays jumping through the trampoline ({})\n", slot.target.name.to_str().unwrap_or("?"), e.to_errno());
+        }
+        Some(i + 1)
     }
 
     /// Unregisters the slots no patch uses any more; their sites go back to

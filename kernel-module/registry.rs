@@ -101,8 +101,8 @@ pub(crate) fn enable(id: &[u8], reqs: &[KmendFuncReq], timeout_ms: u32) -> Resul
             // Sites prepared by an earlier try and left by a later one's error.
             state.redirects.drop_unused();
         }
-        state.redirects.shortcut();
     }
+    shortcut_sites();
     match (&callbacks, &result) {
         (Some(c), Ok(_)) => c.post_apply(),
         (Some(c), Err(_)) => c.post_revert(),
@@ -123,17 +123,25 @@ pub(crate) fn revert(id: &[u8], timeout_ms: u32) -> Result<u64, Refusal> {
     let mut parking = Parking::new();
     let result = transition::retry(timeout_ms, |last| STATE.lock().try_revert(id, timeout_ms, last, &mut parking));
     park::end_of_switch();
-    {
-        let mut state = STATE.lock();
-        state.watch.disarm();
-        state.redirects.shortcut();
-    }
+    STATE.lock().watch.disarm();
+    shortcut_sites();
     match (&callbacks, &result) {
         (Some(c), Ok(_)) => c.post_revert(),
         (Some(c), Err(_)) => c.post_apply(),
         (None, _) => {}
     }
     result
+}
+
+/// After a switch: the sites whose trampolines jump to a replacement jump
+/// there themselves (`redirect.rs`), one at a time with the registry taken
+/// for each, so that module loads and status reads wait for one site at
+/// most. The caller holds [`SWITCHING`]: no trampoline changes meanwhile.
+fn shortcut_sites() {
+    let mut from = 0;
+    while let Some(next) = STATE.lock().redirects.shortcut_next(from) {
+        from = next;
+    }
 }
 
 /// All registered patches and the redirections they make.
