@@ -15,6 +15,8 @@
  *                             returned: 1 old, 2 a replacement); write 1:
  *                             release the readers, 0: the next ones wait
  *  /proc/kmend_bench          write N: call kmend_bench_target() N times;
+ *                             write "hop N": call kmend_bench_hop() N times
+ *                             (the floor of any redirection, see there);
  *                             read: nanoseconds the last run took
  *  kmend_bench_f0..f9         ten small functions for a 10-function patch
  *  /proc/kmend_stop           write N: run N empty stop_machine calls on every
@@ -38,6 +40,7 @@
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/slab.h>
+#include <linux/string.h>
 #include <linux/stop_machine.h>
 #include <linux/proc_fs.h>
 #include <linux/seq_file.h>
@@ -114,6 +117,25 @@ static int sleeper_fn(void *data)
 noinline int kmend_bench_target(int x)
 {
 	return x + 1;
+}
+
+/*
+ * The floor of any redirection, for the benchmark: kmend_bench_hop() is
+ * called like kmend_bench_target() and goes on with one direct jump (a
+ * tail call) to kmend_bench_far(), which lies in a page of its own, as a
+ * patched call's ftrace site jumps to the replacement in its patch module.
+ */
+int kmend_bench_far(int x);
+int kmend_bench_hop(int x);
+
+noinline __section(".text.kmend_far") __aligned(4096) int kmend_bench_far(int x)
+{
+	return x + 1;
+}
+
+noinline int kmend_bench_hop(int x)
+{
+	return kmend_bench_far(x);
 }
 
 #define BENCH_F(n) \
@@ -206,18 +228,32 @@ static const struct proc_ops hold_ops = {
 	.proc_write = hold_write,
 };
 
-static ssize_t bench_write(struct file *f, const char __user *buf, size_t len, loff_t *off)
+static ssize_t bench_write(struct file *f, const char __user *ubuf, size_t len, loff_t *off)
 {
+	char buf[24];
 	unsigned int n, i;
 	int acc = 0;
+	bool hop;
 	u64 t0;
-	int err = kstrtouint_from_user(buf, len, 10, &n);
+	int err;
 
+	if (len >= sizeof(buf))
+		return -EINVAL;
+	if (copy_from_user(buf, ubuf, len))
+		return -EFAULT;
+	buf[len] = 0;
+	hop = str_has_prefix(buf, "hop ");
+	err = kstrtouint(buf + (hop ? 4 : 0), 10, &n);
 	if (err)
 		return err;
 	t0 = ktime_get_ns();
-	for (i = 0; i < n; i++)
-		acc = kmend_bench_target(acc);
+	/* Two loops, so that each makes a direct call, as real callers do. */
+	if (hop)
+		for (i = 0; i < n; i++)
+			acc = kmend_bench_hop(acc);
+	else
+		for (i = 0; i < n; i++)
+			acc = kmend_bench_target(acc);
 	bench_ns = ktime_get_ns() - t0;
 	if (acc != (int)n && acc != 2 * (int)n)
 		pr_info("kmend_testmod: bench result %d for %u calls\n", acc, n);

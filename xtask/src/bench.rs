@@ -87,6 +87,10 @@ fn one(artifacts: &Artifacts, opts: &VmOptions) -> anyhow::Result<()> {
     println!("| per call, patched by klp (ftrace handler)    | {klp:>9.2} ns |");
     println!("| overhead kmend / overhead klp                | {:>12.3} |", kmend_over / klp_over);
     println!("| patched call / unpatched call (kmend)        | {:>12.3} |", kmend / base);
+    if let Ok(hop) = get("percall_hop_ns") {
+        println!("| per call, unpatched + one direct jump        | {hop:>9.2} ns |");
+        println!("|   that / unpatched (floor of a redirection)  | {:>12.3} |", hop / base);
+    }
     for (_, alive, pause, empty) in &pauses {
         println!("| pause, 10-function patch, {alive:>6.0} threads    | {:>9.1} us |", pause / 1000.0);
         println!("|   empty stop_machine, same moment            | {:>9.1} us |", empty / 1000.0);

@@ -38,9 +38,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Nanoseconds per call of the benchmark target (median of rounds).
 fn per_call() -> Result<f64, String> {
+    per_call_of("")
+}
+
+/// Nanoseconds per call of the test module's loop `prefix` names: "" for
+/// the benchmark target, "hop " for a call that goes on with one direct
+/// jump to another page (the floor of any redirection).
+fn per_call_of(prefix: &str) -> Result<f64, String> {
     let mut samples = Vec::new();
     for _ in 0..ROUNDS {
-        fs::write("/proc/kmend_bench", CALLS.to_string()).map_err(|e| format!("bench write: {e}"))?;
+        fs::write("/proc/kmend_bench", format!("{prefix}{CALLS}")).map_err(|e| format!("bench write: {e}"))?;
         let ns: f64 = fs::read_to_string("/proc/kmend_bench")
             .map_err(|e| format!("bench read: {e}"))?
             .trim()
@@ -81,6 +88,8 @@ fn run_bench() -> Result<(), String> {
 
     let base = per_call()?;
     println!("kmend-bench: percall_unpatched_ns {base:.3}");
+    let hop = per_call_of("hop ")?;
+    println!("kmend-bench: percall_hop_ns {hop:.3}");
 
     let (code, out, err) = kmend(&["apply", &format!("{MODULE_DIR}/kmend_bench.ko")]);
     if code != 0 {
