@@ -23,18 +23,19 @@ const FTRACE_JMP: usize = 1;
 ///
 /// # Invariants
 ///
-/// From the end of [`DirectJmp::new`] until drop, `ops` is registered as a
-/// direct-jump ops on exactly one ftrace site, jumping to `addr` (which
-/// carries [`FTRACE_JMP`]).
+/// From the end of [`DirectJmp::new`] while `registered`, `ops` is
+/// registered as a direct-jump ops on exactly one ftrace site, jumping to
+/// `addr` (which carries [`FTRACE_JMP`]).
 #[pin_data(PinnedDrop)]
 pub(crate) struct DirectJmp {
     #[pin]
     ops: Opaque<bindings::ftrace_ops>,
     addr: usize,
+    registered: bool,
 }
 
 // SAFETY: `ops` is only touched by ftrace under its own locks after
-// registration; `addr` only changes through `&mut` (`retarget`).
+// registration; `addr` and `registered` only change through `&mut`.
 unsafe impl Send for DirectJmp {}
 // SAFETY: as for `Send`.
 unsafe impl Sync for DirectJmp {}
@@ -47,6 +48,7 @@ impl DirectJmp {
         let direct = trampoline | FTRACE_JMP;
         try_pin_init!(Self {
             addr: direct,
+            registered: true,
             ops <- Opaque::try_ffi_init(move |ops: *mut bindings::ftrace_ops| {
                 // SAFETY: `ops` points to pinned memory for a `ftrace_ops`; all
                 // zeroes is a valid, unregistered ops with no callback (which
@@ -95,15 +97,43 @@ impl DirectJmp {
     }
 }
 
+impl DirectJmp {
+    /// Gives the site back to ftrace (a NOP again). Unregistering waits
+    /// until no CPU can still be in ftrace code for it.
+    fn unregister(self: Pin<&mut Self>) -> Result {
+        let this = self.project();
+        if !*this.registered {
+            return Ok(());
+        }
+        // SAFETY: by the type invariant `ops` is registered with `addr`.
+        to_result(unsafe { bindings::unregister_ftrace_direct(this.ops.get(), *this.addr as c_ulong, true) })?;
+        *this.registered = false;
+        Ok(())
+    }
+
+    /// Gives the site back to ftrace and frees the registration; `false`
+    /// if ftrace refused. Then ftrace may still use `ops` and the site may
+    /// still jump where it did: the registration is leaked, and the caller
+    /// must keep what the site jumps to (its trampoline) for good.
+    pub(crate) fn release(mut jmp: Pin<KBox<Self>>) -> bool {
+        match jmp.as_mut().unregister() {
+            Ok(()) => true,
+            Err(e) => {
+                pr_err!("ftrace: unregister direct jump failed ({}): the site and its trampoline stay\n", e.to_errno());
+                core::mem::forget(jmp);
+                false
+            }
+        }
+    }
+}
+
 #[pinned_drop]
 impl PinnedDrop for DirectJmp {
     fn drop(self: Pin<&mut Self>) {
-        // SAFETY: by the type invariant `ops` is registered with `addr`.
-        // Unregistering waits until no CPU can still be in ftrace code for
-        // it, so the memory may be freed when this returns.
-        let ret = unsafe { bindings::unregister_ftrace_direct(self.ops.get(), self.addr as c_ulong, true) };
-        if ret != 0 {
-            pr_err!("ftrace: unregister direct jump failed ({})\n", ret);
+        // Normally released already (`release`, which leaks on failure);
+        // here only if a slot is dropped some other way.
+        if let Err(e) = self.unregister() {
+            pr_err!("ftrace: unregister direct jump failed ({})\n", e.to_errno());
         }
     }
 }

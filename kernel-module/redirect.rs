@@ -157,15 +157,18 @@ impl Redirects {
     }
 
     /// Unregisters the slots no patch uses any more; their sites go back to
-    /// NOPs and their trampolines are free again.
+    /// NOPs and their trampolines are free again. A site ftrace refuses to
+    /// give back may still jump to its trampoline: that trampoline is never
+    /// used again (it keeps jumping where it does, the original body of an
+    /// unused slot).
     pub(crate) fn drop_unused(&mut self) {
         let mut i = 0;
         while i < self.slots.len() {
             if self.slots[i].stack.is_empty() {
-                if let Ok(slot) = self.slots.remove(i) {
-                    let tramp = slot.tramp;
-                    drop(slot);
-                    self.tramps.give_back(tramp);
+                if let Ok(Slot { tramp, jmp, .. }) = self.slots.remove(i) {
+                    if DirectJmp::release(jmp) {
+                        self.tramps.give_back(tramp);
+                    }
                 }
             } else {
                 i += 1;
